@@ -1,0 +1,332 @@
+//! `authorize`: the one place that decides whether an identity may act on a resource now.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::grant::Grant;
+use super::identity::Identity;
+use super::policy::Policy;
+use super::profile::{listed, AccessProfile};
+use super::resource::{Action, Resource};
+use crate::time::Timestamp;
+
+/// Proof that `authorize` allowed an access. Its fields are private and it has no public
+/// constructor, so a connect path that takes `&Authorized` cannot run without a decision.
+#[derive(Clone, Debug)]
+pub struct Authorized {
+    grant_id: Arc<str>,
+    profile: Arc<AccessProfile>,
+    expires_at: Timestamp,
+}
+
+impl Authorized {
+    pub fn grant_id(&self) -> &str {
+        &self.grant_id
+    }
+
+    /// The scope of the grant: what the front-end may let through and nothing more.
+    pub fn profile(&self) -> &AccessProfile {
+        &self.profile
+    }
+
+    pub fn expires_at(&self) -> Timestamp {
+        self.expires_at
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test(grant_id: &str, expires_at: Timestamp) -> Self {
+        let profile = AccessProfile {
+            name: "test".into(),
+            description: String::new(),
+            max_duration: std::time::Duration::from_secs(3600),
+            requesters: vec![],
+            approvers: vec![],
+            approvals_required: 0,
+            require_reason: false,
+            ssh: None,
+            kube: None,
+            http: None,
+        };
+        Authorized {
+            grant_id: grant_id.into(),
+            profile: Arc::new(profile),
+            expires_at,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Denied {
+    pub reason: String,
+    /// Profiles the caller could request that would allow this access.
+    pub requestable: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct IndexedGrant {
+    id: Arc<str>,
+    profile: Arc<AccessProfile>,
+    expires_at: Timestamp,
+}
+
+/// A snapshot of the active grants, indexed by holder, so a decision looks only at the
+/// caller's few grants however many there are in all.
+#[derive(Clone, Debug, Default)]
+pub struct GrantIndex {
+    by_user: HashMap<String, Vec<IndexedGrant>>,
+    len: usize,
+}
+
+impl GrantIndex {
+    /// Keeps the grants that are active and whose profile still exists in `policy`.
+    pub fn build<'a>(grants: impl IntoIterator<Item = &'a Grant>, policy: &Policy, now: Timestamp) -> Self {
+        let mut index = GrantIndex::default();
+        for g in grants {
+            if !g.is_live(now) {
+                continue;
+            }
+            let Some(profile) = policy.profile(&g.profile) else {
+                continue;
+            };
+            index.by_user.entry(g.user.clone()).or_default().push(IndexedGrant {
+                id: g.id.as_str().into(),
+                profile: Arc::clone(profile),
+                expires_at: g.expires_at,
+            });
+            index.len += 1;
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Decides whether `who` may do `action` on `resource` at `now`, from the active grants.
+pub fn authorize(
+    policy: &Policy,
+    grants: &GrantIndex,
+    who: &Identity,
+    resource: Resource<'_>,
+    action: Action<'_>,
+    now: Timestamp,
+) -> Result<Authorized, Denied> {
+    let mine = grants.by_user.get(&who.user).map(Vec::as_slice).unwrap_or_default();
+    // Of several grants that allow it, the one that lasts longest keeps the connection open
+    // longest; the cut follows that grant.
+    let best = mine
+        .iter()
+        .filter(|g| now < g.expires_at && allows(&g.profile, resource, action))
+        .max_by_key(|g| g.expires_at);
+    match best {
+        Some(g) => Ok(Authorized {
+            grant_id: Arc::clone(&g.id),
+            profile: Arc::clone(&g.profile),
+            expires_at: g.expires_at,
+        }),
+        None => Err(Denied {
+            reason: format!("no active grant allows {action} on {resource}"),
+            requestable: policy
+                .profiles()
+                .iter()
+                .filter(|p| p.may_request(who) && allows(p, resource, action))
+                .map(|p| p.name.clone())
+                .collect(),
+        }),
+    }
+}
+
+fn allows(profile: &AccessProfile, resource: Resource<'_>, action: Action<'_>) -> bool {
+    match (resource, action) {
+        (Resource::Ssh { labels, login, .. }, Action::SshLogin | Action::SshPortForward) => {
+            let Some(ssh) = &profile.ssh else { return false };
+            let hosts_match = ssh
+                .hosts
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|have| v == "*" || have == v));
+            hosts_match && listed(&ssh.logins, login) && (action == Action::SshLogin || ssh.port_forwarding)
+        }
+        (
+            Resource::Kube {
+                cluster,
+                namespace,
+                resource,
+            },
+            Action::Kube { verb },
+        ) => {
+            let Some(kube) = &profile.kube else { return false };
+            let ns_ok = match namespace {
+                Some(ns) => listed(&kube.namespaces, ns),
+                // Cluster-scoped objects only for a profile that names every namespace.
+                None => kube.namespaces.iter().any(|n| n == "*"),
+            };
+            listed(&kube.clusters, cluster) && ns_ok && listed(&kube.verbs, verb) && listed(&kube.resources, resource)
+        }
+        (Resource::Http { app }, Action::HttpRequest) => profile.http.as_ref().is_some_and(|h| listed(&h.apps, app)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::access::{AccessRequest, KubeScope, Outcome, SshScope};
+
+    fn db_patch() -> AccessProfile {
+        AccessProfile {
+            name: "db-patch".into(),
+            description: String::new(),
+            max_duration: Duration::from_secs(7200),
+            requesters: vec!["group:dba".parse().unwrap()],
+            approvers: vec!["group:dba-leads".parse().unwrap()],
+            approvals_required: 0,
+            require_reason: true,
+            ssh: Some(SshScope {
+                hosts: BTreeMap::from([("env".into(), "prod".into()), ("role".into(), "db".into())]),
+                logins: vec!["postgres".into()],
+                port_forwarding: false,
+            }),
+            kube: Some(KubeScope {
+                clusters: vec!["prod".into()],
+                namespaces: vec!["payments".into()],
+                groups: vec![],
+                verbs: vec!["get".into(), "list".into()],
+                resources: vec!["pods".into()],
+            }),
+            http: None,
+        }
+    }
+
+    fn granted(now: Timestamp) -> (Policy, GrantIndex, Identity, Grant) {
+        let policy = Policy::new(vec![db_patch()], vec![]);
+        let alice = Identity::new("alice", ["dba"]);
+        let profile = policy.profile("db-patch").unwrap();
+        let out = AccessRequest::open(
+            "r1".into(),
+            profile,
+            alice.clone(),
+            "INC-1".into(),
+            Duration::from_secs(60),
+            now,
+            Duration::from_secs(3600),
+            || "g1".into(),
+        )
+        .unwrap();
+        let Outcome::Activated(_, grant) = out else {
+            panic!("auto-approval should activate")
+        };
+        let index = GrantIndex::build([&grant], &policy, now);
+        (policy, index, alice, grant)
+    }
+
+    #[test]
+    fn a_grant_allows_exactly_its_scope() {
+        let now = Timestamp::from_millis(1_000_000);
+        let (policy, index, alice, _) = granted(now);
+        let prod_db = BTreeMap::from([("env".into(), "prod".into()), ("role".into(), "db".into())]);
+        let staging = BTreeMap::from([("env".into(), "staging".into()), ("role".into(), "db".into())]);
+        let ssh = |labels, login| Resource::Ssh {
+            host: "db-prod-1",
+            labels,
+            login,
+        };
+
+        let ok = authorize(
+            &policy,
+            &index,
+            &alice,
+            ssh(&prod_db, "postgres"),
+            Action::SshLogin,
+            now,
+        )
+        .unwrap();
+        assert_eq!(ok.grant_id(), "g1");
+        assert!(authorize(&policy, &index, &alice, ssh(&prod_db, "root"), Action::SshLogin, now).is_err());
+        assert!(authorize(
+            &policy,
+            &index,
+            &alice,
+            ssh(&staging, "postgres"),
+            Action::SshLogin,
+            now
+        )
+        .is_err());
+        assert!(authorize(
+            &policy,
+            &index,
+            &alice,
+            ssh(&prod_db, "postgres"),
+            Action::SshPortForward,
+            now
+        )
+        .is_err());
+
+        let pods = |ns| Resource::Kube {
+            cluster: "prod",
+            namespace: ns,
+            resource: "pods",
+        };
+        assert!(authorize(
+            &policy,
+            &index,
+            &alice,
+            pods(Some("payments")),
+            Action::Kube { verb: "list" },
+            now
+        )
+        .is_ok());
+        assert!(authorize(
+            &policy,
+            &index,
+            &alice,
+            pods(Some("payments")),
+            Action::Kube { verb: "delete" },
+            now
+        )
+        .is_err());
+        assert!(authorize(
+            &policy,
+            &index,
+            &alice,
+            pods(Some("kube-system")),
+            Action::Kube { verb: "list" },
+            now
+        )
+        .is_err());
+        assert!(authorize(&policy, &index, &alice, pods(None), Action::Kube { verb: "list" }, now).is_err());
+
+        let bob = Identity::new("bob", ["dba"]);
+        let denied = authorize(&policy, &index, &bob, ssh(&prod_db, "postgres"), Action::SshLogin, now).unwrap_err();
+        assert_eq!(denied.requestable, vec!["db-patch".to_string()]);
+    }
+
+    #[test]
+    fn an_expired_or_revoked_grant_never_authorizes() {
+        let now = Timestamp::from_millis(1_000_000);
+        let (policy, index, alice, grant) = granted(now);
+        let http = Resource::Kube {
+            cluster: "prod",
+            namespace: Some("payments"),
+            resource: "pods",
+        };
+        let get = Action::Kube { verb: "get" };
+        let at_expiry = grant.expires_at;
+        assert!(
+            authorize(&policy, &index, &alice, http, get, at_expiry).is_err(),
+            "expiry is exclusive"
+        );
+
+        let revoked = grant.revoke(&policy, &alice, None, now).unwrap();
+        let index = GrantIndex::build([&revoked], &policy, now);
+        assert!(authorize(&policy, &index, &alice, http, get, now).is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! The protocol-free core: who may ask for what, who must approve, and what an active grant
+//! lets its holder do. Nothing here touches a socket, a database or the clock; callers pass
+//! in `now` and a snapshot of the grants.
+
+mod decision;
+mod grant;
+mod identity;
+mod policy;
+mod profile;
+mod request;
+mod resource;
+
+pub use decision::{authorize, Authorized, Denied, GrantIndex};
+pub use grant::{Grant, GrantState};
+pub use identity::{Identity, Principal};
+pub use policy::Policy;
+pub use profile::{AccessProfile, HttpScope, KubeScope, SshScope};
+pub use request::{AccessRequest, Approval, Outcome, Refusal, RequestState};
+pub use resource::{Action, Resource};

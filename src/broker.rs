@@ -1,0 +1,389 @@
+//! The JIT broker: runs the access core's transitions against the store, records each in
+//! the audit log in the same transaction, keeps the grant index that `authorize` reads, and
+//! cuts live connections when a grant ends. Front-ends call this; it speaks no protocol.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::access::{
+    authorize, AccessProfile, AccessRequest, Action, Authorized, Denied, Grant, GrantIndex, Identity, Outcome, Policy,
+    Refusal, Resource,
+};
+use crate::audit::AuditDraft;
+use crate::identity::token::random_id;
+use crate::live::Live;
+use crate::store::{GrantFilter, Store, StoreError};
+use crate::time::{format_duration, Timestamp};
+
+/// How often a compare-and-swap write is retried when another writer changed the row first.
+const CAS_ATTEMPTS: usize = 8;
+const LIST_LIMIT: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadInput(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("too many concurrent changes to {0}; try again")]
+    Contended(String),
+}
+
+/// A profile as one caller sees it.
+#[derive(Debug, Serialize)]
+pub struct ProfileView {
+    #[serde(flatten)]
+    pub profile: Arc<AccessProfile>,
+    pub can_request: bool,
+    pub can_approve: bool,
+}
+
+pub struct Broker {
+    policy: Arc<Policy>,
+    store: Arc<dyn Store>,
+    live: Live,
+    request_ttl: Duration,
+    index: RwLock<Arc<GrantIndex>>,
+    changed: Notify,
+}
+
+impl Broker {
+    pub fn new(policy: Arc<Policy>, store: Arc<dyn Store>, live: Live, request_ttl: Duration) -> Self {
+        Broker {
+            policy,
+            store,
+            live,
+            request_ttl,
+            index: RwLock::default(),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    pub fn profiles_for(&self, who: &Identity) -> Vec<ProfileView> {
+        self.policy
+            .profiles()
+            .iter()
+            .map(|p| ProfileView {
+                profile: Arc::clone(p),
+                can_request: p.may_request(who),
+                can_approve: p.may_approve(who),
+            })
+            .filter(|v| v.can_request || v.can_approve || self.policy.is_admin(who))
+            .collect()
+    }
+
+    fn profile(&self, name: &str) -> Result<&Arc<AccessProfile>, BrokerError> {
+        self.policy.profile(name).ok_or_else(|| {
+            BrokerError::NotFound(format!(
+                "no profile named {name:?}; `jitgate profiles` lists the ones you can request"
+            ))
+        })
+    }
+
+    pub async fn open_request(
+        &self,
+        who: &Identity,
+        profile: &str,
+        reason: String,
+        duration: Duration,
+        now: Timestamp,
+    ) -> Result<AccessRequest, BrokerError> {
+        let profile = self.profile(profile)?;
+        let outcome = AccessRequest::open(
+            random_id("req-"),
+            profile,
+            who.clone(),
+            reason,
+            duration,
+            now,
+            self.request_ttl,
+            || random_id("grant-"),
+        )?;
+        let r = outcome.request();
+        let mut events = vec![AuditDraft::new("request.created", &who.user, &r.profile)
+            .request(&r.id)
+            .reason(Some(&r.reason))
+            .details(serde_json::json!({
+                "profile": r.profile,
+                "duration": format_duration(r.duration),
+                "groups": who.groups,
+                "approvals_required": r.approvals_required,
+            }))];
+        let grant = match &outcome {
+            Outcome::Activated(r, g) => {
+                events.push(activation_event(r, g));
+                Some(g)
+            }
+            Outcome::Pending(_) => None,
+        };
+        self.store.insert_request(r, grant, events).await?;
+        tracing::info!(user = %who.user, request_id = %r.id, profile = %r.profile, state = %r.state, "request opened");
+        if grant.is_some() {
+            self.grant_started(now).await?;
+        }
+        Ok(outcome.request().clone())
+    }
+
+    pub async fn approve(
+        &self,
+        who: &Identity,
+        id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<AccessRequest, BrokerError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let request = self.visible_request(who, id).await?;
+            let profile = self.profile(&request.profile)?;
+            let outcome = request.approve(profile, who, reason.clone(), now, || random_id("grant-"))?;
+            let r = outcome.request();
+            let approval = r.approvals.last().expect("approve adds an approval");
+            let mut events = vec![AuditDraft::new("request.approved", &who.user, &r.profile)
+                .request(&r.id)
+                .reason(approval.reason.as_deref())
+                .details(serde_json::json!({"approvals": r.approvals.len(), "required": r.approvals_required}))];
+            let grant = match &outcome {
+                Outcome::Activated(r, g) => {
+                    events.push(activation_event(r, g));
+                    Some(g)
+                }
+                Outcome::Pending(_) => None,
+            };
+            if self.store.update_request(r, grant, events).await? {
+                tracing::info!(user = %who.user, request_id = %r.id, grant_id = ?r.grant_id, state = %r.state, "request approved");
+                if grant.is_some() {
+                    self.grant_started(now).await?;
+                }
+                return self.visible_request(who, id).await;
+            }
+        }
+        Err(BrokerError::Contended(format!("request {id}")))
+    }
+
+    pub async fn deny(
+        &self,
+        who: &Identity,
+        id: &str,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<AccessRequest, BrokerError> {
+        self.decide(who, id, "request.denied", |r| {
+            let profile = self.profile(&r.profile)?;
+            Ok(r.deny(profile, who, reason.clone(), now)?)
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, who: &Identity, id: &str, now: Timestamp) -> Result<AccessRequest, BrokerError> {
+        self.decide(who, id, "request.cancelled", |r| Ok(r.cancel(who, now)?))
+            .await
+    }
+
+    async fn decide(
+        &self,
+        who: &Identity,
+        id: &str,
+        action: &'static str,
+        step: impl Fn(AccessRequest) -> Result<AccessRequest, BrokerError>,
+    ) -> Result<AccessRequest, BrokerError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let r = step(self.visible_request(who, id).await?)?;
+            let event = AuditDraft::new(action, &who.user, &r.profile)
+                .request(&r.id)
+                .reason(r.decision_reason.as_deref());
+            if self.store.update_request(&r, None, vec![event]).await? {
+                tracing::info!(user = %who.user, request_id = %r.id, state = %r.state, "request decided");
+                return self.visible_request(who, id).await;
+            }
+        }
+        Err(BrokerError::Contended(format!("request {id}")))
+    }
+
+    pub async fn revoke(
+        &self,
+        who: &Identity,
+        grant_id: &str,
+        reason: Option<String>,
+        now: Timestamp,
+    ) -> Result<Grant, BrokerError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let grant = self.visible_grant(who, grant_id).await?;
+            let revoked = grant.revoke(&self.policy, who, reason.clone(), now)?;
+            let event = AuditDraft::new("grant.revoked", &who.user, &revoked.user)
+                .request(&revoked.request_id)
+                .grant(&revoked.id)
+                .reason(revoked.end_reason.as_deref());
+            if self.end_grant(&revoked, event).await? {
+                tracing::info!(user = %who.user, grant_id, "grant revoked");
+                self.refresh_index(now).await?;
+                return self.visible_grant(who, grant_id).await;
+            }
+        }
+        Err(BrokerError::Contended(format!("grant {grant_id}")))
+    }
+
+    /// Stores the end of a grant together with its request, then cuts its connections.
+    async fn end_grant(&self, grant: &Grant, event: AuditDraft) -> Result<bool, BrokerError> {
+        let request =
+            self.store.request(&grant.request_id).await?.ok_or_else(|| {
+                StoreError::Corrupt(format!("grant {} has no request {}", grant.id, grant.request_id))
+            })?;
+        let request = request.grant_ended(grant);
+        if !self.store.update_grant(grant, &request, vec![event]).await? {
+            return Ok(false);
+        }
+        self.live.cut(&grant.id, grant.state.as_str());
+        Ok(true)
+    }
+
+    /// Ends what is due: grants past their expiry and pending requests past their time to
+    /// live. Returns when the next thing falls due.
+    pub async fn sweep(&self, now: Timestamp) -> Result<Option<Timestamp>, BrokerError> {
+        for grant in self.store.due_grants(now).await? {
+            let Ok(expired) = grant.expire(now) else { continue };
+            let event = AuditDraft::new("grant.expired", "system", &expired.user)
+                .request(&expired.request_id)
+                .grant(&expired.id)
+                .details(serde_json::json!({"expires_at": expired.expires_at}));
+            // A lost race means another replica or a revocation ended it first.
+            if self.end_grant(&expired, event).await? {
+                tracing::info!(grant_id = %expired.id, user = %expired.user, "grant expired");
+            }
+        }
+        for request in self.store.stale_requests(now).await? {
+            let Ok(expired) = request.expire_pending(now) else {
+                continue;
+            };
+            let event = AuditDraft::new("request.expired", "system", &expired.profile)
+                .request(&expired.id)
+                .reason(expired.decision_reason.as_deref());
+            if self.store.update_request(&expired, None, vec![event]).await? {
+                tracing::info!(request_id = %expired.id, "pending request expired");
+            }
+        }
+        self.refresh_index(now).await?;
+        Ok(self.store.next_due().await?)
+    }
+
+    /// Reloads the active grants into the index `authorize` reads.
+    pub async fn refresh_index(&self, now: Timestamp) -> Result<(), BrokerError> {
+        let grants = self
+            .store
+            .grants(GrantFilter {
+                holder: None,
+                active_only: true,
+            })
+            .await?;
+        let index = Arc::new(GrantIndex::build(&grants, &self.policy, now));
+        metrics::gauge!("jitgate_active_grants").set(index.len() as f64);
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        Ok(())
+    }
+
+    /// A new grant changes what `authorize` allows and when the sweeper must next wake.
+    async fn grant_started(&self, now: Timestamp) -> Result<(), BrokerError> {
+        self.refresh_index(now).await?;
+        self.changed.notify_one();
+        Ok(())
+    }
+
+    /// Resolves when grants changed, so the sweeper can re-plan its next wake-up.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Decides an access and records the decision in the audit log.
+    pub async fn authorize(
+        &self,
+        who: &Identity,
+        resource: Resource<'_>,
+        action: Action<'_>,
+        now: Timestamp,
+    ) -> Result<Result<Authorized, Denied>, BrokerError> {
+        let index = Arc::clone(&self.index.read().unwrap_or_else(|e| e.into_inner()));
+        let decision = authorize(&self.policy, &index, who, resource, action, now);
+        let target = format!("{action} {resource}");
+        let event = match &decision {
+            Ok(a) => AuditDraft::new("access.allowed", &who.user, &target).grant(a.grant_id()),
+            Err(d) => AuditDraft::new("access.denied", &who.user, &target).reason(Some(&d.reason)),
+        };
+        self.store.append_audit(vec![event]).await?;
+        Ok(decision)
+    }
+
+    fn may_see_request(&self, who: &Identity, r: &AccessRequest) -> bool {
+        r.requester.user == who.user
+            || self.policy.is_admin(who)
+            || self.policy.profile(&r.profile).is_some_and(|p| p.may_approve(who))
+    }
+
+    fn may_see_grant(&self, who: &Identity, g: &Grant) -> bool {
+        g.user == who.user
+            || self.policy.is_admin(who)
+            || self.policy.profile(&g.profile).is_some_and(|p| p.may_approve(who))
+    }
+
+    /// Someone who may not see a request is told it does not exist, so ids cannot be probed.
+    pub async fn visible_request(&self, who: &Identity, id: &str) -> Result<AccessRequest, BrokerError> {
+        match self.store.request(id).await? {
+            Some(r) if self.may_see_request(who, &r) => Ok(r),
+            _ => Err(BrokerError::NotFound(format!("no request {id:?} that you can see"))),
+        }
+    }
+
+    pub async fn visible_grant(&self, who: &Identity, id: &str) -> Result<Grant, BrokerError> {
+        match self.store.grant(id).await? {
+            Some(g) if self.may_see_grant(who, &g) => Ok(g),
+            _ => Err(BrokerError::NotFound(format!("no grant {id:?} that you can see"))),
+        }
+    }
+
+    pub async fn requests(&self, who: &Identity, pending_only: bool) -> Result<Vec<AccessRequest>, BrokerError> {
+        let all = self.store.requests(pending_only, LIST_LIMIT).await?;
+        Ok(all.into_iter().filter(|r| self.may_see_request(who, r)).collect())
+    }
+
+    pub async fn grants(&self, who: &Identity, include_ended: bool) -> Result<Vec<Grant>, BrokerError> {
+        let all = self
+            .store
+            .grants(GrantFilter {
+                holder: None,
+                active_only: !include_ended,
+            })
+            .await?;
+        Ok(all.into_iter().filter(|g| self.may_see_grant(who, g)).collect())
+    }
+
+    pub async fn pending_count(&self) -> Result<usize, BrokerError> {
+        Ok(self.store.requests(true, LIST_LIMIT).await?.len())
+    }
+}
+
+fn activation_event(r: &AccessRequest, g: &Grant) -> AuditDraft {
+    AuditDraft::new("grant.activated", r.decided_by.as_deref().unwrap_or("policy"), &g.user)
+        .request(&r.id)
+        .grant(&g.id)
+        .details(serde_json::json!({
+            "profile": g.profile,
+            "expires_at": g.expires_at,
+            "approvers": r.approvals.iter().map(|a| a.approver.as_str()).collect::<Vec<_>>(),
+        }))
+}

@@ -1,0 +1,3 @@
+//! Keys and certificates the proxy makes for itself.
+
+pub mod x509;

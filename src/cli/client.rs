@@ -1,0 +1,196 @@
+//! The client side of the API: the saved session under `$JITGATE_HOME` and the HTTPS
+//! calls made with it.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::CliError;
+use crate::time::Timestamp;
+
+const SESSION_FILE: &str = "session.json";
+
+/// What `jitgate login` keeps so that later commands need no flags.
+#[derive(Serialize, Deserialize)]
+pub struct Session {
+    pub proxy: String,
+    /// PEM of the CA that signs the proxy's certificate, when it is not a public one.
+    pub ca_pem: Option<String>,
+    pub user: String,
+    pub groups: Vec<String>,
+    pub token: String,
+    pub expires_at: Timestamp,
+}
+
+pub fn home() -> Result<PathBuf, CliError> {
+    if let Some(h) = std::env::var_os("JITGATE_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| CliError::Usage("neither JITGATE_HOME nor HOME is set".into()))?;
+    Ok(PathBuf::from(home).join(".config").join("jitgate"))
+}
+
+impl Session {
+    pub fn load() -> Result<Session, CliError> {
+        let path = home()?.join(SESSION_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CliError::Refused(
+                    "not logged in; run `jitgate login --proxy https://HOST:8443 --user NAME` first".into(),
+                ))
+            }
+            Err(e) => return Err(CliError::Refused(format!("cannot read {}: {e}", path.display()))),
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            CliError::Refused(format!(
+                "{} is damaged ({e}); run `jitgate login` again",
+                path.display()
+            ))
+        })
+    }
+
+    pub fn save(&self) -> Result<PathBuf, CliError> {
+        let dir = home()?;
+        let fail = |e: std::io::Error| CliError::Refused(format!("cannot write {}: {e}", dir.display()));
+        fs::create_dir_all(&dir).map_err(fail)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+        let path = dir.join(SESSION_FILE);
+        let tmp = dir.join(".session.json.tmp");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(fail)?;
+        f.write_all(
+            serde_json::to_string_pretty(self)
+                .expect("session serializes")
+                .as_bytes(),
+        )
+        .map_err(fail)?;
+        f.sync_all().map_err(fail)?;
+        fs::rename(&tmp, &path).map_err(fail)?;
+        Ok(path)
+    }
+
+    pub fn forget() -> Result<(), CliError> {
+        let path = home()?.join(SESSION_FILE);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CliError::Refused(format!("cannot remove {}: {e}", path.display()))),
+        }
+    }
+}
+
+pub struct Api {
+    http: reqwest::Client,
+    proxy: String,
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    reason: String,
+}
+
+impl Api {
+    pub fn new(proxy: &str, ca_pem: Option<&str>, token: Option<String>) -> Result<Api, CliError> {
+        let proxy = proxy.trim_end_matches('/').to_owned();
+        if !proxy.starts_with("https://") {
+            return Err(CliError::Usage(format!("--proxy {proxy:?} must be an https:// URL")));
+        }
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("jitgate/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| CliError::Usage(format!("the CA certificate is not valid PEM: {e}")))?;
+            // Trust exactly the proxy's CA, not every public root besides.
+            builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| CliError::Refused(format!("cannot set up HTTPS: {e}")))?;
+        Ok(Api { http, proxy, token })
+    }
+
+    pub fn from_session() -> Result<(Api, Session), CliError> {
+        let s = Session::load()?;
+        let api = Api::new(&s.proxy, s.ca_pem.as_deref(), Some(s.token.clone()))?;
+        Ok((api, s))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T, CliError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, CliError> {
+        let url = format!("{}{path}", self.proxy);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            CliError::Refused(format!(
+                "cannot reach the proxy at {}: {}; is it running, and is the CA right?",
+                self.proxy,
+                root_cause(&e)
+            ))
+        })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| CliError::Refused(format!("reading the proxy's answer: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                CliError::Refused(format!("the proxy sent an answer this client does not understand: {e}"))
+            });
+        }
+        let reason = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                format!("{} (try again when the proxy's store is back)", b.reason)
+            }
+            Ok(b) => {
+                tracing::debug!(error = %b.error, "refused");
+                b.reason
+            }
+            Err(_) => format!("the proxy answered {status}"),
+        };
+        Err(CliError::Refused(reason))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

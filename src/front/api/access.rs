@@ -1,0 +1,147 @@
+//! Profiles, requests, approvals and grants.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::{ApiError, ApiJson, ApiState};
+use crate::access::{AccessRequest, Grant};
+use crate::broker::ProfileView;
+use crate::time::{parse_duration, Timestamp};
+
+pub async fn profiles(State(state): State<Arc<ApiState>>, caller: Caller) -> Json<Vec<ProfileView>> {
+    Json(state.broker.profiles_for(&caller.identity))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    profile: String,
+    #[serde(default)]
+    reason: String,
+    duration: String,
+}
+
+pub async fn create_request(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewRequest>,
+) -> Result<(StatusCode, Json<AccessRequest>), ApiError> {
+    let duration = parse_duration(&body.duration)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("duration: {e}")))?;
+    let request = state
+        .broker
+        .open_request(&caller.identity, &body.profile, body.reason, duration, Timestamp::now())
+        .await?;
+    Ok((StatusCode::CREATED, Json(request)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsQuery {
+    #[serde(default)]
+    pending: bool,
+}
+
+pub async fn list_requests(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Query(q): Query<RequestsQuery>,
+) -> Result<Json<Vec<AccessRequest>>, ApiError> {
+    Ok(Json(state.broker.requests(&caller.identity, q.pending).await?))
+}
+
+pub async fn get_request(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AccessRequest>, ApiError> {
+    Ok(Json(state.broker.visible_request(&caller.identity, &id).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub async fn approve(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Decision>,
+) -> Result<Json<AccessRequest>, ApiError> {
+    Ok(Json(
+        state
+            .broker
+            .approve(&caller.identity, &id, body.reason, Timestamp::now())
+            .await?,
+    ))
+}
+
+pub async fn deny(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Decision>,
+) -> Result<Json<AccessRequest>, ApiError> {
+    let reason = body.reason.unwrap_or_default();
+    Ok(Json(
+        state
+            .broker
+            .deny(&caller.identity, &id, reason, Timestamp::now())
+            .await?,
+    ))
+}
+
+pub async fn cancel(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<AccessRequest>, ApiError> {
+    Ok(Json(
+        state.broker.cancel(&caller.identity, &id, Timestamp::now()).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn list_grants(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Query(q): Query<GrantsQuery>,
+) -> Result<Json<Vec<Grant>>, ApiError> {
+    Ok(Json(state.broker.grants(&caller.identity, q.all).await?))
+}
+
+pub async fn get_grant(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Grant>, ApiError> {
+    Ok(Json(state.broker.visible_grant(&caller.identity, &id).await?))
+}
+
+pub async fn revoke(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Decision>,
+) -> Result<Json<Grant>, ApiError> {
+    Ok(Json(
+        state
+            .broker
+            .revoke(&caller.identity, &id, body.reason, Timestamp::now())
+            .await?,
+    ))
+}

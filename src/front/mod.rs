@@ -1,0 +1,5 @@
+//! Protocol code lives here only: the TLS listener and the HTTP API. Front-ends translate
+//! what arrives into calls on the broker and map its errors onto the wire exactly once.
+
+pub mod api;
+pub mod tls;

@@ -1,0 +1,245 @@
+//! Proxy-issued tokens: ES256 JWTs with `iss` = the proxy URL, `aud` = "jitgate", a `kid`
+//! that names the signing key in `/.well-known/jwks.json`, and a `jti` that logout can
+//! revoke. Verification accepts ES256 and this key only.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::access::Identity;
+use crate::time::Timestamp;
+
+pub const AUDIENCE: &str = "jitgate";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub groups: Vec<String>,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+impl Claims {
+    pub fn identity(&self) -> Identity {
+        Identity {
+            user: self.sub.clone(),
+            groups: self.groups.clone(),
+        }
+    }
+
+    pub fn expires_at(&self) -> Timestamp {
+        Timestamp::from_millis(self.exp.saturating_mul(1000))
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token is not signed with ES256")]
+    WrongAlgorithm,
+    #[error("the token names an unknown signing key")]
+    UnknownKey,
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    #[error("the token has expired; run `jitgate login` again")]
+    Expired,
+    #[error("the token was issued for another audience")]
+    WrongAudience,
+    #[error("the token was issued by another proxy")]
+    WrongIssuer,
+    #[error("the token was revoked (logged out); run `jitgate login` again")]
+    Revoked,
+}
+
+pub struct TokenIssuer {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    kid: String,
+    issuer: String,
+    lifetime: Duration,
+    jwks: serde_json::Value,
+}
+
+impl TokenIssuer {
+    /// `key_pem` is a PKCS#8 P-256 private key; `public_raw` its SEC1 uncompressed point.
+    pub fn new(key_pem: &str, public_raw: &[u8], issuer: String, lifetime: Duration) -> Result<Self, String> {
+        if public_raw.len() != 65 || public_raw[0] != 4 {
+            return Err("the token-signing key is not an uncompressed P-256 point".into());
+        }
+        let encoding = EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(|e| format!("token-signing key: {e}"))?;
+        let x = URL_SAFE_NO_PAD.encode(&public_raw[1..33]);
+        let y = URL_SAFE_NO_PAD.encode(&public_raw[33..65]);
+        let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| format!("token-signing key: {e}"))?;
+        let kid = hex::encode(&Sha256::digest(public_raw)[..8]);
+        let jwks = serde_json::json!({
+            "keys": [{ "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid, "x": x, "y": y }]
+        });
+        Ok(TokenIssuer {
+            encoding,
+            decoding,
+            kid,
+            issuer,
+            lifetime,
+            jwks,
+        })
+    }
+
+    pub fn jwks(&self) -> &serde_json::Value {
+        &self.jwks
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn issue(&self, who: &Identity, now: Timestamp) -> Result<(String, Claims), String> {
+        let iat = now.as_millis() / 1000;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: AUDIENCE.into(),
+            sub: who.user.clone(),
+            groups: who.groups.clone(),
+            iat,
+            exp: iat + i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX / 2),
+            jti: random_id(""),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| format!("signing a token: {e}"))?;
+        Ok((token, claims))
+    }
+
+    /// Checks algorithm, key, signature, expiry, issuer and audience. Revocation is the
+    /// caller's to check, against the store.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::ES256 {
+            return Err(TokenError::WrongAlgorithm);
+        }
+        if header.kid.as_deref() != Some(self.kid.as_str()) {
+            return Err(TokenError::UnknownKey);
+        }
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&[AUDIENCE]);
+        v.set_issuer(&[&self.issuer]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = 0;
+        use jsonwebtoken::errors::ErrorKind as K;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                K::ExpiredSignature => TokenError::Expired,
+                K::InvalidAudience => TokenError::WrongAudience,
+                K::InvalidIssuer => TokenError::WrongIssuer,
+                K::InvalidSignature => TokenError::BadSignature,
+                K::InvalidAlgorithm => TokenError::WrongAlgorithm,
+                _ => TokenError::Malformed,
+            })
+    }
+}
+
+/// A random identifier with a prefix: 16 hex characters (64 bits) after it.
+pub fn random_id(prefix: &str) -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(lifetime: Duration) -> TokenIssuer {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        TokenIssuer::new(
+            &key.serialize_pem(),
+            key.public_key_raw(),
+            "https://proxy".into(),
+            lifetime,
+        )
+        .unwrap()
+    }
+
+    fn forge(header: &str, claims: &serde_json::Value, sig: &str) -> String {
+        format!(
+            "{}.{}.{sig}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_forgeries_do_not() {
+        let iss = issuer(Duration::from_secs(600));
+        let alice = Identity::new("alice", ["dba"]);
+        let (token, claims) = iss.issue(&alice, Timestamp::now()).unwrap();
+        assert_eq!(iss.verify(&token).unwrap(), claims);
+        assert_eq!(claims.identity(), alice);
+
+        let body = serde_json::to_value(&claims).unwrap();
+        let kid = iss.kid.clone();
+        let none = forge(r#"{"alg":"none","typ":"JWT"}"#, &body, "");
+        assert_eq!(iss.verify(&none), Err(TokenError::Malformed));
+        let hs = forge(&format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#), &body, "c2ln");
+        assert_eq!(iss.verify(&hs), Err(TokenError::WrongAlgorithm));
+        let other_kid = forge(r#"{"alg":"ES256","kid":"nope"}"#, &body, "c2ln");
+        assert_eq!(iss.verify(&other_kid), Err(TokenError::UnknownKey));
+
+        // Same header, changed claims: the signature no longer covers them.
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut evil = body.clone();
+        evil["sub"] = "mallory".into();
+        let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(evil.to_string()), parts[2]);
+        assert_eq!(iss.verify(&tampered), Err(TokenError::BadSignature));
+
+        // A token signed by another key with our kid.
+        let other = issuer(Duration::from_secs(600));
+        let (foreign, _) = other.issue(&alice, Timestamp::now()).unwrap();
+        let fparts: Vec<&str> = foreign.split('.').collect();
+        let resigned = format!("{}.{}.{}", parts[0], fparts[1], fparts[2]);
+        assert_eq!(iss.verify(&resigned), Err(TokenError::BadSignature));
+        assert_eq!(iss.verify("not.a.token"), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn expired_and_misaddressed_tokens_fail() {
+        let iss = issuer(Duration::from_secs(60));
+        let alice = Identity::new("alice", ["dba"]);
+        let long_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 3_600_000);
+        let (old, _) = iss.issue(&alice, long_ago).unwrap();
+        assert_eq!(iss.verify(&old), Err(TokenError::Expired));
+
+        let (good, claims) = iss.issue(&alice, Timestamp::now()).unwrap();
+        assert!(iss.verify(&good).is_ok());
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(iss.kid.clone());
+        let sign = |c: &Claims| jsonwebtoken::encode(&header, c, &iss.encoding).unwrap();
+        let wrong_aud = Claims {
+            aud: "kubernetes".into(),
+            ..claims.clone()
+        };
+        assert_eq!(iss.verify(&sign(&wrong_aud)), Err(TokenError::WrongAudience));
+        let wrong_iss = Claims {
+            iss: "https://evil".into(),
+            ..claims.clone()
+        };
+        assert_eq!(iss.verify(&sign(&wrong_iss)), Err(TokenError::WrongIssuer));
+
+        let mut elsewhere = issuer(Duration::from_secs(60));
+        elsewhere.issuer = "https://other".into();
+        elsewhere.kid.clone_from(&iss.kid);
+        // Same kid but a different key and issuer: rejected either way.
+        let (t, _) = elsewhere.issue(&alice, Timestamp::now()).unwrap();
+        assert!(iss.verify(&t).is_err());
+    }
+}

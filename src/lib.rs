@@ -1,0 +1,18 @@
+//! jitgate: an identity-aware access proxy for just-in-time, just-enough-privilege access.
+//!
+//! The modules follow the boxes of the design: `access` is the protocol-free core, `store`
+//! and `audit` keep state, `identity` and `ca` mint credentials, `live` cuts connections,
+//! `front` holds every piece of protocol code and `cli` the client commands.
+
+pub mod access;
+pub mod audit;
+pub mod broker;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod front;
+pub mod identity;
+pub mod live;
+pub mod server;
+pub mod store;
+pub mod time;

@@ -1,0 +1,192 @@
+//! The registry of open connections, by grant. A front-end registers every long-lived
+//! connection before bytes flow and watches the returned handle; expiry (a timer per grant)
+//! and revocation (`cut`) end all of a grant's connections through this one mechanism.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::access::Authorized;
+use crate::time::Timestamp;
+
+#[derive(Clone, Default)]
+pub struct Live {
+    grants: Arc<Mutex<HashMap<Arc<str>, GrantConnections>>>,
+}
+
+struct GrantConnections {
+    /// Cancelling this cancels every connection's child token.
+    cut: CancellationToken,
+    open: usize,
+}
+
+/// Held by one open connection. `cancelled()` resolves when its grant is cut; dropping the
+/// handle unregisters the connection.
+pub struct LiveHandle {
+    token: CancellationToken,
+    grant_id: Arc<str>,
+    registry: Live,
+}
+
+impl LiveHandle {
+    pub fn grant_id(&self) -> &str {
+        &self.grant_id
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves when the grant expires or is revoked.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Drop for LiveHandle {
+    fn drop(&mut self) {
+        let mut grants = self.registry.grants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = grants.get_mut(&self.grant_id) {
+            entry.open -= 1;
+            if entry.open == 0 {
+                // Stops the grant's expiry timer too: nothing is left to cut.
+                let entry = grants.remove(&self.grant_id).expect("entry exists");
+                entry.cut.cancel();
+            }
+        }
+    }
+}
+
+impl Live {
+    pub fn new() -> Self {
+        Live::default()
+    }
+
+    /// Registers a connection under the grant that authorized it. The connection is cut at
+    /// the grant's expiry even if nobody calls `cut`. Must be called inside a Tokio runtime.
+    pub fn register(&self, auth: &Authorized) -> LiveHandle {
+        self.register_at(auth, Timestamp::now())
+    }
+
+    fn register_at(&self, auth: &Authorized, now: Timestamp) -> LiveHandle {
+        let grant_id: Arc<str> = auth.grant_id().into();
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = grants.entry(Arc::clone(&grant_id)).or_insert_with(|| {
+            let cut = CancellationToken::new();
+            spawn_expiry_timer(cut.clone(), now.until(auth.expires_at()), Arc::clone(&grant_id));
+            GrantConnections { cut, open: 0 }
+        });
+        entry.open += 1;
+        let token = entry.cut.child_token();
+        drop(grants);
+        LiveHandle {
+            token,
+            grant_id,
+            registry: self.clone(),
+        }
+    }
+
+    /// Cuts every open connection of a grant; returns how many there were.
+    pub fn cut(&self, grant_id: &str, why: &str) -> usize {
+        let entry = self.grants.lock().unwrap_or_else(|e| e.into_inner()).remove(grant_id);
+        match entry {
+            Some(e) => {
+                e.cut.cancel();
+                tracing::info!(grant_id, connections = e.open, why, "cut connections of grant");
+                e.open
+            }
+            None => 0,
+        }
+    }
+
+    /// How many connections are open under a grant.
+    pub fn open_connections(&self, grant_id: &str) -> usize {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(grant_id)
+            .map_or(0, |e| e.open)
+    }
+}
+
+fn spawn_expiry_timer(cut: CancellationToken, after: std::time::Duration, grant_id: Arc<str>) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cut.cancelled() => {}
+            _ = tokio::time::sleep(after) => {
+                tracing::info!(grant_id = &*grant_id, "grant reached its expiry; cutting its connections");
+                cut.cancel();
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_are_cut_at_expiry() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let auth = Authorized::for_test("g1", now.saturating_add(Duration::from_secs(2)));
+        let a = live.register_at(&auth, now);
+        let b = live.register_at(&auth, now);
+        assert_eq!(live.open_connections("g1"), 2);
+        tokio::time::sleep(Duration::from_millis(1999)).await;
+        assert!(!a.is_cut() && !b.is_cut(), "cut before expiry");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::timeout(Duration::from_millis(1), a.cancelled())
+            .await
+            .expect("a is cut at expiry");
+        assert!(b.is_cut());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocation_cuts_only_that_grant() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let hour = now.saturating_add(Duration::from_secs(3600));
+        let g1 = live.register_at(&Authorized::for_test("g1", hour), now);
+        let g2 = live.register_at(&Authorized::for_test("g2", hour), now);
+        assert_eq!(live.cut("g1", "revoked"), 1);
+        assert!(g1.is_cut());
+        assert!(!g2.is_cut());
+        assert_eq!(live.cut("g1", "again"), 0);
+        assert_eq!(live.open_connections("g2"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_handles_unregisters() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let auth = Authorized::for_test("g1", now.saturating_add(Duration::from_secs(60)));
+        let a = live.register_at(&auth, now);
+        let b = live.register_at(&auth, now);
+        drop(a);
+        assert_eq!(live.open_connections("g1"), 1);
+        drop(b);
+        assert_eq!(live.open_connections("g1"), 0);
+        // A new connection after all closed gets a fresh, uncut token.
+        let c = live.register_at(&auth, now);
+        assert!(!c.is_cut());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_already_expired_grant_is_cut_at_once() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let auth = Authorized::for_test("g1", now);
+        let a = live.register_at(&auth, now);
+        tokio::time::timeout(Duration::from_millis(1), a.cancelled())
+            .await
+            .expect("cut at once");
+    }
+}

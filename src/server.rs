@@ -1,0 +1,141 @@
+//! `jitgate serve`: generates or loads keys, opens the store, binds the HTTPS listener and
+//! runs the sweeper that ends grants on time.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::ca::x509;
+use crate::config::{redact_url, Config};
+use crate::front::api::{self, ApiState, LoginLimiter};
+use crate::front::tls;
+use crate::identity::TokenIssuer;
+use crate::live::Live;
+use crate::store;
+use crate::time::Timestamp;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Certs(#[from] x509::CertError),
+    #[error("cannot open the store {url}: {source}")]
+    Store { url: String, source: store::StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The sweeper never sleeps longer than this, so grants ended on another replica and new
+/// grants from elsewhere are picked up within a second.
+const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let server = &config.server;
+    let certs = x509::ensure(&server.certs_dir, &server.base_domain)?;
+    let url = redact_url(&config.store.url);
+    let store = store::open(&config.store.url)
+        .await
+        .map_err(|source| ServeError::Store {
+            url: url.clone(),
+            source,
+        })?;
+    let listener = TcpListener::bind(server.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Setup(e.to_string()))?;
+    let public_url = server.public_url.clone().unwrap_or_else(|| format!("https://{addr}"));
+    let tokens = TokenIssuer::new(
+        &certs.token_key_pem,
+        &certs.token_key_public_raw,
+        public_url.clone(),
+        server.token_lifetime,
+    )
+    .map_err(ServeError::Setup)?;
+    let tls_config = tls::server_config(&certs.server_cert, &certs.server_key).map_err(ServeError::Setup)?;
+
+    let policy = Arc::new(config.policy);
+    let broker = Arc::new(Broker::new(policy, store, Live::new(), server.request_ttl));
+    let state = Arc::new(ApiState {
+        broker: Arc::clone(&broker),
+        tokens: Arc::new(tokens),
+        limiter: LoginLimiter::new(5, 20, Duration::from_secs(300)),
+        metrics: metrics_handle(),
+    });
+
+    println!("jitgate listening on {public_url}  (config: {})", config.source);
+    println!("  store:   {url}");
+    println!(
+        "  CA:      {}  SHA-256 {}",
+        certs.ca_cert.display(),
+        certs.ca_fingerprint
+    );
+    if !certs.generated.is_empty() {
+        println!(
+            "  generated on this start into {}: {}",
+            certs.dir.display(),
+            certs.generated.join(", ")
+        );
+    }
+    println!("  first user:  jitgate users add alice --group dba --password-stdin");
+    println!(
+        "  then log in: jitgate login --proxy {public_url} --user alice --ca-cert {} --password-stdin",
+        certs.ca_cert.display()
+    );
+    tracing::info!(%public_url, store = %url, "serving");
+
+    tokio::spawn(sweep_forever(Arc::clone(&broker), shutdown.clone()));
+    tls::serve(listener, tls_config, api::router(state), shutdown).await;
+    Ok(())
+}
+
+/// Ends grants and pending requests when they fall due, waking early when grants change.
+async fn sweep_forever(broker: Arc<Broker>, shutdown: CancellationToken) {
+    loop {
+        let now = Timestamp::now();
+        let wait = match broker.sweep(now).await {
+            Ok(next) => next.map_or(MAX_SWEEP_INTERVAL, |t| now.until(t).min(MAX_SWEEP_INTERVAL)),
+            Err(e) => {
+                tracing::error!(error = %e, "sweep failed; retrying");
+                MAX_SWEEP_INTERVAL
+            }
+        };
+        if let Ok(n) = broker.pending_count().await {
+            metrics::gauge!("jitgate_pending_requests").set(n as f64);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = broker.changed() => {}
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder; installed once, whatever number of servers run.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("duration_seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .expect("buckets are not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed")
+        })
+        .clone()
+}

@@ -1,0 +1,592 @@
+//! `Store` over sqlx's `Any` driver: one body of SQL for SQLite and PostgreSQL (the DDL and
+//! queries are written to run on both, `$N` parameters included), with the few places the
+//! two differ (how a write transaction starts, how audit appends serialize) chosen by
+//! dialect.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+
+use super::{GrantFilter, Store, StoreError, UserRecord};
+use crate::access::{AccessRequest, Approval, Grant, GrantState, Identity, RequestState};
+use crate::audit::{AuditDraft, AuditEvent, GENESIS};
+use crate::time::Timestamp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Any constant works; it names the lock that orders audit appends across replicas.
+const AUDIT_LOCK: i64 = 0x6a69_7467_6174_65;
+
+pub struct SqlStore {
+    dialect: Dialect,
+    /// SQLite allows one writer at a time; a single writer connection queues writes in
+    /// process instead of failing them with SQLITE_BUSY. PostgreSQL uses `reader` for all.
+    writer: AnyPool,
+    reader: AnyPool,
+}
+
+const REQUEST_COLUMNS: &str = "id, profile, requester, requester_groups, reason, duration_ms, state, created_at, \
+     pending_until, approvals, approvals_required, decided_at, decided_by, decision_reason, grant_id, version";
+const GRANT_COLUMNS: &str = "id, request_id, profile, holder, groups, reason, state, created_at, expires_at, \
+     ended_at, ended_by, end_reason, version";
+const AUDIT_COLUMNS: &str = "seq, at, actor, action, target, request_id, grant_id, reason, details, prev_hash, hash";
+
+impl SqlStore {
+    pub async fn open(url: &str) -> Result<SqlStore, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or(path);
+            if path != ":memory:" {
+                if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+                }
+            }
+            let url = if url.contains('?') {
+                url.to_owned()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Dialect::Sqlite, url)
+        } else {
+            (Dialect::Postgres, url.to_owned())
+        };
+        let pool = |max| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(5))
+        };
+        let connect = |p: AnyPoolOptions| {
+            let url = url.clone();
+            async move { p.connect(&url).await.map_err(store_error) }
+        };
+        let store = match dialect {
+            Dialect::Sqlite => {
+                let writer = connect(pool(1)).await?;
+                sqlx::query("PRAGMA journal_mode=WAL")
+                    .execute(&writer)
+                    .await
+                    .map_err(store_error)?;
+                let reader = connect(pool(4)).await?;
+                SqlStore {
+                    dialect,
+                    writer,
+                    reader,
+                }
+            }
+            Dialect::Postgres => {
+                let p = connect(pool(16)).await?;
+                SqlStore {
+                    dialect,
+                    writer: p.clone(),
+                    reader: p,
+                }
+            }
+        };
+        sqlx::migrate!("src/store/migrations")
+            .run(&store.writer)
+            .await
+            .map_err(|e| StoreError::Database(format!("applying migrations: {e}")))?;
+        Ok(store)
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.dialect {
+            // IMMEDIATE takes the write lock up front (waiting on busy_timeout), so a
+            // transaction that reads before it writes cannot fail midway because another
+            // process wrote in between.
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.writer.begin().await,
+        }
+        .map_err(store_error)
+    }
+
+    async fn seal_events(&self, tx: &mut Transaction<'static, Any>, events: Vec<AuditDraft>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(AUDIT_LOCK)
+                .execute(&mut **tx)
+                .await
+                .map_err(store_error)?;
+        }
+        let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        let (mut seq, mut prev) = match last {
+            Some(row) => (get::<i64>(&row, "seq")?, get::<String>(&row, "hash")?),
+            None => (0, GENESIS.to_owned()),
+        };
+        let now = Timestamp::now();
+        for draft in events {
+            seq += 1;
+            let e = draft.seal(seq, &prev, now);
+            sqlx::query(&format!(
+                "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
+            ))
+            .bind(e.seq)
+            .bind(e.time.as_millis())
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.target)
+            .bind(&e.request_id)
+            .bind(&e.grant_id)
+            .bind(&e.reason)
+            .bind(&e.details)
+            .bind(&e.prev_hash)
+            .bind(&e.hash)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+            prev = e.hash;
+        }
+        Ok(())
+    }
+
+    async fn insert_grant(tx: &mut Transaction<'static, Any>, g: &Grant) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO grants ({GRANT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)"
+        ))
+        .bind(&g.id)
+        .bind(&g.request_id)
+        .bind(&g.profile)
+        .bind(&g.user)
+        .bind(json(&g.groups))
+        .bind(&g.reason)
+        .bind(g.state.as_str())
+        .bind(g.created_at.as_millis())
+        .bind(g.expires_at.as_millis())
+        .bind(g.ended_at.map(Timestamp::as_millis))
+        .bind(&g.ended_by)
+        .bind(&g.end_reason)
+        .bind(g.version)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn write_request(tx: &mut Transaction<'static, Any>, r: &AccessRequest) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE requests SET state = $1, approvals = $2, decided_at = $3, decided_by = $4, decision_reason = $5, \
+             grant_id = $6, version = version + 1 WHERE id = $7 AND version = $8",
+        )
+        .bind(r.state.as_str())
+        .bind(json(&r.approvals))
+        .bind(r.decided_at.map(Timestamp::as_millis))
+        .bind(&r.decided_by)
+        .bind(&r.decision_reason)
+        .bind(&r.grant_id)
+        .bind(&r.id)
+        .bind(r.version)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn add_user(&self, u: &UserRecord, event: AuditDraft) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO users (name, groups, password_hash, disabled, created_at) VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(&u.name)
+        .bind(json(&u.groups))
+        .bind(&u.password_hash)
+        .bind(i64::from(u.disabled))
+        .bind(u.created_at.as_millis())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::AlreadyExists(format!("user {:?}", u.name)))
+            }
+            other => other.map_err(store_error)?,
+        };
+        self.seal_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT name, groups, password_hash, disabled, created_at FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let rows = sqlx::query("SELECT name, groups, password_hash, disabled, created_at FROM users ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn set_user_disabled(&self, name: &str, disabled: bool, event: AuditDraft) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
+            .bind(i64::from(disabled))
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.seal_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn insert_request(
+        &self,
+        r: &AccessRequest,
+        grant: Option<&Grant>,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(&format!(
+            "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)"
+        ))
+        .bind(&r.id)
+        .bind(&r.profile)
+        .bind(&r.requester.user)
+        .bind(json(&r.requester.groups))
+        .bind(&r.reason)
+        .bind(i64::try_from(r.duration.as_millis()).unwrap_or(i64::MAX))
+        .bind(r.state.as_str())
+        .bind(r.created_at.as_millis())
+        .bind(r.pending_until.as_millis())
+        .bind(json(&r.approvals))
+        .bind(i64::from(r.approvals_required))
+        .bind(r.decided_at.map(Timestamp::as_millis))
+        .bind(&r.decided_by)
+        .bind(&r.decision_reason)
+        .bind(&r.grant_id)
+        .bind(r.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if let Some(g) = grant {
+            Self::insert_grant(&mut tx, g).await?;
+        }
+        self.seal_events(&mut tx, events).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn update_request(
+        &self,
+        r: &AccessRequest,
+        new_grant: Option<&Grant>,
+        events: Vec<AuditDraft>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if !Self::write_request(&mut tx, r).await? {
+            return Ok(false);
+        }
+        if let Some(g) = new_grant {
+            Self::insert_grant(&mut tx, g).await?;
+        }
+        self.seal_events(&mut tx, events).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(request_from_row).transpose()
+    }
+
+    async fn requests(&self, pending_only: bool, limit: u32) -> Result<Vec<AccessRequest>, StoreError> {
+        let filter = if pending_only { "WHERE state = 'pending'" } else { "" };
+        let rows = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests {filter} ORDER BY created_at DESC, id LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(request_from_row).collect()
+    }
+
+    async fn stale_requests(&self, now: Timestamp) -> Result<Vec<AccessRequest>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE state = 'pending' AND pending_until <= $1"
+        ))
+        .bind(now.as_millis())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(request_from_row).collect()
+    }
+
+    async fn update_grant(&self, g: &Grant, r: &AccessRequest, events: Vec<AuditDraft>) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE grants SET state = $1, ended_at = $2, ended_by = $3, end_reason = $4, version = version + 1 \
+             WHERE id = $5 AND version = $6",
+        )
+        .bind(g.state.as_str())
+        .bind(g.ended_at.map(Timestamp::as_millis))
+        .bind(&g.ended_by)
+        .bind(&g.end_reason)
+        .bind(&g.id)
+        .bind(g.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if done.rows_affected() != 1 || !Self::write_request(&mut tx, r).await? {
+            return Ok(false);
+        }
+        self.seal_events(&mut tx, events).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(grant_from_row).transpose()
+    }
+
+    async fn grants(&self, filter: GrantFilter<'_>) -> Result<Vec<Grant>, StoreError> {
+        let state = if filter.active_only {
+            "state = 'active'"
+        } else {
+            "1 = 1"
+        };
+        let rows = match filter.holder {
+            Some(holder) => {
+                sqlx::query(&format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants WHERE {state} AND holder = $1 ORDER BY created_at DESC, id"
+                ))
+                .bind(holder)
+                .fetch_all(&self.reader)
+                .await
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {GRANT_COLUMNS} FROM grants WHERE {state} ORDER BY created_at DESC, id"
+                ))
+                .fetch_all(&self.reader)
+                .await
+            }
+        }
+        .map_err(store_error)?;
+        rows.iter().map(grant_from_row).collect()
+    }
+
+    async fn due_grants(&self, now: Timestamp) -> Result<Vec<Grant>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE state = 'active' AND expires_at <= $1"
+        ))
+        .bind(now.as_millis())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(grant_from_row).collect()
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(expires_at) FROM grants WHERE state = 'active') AS g, \
+                    (SELECT MIN(pending_until) FROM requests WHERE state = 'pending') AS r",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(store_error)?;
+        let g: Option<i64> = get(&row, "g")?;
+        let r: Option<i64> = get(&row, "r")?;
+        Ok(g.into_iter().chain(r).min().map(Timestamp::from_millis))
+    }
+
+    async fn revoke_token(&self, jti: &str, expires_at: Timestamp, event: AuditDraft) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Entries past their token's expiry guard nothing: the token no longer verifies.
+        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at < $1")
+            .bind(Timestamp::now().as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+            .bind(jti)
+            .bind(expires_at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        self.seal_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS hit FROM revoked_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?;
+        Ok(row.is_some())
+    }
+
+    async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.seal_events(&mut tx, events).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn audit_events(
+        &self,
+        after_seq: i64,
+        since: Option<Timestamp>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 AND at >= $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(after_seq)
+        .bind(since.map_or(i64::MIN, Timestamp::as_millis))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+}
+
+fn store_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::AlreadyExists(d.message().to_owned()),
+        other => StoreError::Database(other.to_string()),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("lists serialize")
+}
+
+fn get<'r, T>(row: &'r AnyRow, col: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(col)
+        .map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T, StoreError> {
+    let text: String = get(row, col)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+}
+
+fn ts(row: &AnyRow, col: &str) -> Result<Timestamp, StoreError> {
+    get::<i64>(row, col).map(Timestamp::from_millis)
+}
+
+fn opt_ts(row: &AnyRow, col: &str) -> Result<Option<Timestamp>, StoreError> {
+    Ok(get::<Option<i64>>(row, col)?.map(Timestamp::from_millis))
+}
+
+fn user_from_row(row: &AnyRow) -> Result<UserRecord, StoreError> {
+    Ok(UserRecord {
+        name: get(row, "name")?,
+        groups: from_json(row, "groups")?,
+        password_hash: get(row, "password_hash")?,
+        disabled: get::<i64>(row, "disabled")? != 0,
+        created_at: ts(row, "created_at")?,
+    })
+}
+
+fn request_from_row(row: &AnyRow) -> Result<AccessRequest, StoreError> {
+    let state: String = get(row, "state")?;
+    let approvals: Vec<Approval> = from_json(row, "approvals")?;
+    Ok(AccessRequest {
+        id: get(row, "id")?,
+        profile: get(row, "profile")?,
+        requester: Identity {
+            user: get(row, "requester")?,
+            groups: from_json(row, "requester_groups")?,
+        },
+        reason: get(row, "reason")?,
+        duration: Duration::from_millis(u64::try_from(get::<i64>(row, "duration_ms")?).unwrap_or(0)),
+        state: RequestState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("request state {state:?}")))?,
+        created_at: ts(row, "created_at")?,
+        pending_until: ts(row, "pending_until")?,
+        approvals,
+        approvals_required: u32::try_from(get::<i64>(row, "approvals_required")?).unwrap_or(u32::MAX),
+        decided_at: opt_ts(row, "decided_at")?,
+        decided_by: get(row, "decided_by")?,
+        decision_reason: get(row, "decision_reason")?,
+        grant_id: get(row, "grant_id")?,
+        version: get(row, "version")?,
+    })
+}
+
+fn grant_from_row(row: &AnyRow) -> Result<Grant, StoreError> {
+    let state: String = get(row, "state")?;
+    Ok(Grant {
+        id: get(row, "id")?,
+        request_id: get(row, "request_id")?,
+        profile: get(row, "profile")?,
+        user: get(row, "holder")?,
+        groups: from_json(row, "groups")?,
+        reason: get(row, "reason")?,
+        state: GrantState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("grant state {state:?}")))?,
+        created_at: ts(row, "created_at")?,
+        expires_at: ts(row, "expires_at")?,
+        ended_at: opt_ts(row, "ended_at")?,
+        ended_by: get(row, "ended_by")?,
+        end_reason: get(row, "end_reason")?,
+        version: get(row, "version")?,
+    })
+}
+
+fn audit_from_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        seq: get(row, "seq")?,
+        time: ts(row, "at")?,
+        actor: get(row, "actor")?,
+        action: get(row, "action")?,
+        target: get(row, "target")?,
+        request_id: get(row, "request_id")?,
+        grant_id: get(row, "grant_id")?,
+        reason: get(row, "reason")?,
+        details: get(row, "details")?,
+        prev_hash: get(row, "prev_hash")?,
+        hash: get(row, "hash")?,
+    })
+}
