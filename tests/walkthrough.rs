@@ -1,0 +1,134 @@
+//! The README's walk-through, as users run it: the real binary serving, the CLI with each
+//! person's own JITGATE_HOME, on SQLite and on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Backend, Proxy, TestDb, WALKTHROUGH_PROFILES};
+use serde_json::Value;
+
+fn walkthrough(backend: Backend) {
+    let db = TestDb::blocking(backend);
+    let proxy = Proxy::start(db.dir.path(), &db.url, WALKTHROUGH_PROFILES);
+    proxy.add_user("alice", &["dba"]);
+    proxy.add_user("bob", &["dba-leads"]);
+    let alice = proxy.login("alice");
+    let bob = proxy.login("bob");
+
+    // Alice asks; she cannot approve her own request; Bob can.
+    let req = alice.json(&["request", "db-patch", "--reason", "INC-1", "--for", "3s"]);
+    assert_eq!(req["state"], "pending");
+    let id = req["id"].as_str().unwrap().to_owned();
+    alice
+        .run(&["approve", &id], None)
+        .fails(1, "cannot approve or deny your own request");
+    let approved = bob.json(&["approve", &id, "--reason", "checked INC-1"]);
+    assert_eq!(approved["state"], "active");
+    let grant_id = approved["grant_id"].as_str().unwrap().to_owned();
+
+    let grants = alice.json(&["grants"]);
+    assert_eq!(grants[0]["id"], grant_id.as_str());
+    assert_eq!(grants[0]["state"], "active");
+    assert_eq!(grants[0]["user"], "alice");
+    let expires_at = grants[0]["expires_at"].as_str().unwrap().to_owned();
+
+    // The grant ends on time, by itself, and says so.
+    let expired = eventually(Duration::from_secs(8), || {
+        let all = alice.json(&["grants", "--all"]);
+        let g = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == grant_id.as_str())?
+            .clone();
+        (g["state"] == "expired").then_some(g)
+    })
+    .expect("the grant expires");
+    let lag = ms(&expired["ended_at"]) - ms(&Value::String(expires_at));
+    assert!((0..=1500).contains(&lag), "expired {lag} ms after expires_at");
+    assert_eq!(alice.json(&["grants"]), Value::Array(vec![]), "no active grants left");
+    let req = alice.json(&["requests"]);
+    assert_eq!(req[0]["state"], "expired");
+
+    // A policy-approved grant, revoked by an approver.
+    let auto = alice.json(&["request", "staging-shell", "--reason", "deploy check", "--for", "1h"]);
+    assert_eq!(auto["state"], "active");
+    let auto_grant = auto["grant_id"].as_str().unwrap().to_owned();
+    let revoked = bob.json(&["revoke", &auto_grant, "--reason", "done early"]);
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(revoked["ended_by"], "bob");
+    bob.run(&["revoke", &auto_grant], None)
+        .fails(1, "grant is revoked, not active");
+
+    // The audit log proves it all, and tells the story of one grant.
+    let verify = proxy.admin(&["audit", "verify"], None).success();
+    assert!(verify.stdout.starts_with("audit chain OK: "), "{}", verify.stdout);
+    let story = proxy.admin(&["audit", "evidence", &grant_id], None).success().stdout;
+    for line in [
+        "alice asked for profile db-patch for 3s — reason: \"INC-1\"",
+        "bob approved (1 of 1) — reason: \"checked INC-1\"",
+        "grant activated for alice by bob",
+        "Access ended: expired at",
+    ] {
+        assert!(story.contains(line), "evidence lacks {line:?}:\n{story}");
+    }
+    let export = proxy.admin(&["audit", "export"], None).success().stdout;
+    let actions: Vec<String> = export
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for action in [
+        "login.succeeded",
+        "request.created",
+        "request.approved",
+        "grant.activated",
+        "grant.expired",
+        "grant.revoked",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "no {action} in {actions:?}");
+    }
+
+    // One edited row breaks the chain, and verify names it.
+    tamper(&db.url, 5);
+    proxy
+        .admin(&["audit", "verify"], None)
+        .fails(1, "audit chain broken at seq 5");
+    proxy
+        .admin(&["audit", "evidence", &grant_id], None)
+        .fails(1, "the evidence cannot be trusted");
+}
+
+fn ms(v: &Value) -> i64 {
+    jitgate::time::Timestamp::parse_rfc3339(v.as_str().expect("a time"))
+        .unwrap()
+        .as_millis()
+}
+
+fn tamper(url: &str, seq: i64) {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(url).await.unwrap();
+        let done = sqlx::query("UPDATE audit_events SET actor = 'mallory' WHERE seq = $1")
+            .bind(seq)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    });
+}
+
+#[test]
+fn walkthrough_on_sqlite() {
+    walkthrough(Backend::Sqlite);
+}
+
+#[test]
+fn walkthrough_on_postgres() {
+    walkthrough(Backend::Postgres);
+}
