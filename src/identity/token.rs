@@ -121,7 +121,7 @@ impl TokenIssuer {
     /// Checks algorithm, key, signature, expiry, issuer and audience. Revocation is the
     /// caller's to check, against the store.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| header_error(token))?;
         if header.alg != Algorithm::ES256 {
             return Err(TokenError::WrongAlgorithm);
         }
@@ -144,6 +144,21 @@ impl TokenIssuer {
                 K::InvalidAlgorithm => TokenError::WrongAlgorithm,
                 _ => TokenError::Malformed,
             })
+    }
+}
+
+/// Why a header did not parse: an algorithm jsonwebtoken does not even know (`none`) is
+/// still the wrong algorithm, and worth saying so.
+fn header_error(token: &str) -> TokenError {
+    let alg = token
+        .split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned));
+    match alg {
+        Some(a) if a != "ES256" => TokenError::WrongAlgorithm,
+        _ => TokenError::Malformed,
     }
 }
 
@@ -189,7 +204,7 @@ mod tests {
         let body = serde_json::to_value(&claims).unwrap();
         let kid = iss.kid.clone();
         let none = forge(r#"{"alg":"none","typ":"JWT"}"#, &body, "");
-        assert_eq!(iss.verify(&none), Err(TokenError::Malformed));
+        assert_eq!(iss.verify(&none), Err(TokenError::WrongAlgorithm));
         let hs = forge(&format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#), &body, "c2ln");
         assert_eq!(iss.verify(&hs), Err(TokenError::WrongAlgorithm));
         let other_kid = forge(r#"{"alg":"ES256","kid":"nope"}"#, &body, "c2ln");

@@ -1,0 +1,446 @@
+//! The HTTP API against bad input: forged and stale tokens, malformed and oversized bodies,
+//! wrong passwords, and a store that goes away. Each gets a specific error and changes
+//! nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{password_of, Backend, Proxy, TestDb, WALKTHROUGH_PROFILES};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(proxy: &Proxy) -> Client {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&proxy.ca).unwrap()).unwrap();
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .unwrap();
+        Client {
+            http,
+            base: proxy.url.clone(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = req.send().await.expect("the proxy answers");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, body)
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(format!("{}{path}", self.base)).bearer_auth(token))
+            .await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
+    }
+
+    async fn login(&self, user: &str, password: &str) -> (StatusCode, Value) {
+        let body = json!({ "user": user, "password": password });
+        self.send(self.http.post(format!("{}/api/v1/login", self.base)).json(&body))
+            .await
+    }
+
+    async fn token(&self, user: &str) -> String {
+        let (status, body) = self.login(user, &password_of(user)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn assert_error(got: (StatusCode, Value), status: StatusCode, error: &str, reason: &str) {
+    let (s, body) = got;
+    assert_eq!(s, status, "{body}");
+    assert_eq!(body["error"], error, "{body}");
+    let r = body["reason"].as_str().unwrap_or_default();
+    assert!(r.contains(reason), "reason {r:?} lacks {reason:?}");
+    assert!(!r.contains('\n') && !r.contains("Error {"), "not one clean line: {r:?}");
+}
+
+fn start(db: &TestDb) -> Proxy {
+    let proxy = Proxy::start(db.dir.path(), &db.url, WALKTHROUGH_PROFILES);
+    proxy.add_user("alice", &["dba"]);
+    proxy.add_user("bob", &["dba-leads"]);
+    proxy
+}
+
+fn forge(header: Value, claims: &Value, sig: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(sig)
+    )
+}
+
+#[tokio::test]
+async fn forged_stale_and_revoked_tokens_are_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    let c = Client::new(&proxy);
+    let good = c.token("alice").await;
+    let (status, me) = c.get("/api/v1/whoami", &good).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["user"], "alice");
+
+    let (_, jwks) = c.send(c.http.get(format!("{}/.well-known/jwks.json", c.base))).await;
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_owned();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    let parts: Vec<&str> = good.split('.').collect();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let mut escalated = claims.clone();
+    escalated["groups"] = json!(["dba", "security"]);
+
+    let key_pem = std::fs::read(proxy.dir.join("certs/token-signing-key.pem")).unwrap();
+    let real_key = EncodingKey::from_ec_pem(&key_pem).unwrap();
+    let mut es256 = Header::new(Algorithm::ES256);
+    es256.kid = Some(kid.clone());
+    let sign = |c: &Value| jsonwebtoken::encode(&es256, c, &real_key).unwrap();
+    let hs256 = {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some(kid.clone());
+        // The classic confusion: the public key used as an HMAC secret.
+        jsonwebtoken::encode(&h, &escalated, &EncodingKey::from_secret(jwks.to_string().as_bytes())).unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut expired = claims.clone();
+    expired["iat"] = json!(now - 7200);
+    expired["exp"] = json!(now - 3600);
+    let mut wrong_aud = claims.clone();
+    wrong_aud["aud"] = json!("kubernetes");
+    let mut wrong_iss = claims.clone();
+    wrong_iss["iss"] = json!("https://evil.example");
+
+    let cases = [
+        (
+            forge(json!({"alg": "none", "typ": "JWT"}), &escalated, b""),
+            "not signed with ES256",
+        ),
+        (hs256, "not signed with ES256"),
+        (
+            forge(json!({"alg": "ES256", "kid": "0011223344556677"}), &escalated, &[0; 64]),
+            "unknown signing key",
+        ),
+        (
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                URL_SAFE_NO_PAD.encode(escalated.to_string()),
+                parts[2]
+            ),
+            "signature is invalid",
+        ),
+        (sign(&expired), "has expired"),
+        (sign(&wrong_aud), "another audience"),
+        (sign(&wrong_iss), "another proxy"),
+        ("garbage".to_owned(), "malformed"),
+    ];
+    for (token, reason) in &cases {
+        assert_error(
+            c.get("/api/v1/whoami", token).await,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            reason,
+        );
+        let made = c
+            .post(
+                "/api/v1/requests",
+                token,
+                json!({"profile": "db-patch", "reason": "x", "duration": "1h"}),
+            )
+            .await;
+        assert_error(made, StatusCode::UNAUTHORIZED, "unauthorized", reason);
+    }
+    let no_auth = c.send(c.http.get(format!("{}/api/v1/requests", c.base))).await;
+    assert_error(no_auth, StatusCode::UNAUTHORIZED, "unauthorized", "no bearer token");
+    let basic = c
+        .send(
+            c.http
+                .get(format!("{}/api/v1/requests", c.base))
+                .basic_auth("alice", Some("x")),
+        )
+        .await;
+    assert_error(
+        basic,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "must be `Bearer TOKEN`",
+    );
+
+    // Logout revokes the token at the proxy, not just on the client.
+    let (status, _) = c.post("/api/v1/logout", &good, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_error(
+        c.get("/api/v1/whoami", &good).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "revoked",
+    );
+
+    // None of it changed anything.
+    let fresh = c.token("alice").await;
+    let (_, list) = c.get("/api/v1/requests", &fresh).await;
+    assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn bad_bodies_get_specific_errors_and_change_nothing() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    let c = Client::new(&proxy);
+    let alice = c.token("alice").await;
+    let url = format!("{}/api/v1/requests", c.base);
+    let raw = |body: Vec<u8>, ctype: &str| {
+        c.http
+            .post(&url)
+            .bearer_auth(&alice)
+            .header("content-type", ctype.to_owned())
+            .body(body)
+    };
+
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str, &str)> = vec![
+        (
+            raw(b"{\"profile\": ".to_vec(), "application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "EOF",
+        ),
+        (
+            raw(b"[1,2]".to_vec(), "application/json"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "invalid type",
+        ),
+        (
+            raw(vec![b' '; 100_000], "application/json"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "larger than",
+        ),
+        (
+            raw(b"{}".to_vec(), "text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "application/json",
+        ),
+    ];
+    for (req, status, error, reason) in cases {
+        assert_error(c.send(req).await, status, error, reason);
+    }
+    let json_cases = [
+        (
+            json!({"profile": "db-patch", "duration": "1h"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "requires a reason",
+        ),
+        (
+            json!({"profile": "db-patch", "reason": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "missing field `duration`",
+        ),
+        (
+            json!({"profile": "db-patch", "reason": "x", "duration": "1h", "admin": true}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "unknown field `admin`",
+        ),
+        (
+            json!({"profile": "nope", "reason": "x", "duration": "1h"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no profile named \"nope\"",
+        ),
+        (
+            json!({"profile": "db-patch", "reason": "x", "duration": "2x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "\"2x\" is not a duration",
+        ),
+        (
+            json!({"profile": "db-patch", "reason": "x", "duration": "3h"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "3h is longer than profile \"db-patch\" allows (at most 2h)",
+        ),
+    ];
+    for (body, status, error, reason) in json_cases {
+        assert_error(c.post("/api/v1/requests", &alice, body).await, status, error, reason);
+    }
+    let bob = c.token("bob").await;
+    let (status, _) = c
+        .post(
+            "/api/v1/requests",
+            &bob,
+            json!({"profile": "db-patch", "reason": "x", "duration": "1h"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "bob is not a requester of db-patch");
+    assert_error(
+        c.post("/api/v1/requests/req-nope/approve", &bob, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no request \"req-nope\"",
+    );
+    assert_error(
+        c.get("/api/v1/nothing", &alice).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    );
+    let (_, list) = c.get("/api/v1/requests", &alice).await;
+    assert_eq!(list, json!([]), "no bad request left a trace");
+
+    // Someone else's request is invisible to a bystander, and approving it is refused.
+    let (_, req) = c
+        .post(
+            "/api/v1/requests",
+            &alice,
+            json!({"profile": "db-patch", "reason": "INC-2", "duration": "1h"}),
+        )
+        .await;
+    let id = req["id"].as_str().unwrap();
+    proxy.add_user("eve", &["developers"]);
+    let eve = c.token("eve").await;
+    assert_error(
+        c.get(&format!("/api/v1/requests/{id}"), &eve).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "that you can see",
+    );
+    assert_error(
+        c.post(&format!("/api/v1/requests/{id}/approve"), &eve, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "",
+    );
+    let (_, still) = c.get(&format!("/api/v1/requests/{id}"), &alice).await;
+    assert_eq!(still["state"], "pending");
+    assert_eq!(still["approvals"], json!([]));
+    assert_error(
+        c.get("/api/v1/audit", &alice).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "only admins",
+    );
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_refused_alike_and_rate_limited() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    let c = Client::new(&proxy);
+    let wrong = c.login("alice", "not-her-password").await;
+    assert_error(
+        wrong,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "wrong user name or password",
+    );
+    let unknown = c.login("nobody", "whatever-password").await;
+    assert_error(
+        unknown,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "wrong user name or password",
+    );
+    proxy.admin(&["users", "disable", "bob"], None).success();
+    let disabled = c.login("bob", &password_of("bob")).await;
+    assert_error(
+        disabled,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "wrong user name or password",
+    );
+
+    for _ in 0..4 {
+        c.login("alice", "still-wrong-password").await;
+    }
+    // Five failures for alice: even her right password waits now.
+    let limited = c.login("alice", &password_of("alice")).await;
+    assert_error(
+        limited,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many failed logins",
+    );
+
+    let admin_events = proxy.admin(&["audit", "export"], None).success().stdout;
+    let failed = admin_events.lines().filter(|l| l.contains("\"login.failed\"")).count();
+    assert_eq!(failed, 7, "every failed login is audited");
+}
+
+#[tokio::test]
+async fn health_metrics_and_jwks() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    let c = Client::new(&proxy);
+    let alice = c.token("alice").await;
+    c.post(
+        "/api/v1/requests",
+        &alice,
+        json!({"profile": "db-patch", "reason": "x", "duration": "1h"}),
+    )
+    .await;
+    let (status, health) = c.send(c.http.get(format!("{}/healthz", c.base))).await;
+    assert_eq!((status, health), (StatusCode::OK, json!({"status": "ok"})));
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "jitgate_http_requests_total{route=\"/api/v1/requests\",method=\"POST\",status=\"201\"} 1",
+        "jitgate_http_request_duration_seconds_bucket{route=\"/api/v1/login\"",
+        "jitgate_active_grants",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
+    // The sweeper publishes the pending count within a second.
+    let mut seen = String::new();
+    for _ in 0..40 {
+        seen = c
+            .http
+            .get(format!("{}/metrics", c.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if seen.contains("jitgate_pending_requests 1") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("jitgate_pending_requests never reached 1:\n{seen}");
+}
