@@ -163,12 +163,13 @@ pub async fn users(cmd: UsersCommand, out: Output) -> CliResult {
         UsersCommand::List { config } => {
             let config = load_config(config.config.as_deref())?;
             let users = open_store(&config).await?.users().await.map_err(store_failed)?;
-            if out == Output::Json {
-                let list: Vec<_> = users
-                    .iter()
-                    .map(|u| serde_json::json!({ "name": u.name, "groups": u.groups, "disabled": u.disabled, "created_at": u.created_at }))
-                    .collect();
-                table::json(&serde_json::Value::Array(list));
+            let list: Vec<_> = users
+                .iter()
+                .map(|u| {
+                    serde_json::json!({ "name": u.name, "groups": u.groups, "disabled": u.disabled, "created_at": u.created_at })
+                })
+                .collect();
+            if table::machine(out, &list, "name") {
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = users

@@ -33,7 +33,7 @@ pub struct RequestArgs {
     /// Profile to request (see `jitgate profiles`)
     profile: String,
     /// Why you need it: a ticket or incident id and a few words
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     reason: String,
     /// For how long, e.g. 30m, 2h (at most the profile's max_duration)
     #[arg(long = "for", value_name = "DURATION")]
@@ -105,7 +105,7 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
         Output::Json => table::json(
             &json!({ "user": session.user, "groups": session.groups, "expires_at": session.expires_at, "proxy": session.proxy }),
         ),
-        Output::Table => println!(
+        Output::Table | Output::Id => println!(
             "Logged in to {} as {} (groups: {}); token valid until {}, saved in {}",
             session.proxy,
             session.user,
@@ -124,7 +124,9 @@ pub async fn logout(out: Output) -> CliResult {
     result?;
     match out {
         Output::Json => table::json(&json!({ "logged_out": true, "user": session.user })),
-        Output::Table => println!("Logged out {}; the token is revoked at {}", session.user, session.proxy),
+        Output::Table | Output::Id => {
+            println!("Logged out {}; the token is revoked at {}", session.user, session.proxy)
+        }
     }
     Ok(())
 }
@@ -136,7 +138,7 @@ pub async fn status(out: Output) -> CliResult {
     let mine: Vec<&Value> = grants.iter().filter(|g| g["user"] == me["user"]).collect();
     match out {
         Output::Json => table::json(&json!({ "proxy": session.proxy, "identity": me, "active_grants": mine })),
-        Output::Table => {
+        Output::Table | Output::Id => {
             println!("Proxy:  {}", session.proxy);
             println!(
                 "User:   {} (groups: {}){}",
@@ -166,8 +168,7 @@ pub async fn status(out: Output) -> CliResult {
 pub async fn profiles(out: Output) -> CliResult {
     let (api, _) = Api::from_session()?;
     let list: Vec<Value> = api.get("/api/v1/profiles").await?;
-    if out == Output::Json {
-        table::json(&Value::Array(list));
+    if table::machine(out, &list, "name") {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -233,8 +234,10 @@ pub async fn request(args: RequestArgs, out: Output) -> CliResult {
 }
 
 fn show_request(r: &Value, out: Output) {
-    if out == Output::Json {
-        return table::json(r);
+    match out {
+        Output::Json => return table::json(r),
+        Output::Id => return println!("{}", field(r, "id")),
+        Output::Table => {}
     }
     let id = field(r, "id");
     let profile = field(r, "profile");
@@ -268,8 +271,7 @@ pub async fn requests(pending: bool, out: Output) -> CliResult {
             "/api/v1/requests"
         })
         .await?;
-    if out == Output::Json {
-        table::json(&Value::Array(list));
+    if table::machine(out, &list, "id") {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -330,8 +332,7 @@ pub async fn grants(all: bool, out: Output) -> CliResult {
             "/api/v1/grants"
         })
         .await?;
-    if out == Output::Json {
-        table::json(&Value::Array(list));
+    if table::machine(out, &list, "id") {
         return Ok(());
     }
     let rows: Vec<Vec<String>> = list
@@ -366,6 +367,7 @@ pub async fn revoke(id: &str, reason: Option<String>, out: Output) -> CliResult 
         .await?;
     match out {
         Output::Json => table::json(&g),
+        Output::Id => println!("{}", field(&g, "id")),
         Output::Table => println!(
             "Grant {} of {} for {} is revoked; its connections are cut",
             field(&g, "id"),

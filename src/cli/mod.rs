@@ -63,8 +63,12 @@ pub struct Global {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Readable tables and sentences
     Table,
+    /// The API's JSON, for scripts
     Json,
+    /// Only ids (or names), one per line: `REQ=$(jitgate request … -o id)`
+    Id,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::Output;
 use crate::time::{format_duration, Timestamp};
 
 pub fn print(headers: &[&str], rows: &[Vec<String>]) {
@@ -26,6 +27,17 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
+}
+
+/// Prints `list` for scripts when `out` asks for it (JSON, or one `key` per line); returns
+/// false when the caller should print its table.
+pub fn machine(out: Output, list: &[Value], key: &str) -> bool {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(list).expect("JSON prints")),
+        Output::Id => list.iter().for_each(|v| println!("{}", field(v, key))),
+        Output::Table => return false,
+    }
+    true
 }
 
 pub fn json(v: &Value) {
