@@ -323,15 +323,18 @@ pub async fn decide(id: &str, verb: &str, reason: Option<String>, out: Output) -
     Ok(())
 }
 
-pub async fn grants(all: bool, out: Output) -> CliResult {
+pub async fn grants(all: bool, profile: Option<&str>, out: Output) -> CliResult {
     let (api, _) = Api::from_session()?;
-    let list: Vec<Value> = api
+    let mut list: Vec<Value> = api
         .get(if all {
             "/api/v1/grants?all=true"
         } else {
             "/api/v1/grants"
         })
         .await?;
+    if let Some(p) = profile {
+        list.retain(|g| g["profile"] == p);
+    }
     if table::machine(out, &list, "id") {
         return Ok(());
     }

@@ -144,6 +144,9 @@ pub enum Command {
         /// Include grants that have expired or were revoked
         #[arg(long)]
         all: bool,
+        /// Only grants of this profile
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// End a grant now; every connection it opened is cut
     Revoke {
@@ -181,7 +184,7 @@ async fn dispatch(global: Global, command: Command) -> CliResult {
         Command::Approve { id, reason } => commands::decide(&id, "approve", reason, out).await,
         Command::Deny { id, reason } => commands::decide(&id, "deny", Some(reason), out).await,
         Command::Cancel { id } => commands::decide(&id, "cancel", None, out).await,
-        Command::Grants { all } => commands::grants(all, out).await,
+        Command::Grants { all, profile } => commands::grants(all, profile.as_deref(), out).await,
         Command::Revoke { id, reason } => commands::revoke(&id, reason, out).await,
     }
 }
