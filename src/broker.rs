@@ -99,6 +99,7 @@ impl Broker {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(user = %who.user, profile = %profile, request_id = tracing::field::Empty))]
     pub async fn open_request(
         &self,
         who: &Identity,
@@ -119,6 +120,7 @@ impl Broker {
             || random_id("grant-"),
         )?;
         let r = outcome.request();
+        tracing::Span::current().record("request_id", r.id.as_str());
         let mut events = vec![AuditDraft::new("request.created", &who.user, &r.profile)
             .request(&r.id)
             .reason(Some(&r.reason))
@@ -143,6 +145,7 @@ impl Broker {
         Ok(outcome.request().clone())
     }
 
+    #[tracing::instrument(skip_all, fields(user = %who.user, request_id = %id))]
     pub async fn approve(
         &self,
         who: &Identity,
@@ -178,6 +181,7 @@ impl Broker {
         Err(BrokerError::Contended(format!("request {id}")))
     }
 
+    #[tracing::instrument(skip_all, fields(user = %who.user, request_id = %id))]
     pub async fn deny(
         &self,
         who: &Identity,
@@ -192,6 +196,7 @@ impl Broker {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(user = %who.user, request_id = %id))]
     pub async fn cancel(&self, who: &Identity, id: &str, now: Timestamp) -> Result<AccessRequest, BrokerError> {
         self.decide(who, id, "request.cancelled", |r| Ok(r.cancel(who, now)?))
             .await
@@ -217,6 +222,7 @@ impl Broker {
         Err(BrokerError::Contended(format!("request {id}")))
     }
 
+    #[tracing::instrument(skip_all, fields(user = %who.user, grant_id = %grant_id))]
     pub async fn revoke(
         &self,
         who: &Identity,
@@ -256,6 +262,7 @@ impl Broker {
 
     /// Ends what is due: grants past their expiry and pending requests past their time to
     /// live. Returns when the next thing falls due.
+    #[tracing::instrument(skip_all)]
     pub async fn sweep(&self, now: Timestamp) -> Result<Option<Timestamp>, BrokerError> {
         for grant in self.store.due_grants(now).await? {
             let Ok(expired) = grant.expire(now) else { continue };

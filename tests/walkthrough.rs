@@ -132,3 +132,35 @@ fn walkthrough_on_sqlite() {
 fn walkthrough_on_postgres() {
     walkthrough(Backend::Postgres);
 }
+
+#[test]
+fn grants_that_expire_while_the_proxy_is_down_end_at_the_next_start() {
+    let db = TestDb::blocking(Backend::Sqlite);
+    let proxy = Proxy::start(db.dir.path(), &db.url, WALKTHROUGH_PROFILES);
+    proxy.add_user("alice", &["dba"]);
+    let alice = proxy.login("alice");
+    let grant = alice.json(&["request", "staging-shell", "--reason", "restart test", "--for", "2s"]);
+    let grant_id = grant["grant_id"].as_str().unwrap().to_owned();
+    proxy.stop();
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let proxy = Proxy::start(db.dir.path(), &db.url, WALKTHROUGH_PROFILES);
+    let alice = proxy.login("alice");
+    let ended = eventually(Duration::from_secs(3), || {
+        let all = alice.json(&["grants", "--all"]);
+        let g = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == grant_id.as_str())?
+            .clone();
+        (g["state"] == "expired").then_some(g)
+    });
+    assert!(
+        ended.is_some(),
+        "the grant was not expired after the restart:\n{}",
+        proxy.log()
+    );
+    let story = proxy.admin(&["audit", "evidence", &grant_id], None).success().stdout;
+    assert!(story.contains("Access ended: expired at"), "{story}");
+}

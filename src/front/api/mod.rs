@@ -59,6 +59,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(record_metrics))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
