@@ -301,6 +301,9 @@ impl Broker {
             .await?;
         let index = Arc::new(GrantIndex::build(&grants, &self.policy, now));
         metrics::gauge!("jitgate_active_grants").set(index.len() as f64);
+        // Grants revoked or expired through another replica end here at this refresh.
+        self.live
+            .cut_unless(|id| index.contains(id), "grant no longer active in the store");
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
         Ok(())
     }

@@ -104,6 +104,17 @@ impl Live {
         }
     }
 
+    /// Cuts the connections of every grant that `keep` rejects; returns how many grants.
+    /// This is how a replica learns of grants ended elsewhere: its next look at the store
+    /// no longer lists them as active.
+    pub fn cut_unless(&self, keep: impl Fn(&str) -> bool, why: &str) -> usize {
+        let ended: Vec<Arc<str>> = {
+            let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+            grants.keys().filter(|id| !keep(id)).cloned().collect()
+        };
+        ended.iter().filter(|id| self.cut(id, why) > 0).count()
+    }
+
     /// How many connections are open under a grant.
     pub fn open_connections(&self, grant_id: &str) -> usize {
         self.grants
@@ -161,6 +172,18 @@ mod tests {
         assert!(!g2.is_cut());
         assert_eq!(live.cut("g1", "again"), 0);
         assert_eq!(live.open_connections("g2"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grants_no_longer_active_are_cut() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let hour = now.saturating_add(Duration::from_secs(3600));
+        let kept = live.register_at(&Authorized::for_test("g1", hour), now);
+        let ended = live.register_at(&Authorized::for_test("g2", hour), now);
+        assert_eq!(live.cut_unless(|id| id == "g1", "ended elsewhere"), 1);
+        assert!(!kept.is_cut());
+        assert!(ended.is_cut());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
 //! `authorize`: the one place that decides whether an identity may act on a resource now.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::grant::Grant;
@@ -75,7 +75,7 @@ struct IndexedGrant {
 #[derive(Clone, Debug, Default)]
 pub struct GrantIndex {
     by_user: HashMap<String, Vec<IndexedGrant>>,
-    len: usize,
+    ids: HashSet<Arc<str>>,
 }
 
 impl GrantIndex {
@@ -89,22 +89,28 @@ impl GrantIndex {
             let Some(profile) = policy.profile(&g.profile) else {
                 continue;
             };
+            let id: Arc<str> = g.id.as_str().into();
+            index.ids.insert(Arc::clone(&id));
             index.by_user.entry(g.user.clone()).or_default().push(IndexedGrant {
-                id: g.id.as_str().into(),
+                id,
                 profile: Arc::clone(profile),
                 expires_at: g.expires_at,
             });
-            index.len += 1;
         }
         index
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.ids.is_empty()
+    }
+
+    /// Whether the grant is active in this snapshot.
+    pub fn contains(&self, grant_id: &str) -> bool {
+        self.ids.contains(grant_id)
     }
 }
 
