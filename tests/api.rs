@@ -444,3 +444,52 @@ async fn health_metrics_and_jwks() {
     }
     panic!("jitgate_pending_requests never reached 1:\n{seen}");
 }
+
+#[tokio::test]
+async fn admins_read_the_audit_log_through_the_api() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    proxy.add_user("carol", &["security"]);
+    let c = Client::new(&proxy);
+    let alice = c.token("alice").await;
+    c.post(
+        "/api/v1/requests",
+        &alice,
+        json!({"profile": "db-patch", "reason": "INC-8", "duration": "1h"}),
+    )
+    .await;
+    let carol = c.token("carol").await;
+    let (status, events) = c.get("/api/v1/audit", &carol).await;
+    assert_eq!(status, StatusCode::OK, "{events}");
+    let events = events.as_array().unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "user.added",
+            "user.added",
+            "user.added",
+            "login.succeeded",
+            "request.created",
+            "login.succeeded"
+        ]
+    );
+    let created = &events[4];
+    assert_eq!(created["actor"], "alice");
+    assert_eq!(created["reason"], "INC-8");
+    assert_eq!(created["details"]["duration"], "1h");
+    assert_eq!(created["prev_hash"], events[3]["hash"]);
+
+    let (_, page) = c.get("/api/v1/audit?after_seq=2&limit=2", &carol).await;
+    let seqs: Vec<i64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4]);
+    let (_, future) = c.get("/api/v1/audit?since=2999-01-01T00:00:00Z", &carol).await;
+    assert_eq!(future, json!([]));
+    let bad = c.get("/api/v1/audit?since=yesterday", &carol).await;
+    assert_error(bad, StatusCode::BAD_REQUEST, "invalid_request", "not an RFC 3339 time");
+}
