@@ -142,9 +142,8 @@ pub struct ChainBroken {
 /// it checked.
 pub fn verify<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<u64, ChainBroken> {
     let mut prev_hash = GENESIS.to_owned();
-    let mut expected = 1;
     let mut count = 0;
-    for e in events {
+    for (expected, e) in (1..).zip(events) {
         if e.seq != expected {
             let why = format!("expected seq {expected} next (a row was deleted, inserted or reordered)");
             return Err(ChainBroken { seq: e.seq, why });
@@ -162,7 +161,6 @@ pub fn verify<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<u6
             });
         }
         prev_hash.clone_from(&e.hash);
-        expected += 1;
         count += 1;
     }
     Ok(count)

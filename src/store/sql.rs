@@ -22,7 +22,7 @@ enum Dialect {
 }
 
 /// Any constant works; it names the lock that orders audit appends across replicas.
-const AUDIT_LOCK: i64 = 0x6a69_7467_6174_65;
+const AUDIT_LOCK: i64 = 0x006a_6974_6761_7465;
 
 pub struct SqlStore {
     dialect: Dialect,
