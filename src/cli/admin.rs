@@ -19,6 +19,7 @@ use crate::time::Timestamp;
 pub enum UsersCommand {
     /// Add a local user
     Add {
+        /// User name: letters, digits, '-', '_', '.' or '@'
         name: String,
         /// Group membership (repeat for several)
         #[arg(long = "group", short = 'g')]
@@ -36,6 +37,7 @@ pub enum UsersCommand {
     },
     /// Disable a local user: they can no longer log in
     Disable {
+        /// User name
         name: String,
         #[command(flatten)]
         config: ConfigArg,
