@@ -34,17 +34,7 @@ fn walkthrough(backend: Backend) {
     let expires_at = grants[0]["expires_at"].as_str().unwrap().to_owned();
 
     // The grant ends on time, by itself, and says so.
-    let expired = eventually(Duration::from_secs(8), || {
-        let all = alice.json(&["grants", "--all"]);
-        let g = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["id"] == grant_id.as_str())?
-            .clone();
-        (g["state"] == "expired").then_some(g)
-    })
-    .expect("the grant expires");
+    let expired = grant_reaches(&alice, &grant_id, "expired", Duration::from_secs(8)).expect("the grant expires");
     let lag = ms(&expired["ended_at"]) - ms(&Value::String(expires_at));
     assert!((0..=1500).contains(&lag), "expired {lag} ms after expires_at");
     assert_eq!(alice.json(&["grants"]), Value::Array(vec![]), "no active grants left");
@@ -104,6 +94,15 @@ fn walkthrough(backend: Backend) {
         .fails(1, "the evidence cannot be trusted");
 }
 
+/// Waits until `user` sees grant `id` in `state`, and returns it.
+fn grant_reaches(user: &common::User, id: &str, state: &str, limit: Duration) -> Option<Value> {
+    eventually(limit, || {
+        let all = user.json(&["grants", "--all"]);
+        let g = all.as_array()?.iter().find(|g| g["id"] == id)?.clone();
+        (g["state"] == state).then_some(g)
+    })
+}
+
 fn ms(v: &Value) -> i64 {
     jitgate::time::Timestamp::parse_rfc3339(v.as_str().expect("a time"))
         .unwrap()
@@ -146,16 +145,7 @@ fn grants_that_expire_while_the_proxy_is_down_end_at_the_next_start() {
 
     let proxy = Proxy::start(db.dir.path(), &db.url, WALKTHROUGH_PROFILES);
     let alice = proxy.login("alice");
-    let ended = eventually(Duration::from_secs(3), || {
-        let all = alice.json(&["grants", "--all"]);
-        let g = all
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["id"] == grant_id.as_str())?
-            .clone();
-        (g["state"] == "expired").then_some(g)
-    });
+    let ended = grant_reaches(&alice, &grant_id, "expired", Duration::from_secs(3));
     assert!(
         ended.is_some(),
         "the grant was not expired after the restart:\n{}",
