@@ -41,6 +41,17 @@ impl Client {
         (status, body)
     }
 
+    async fn text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.send(self.http.get(format!("{}{path}", self.base)).bearer_auth(token))
             .await
@@ -409,15 +420,7 @@ async fn health_metrics_and_jwks() {
     .await;
     let (status, health) = c.send(c.http.get(format!("{}/healthz", c.base))).await;
     assert_eq!((status, health), (StatusCode::OK, json!({"status": "ok"})));
-    let metrics = c
-        .http
-        .get(format!("{}/metrics", c.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.text("/metrics").await;
     for needle in [
         "jitgate_http_requests_total{route=\"/api/v1/requests\",method=\"POST\",status=\"201\"} 1",
         "jitgate_http_request_duration_seconds_bucket{route=\"/api/v1/login\"",
@@ -428,15 +431,7 @@ async fn health_metrics_and_jwks() {
     // The sweeper publishes the pending count within a second.
     let mut seen = String::new();
     for _ in 0..40 {
-        seen = c
-            .http
-            .get(format!("{}/metrics", c.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        seen = c.text("/metrics").await;
         if seen.contains("jitgate_pending_requests 1") {
             return;
         }
