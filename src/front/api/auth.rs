@@ -113,9 +113,10 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     let LoginBody { user, password } = body;
     let source = peer.ip();
-    // Names in the audit log are capped so a login form cannot write megabytes into it.
+    // Names in the audit log and the limiter are capped so a login form cannot make either
+    // hold megabytes; real user names are at most 64 characters.
     let shown: String = user.chars().take(64).collect();
-    if state.limiter.blocked(&user, source).await {
+    if state.limiter.blocked(&shown, source).await {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -137,7 +138,7 @@ pub async fn login(
     .unwrap_or(false);
     let details = serde_json::json!({ "source": source.to_string() });
     let Some(record) = record.filter(|_| ok) else {
-        state.limiter.failed(&user, source).await;
+        state.limiter.failed(&shown, source).await;
         state
             .broker
             .store()
@@ -151,7 +152,7 @@ pub async fn login(
             "wrong user name or password",
         ));
     };
-    state.limiter.succeeded(&user).await;
+    state.limiter.succeeded(&shown).await;
     let identity = Identity {
         user: record.name,
         groups: record.groups,
