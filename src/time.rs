@@ -87,8 +87,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(err());
     }
     let d = humantime::parse_duration(t).map_err(|_| err())?;
-    if d.is_zero() {
-        return Err(format!("{s:?} is zero; a duration must be positive"));
+    // Grants and timers work in milliseconds and people in minutes: anything under a second
+    // is a typo, not a grant.
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than a second; use 30s, 30m, 2h"));
     }
     Ok(d)
 }
@@ -133,7 +135,7 @@ mod tests {
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
-        for bad in ["2x", "", "h", "-1h", "0s", "1.5.h"] {
+        for bad in ["2x", "", "h", "-1h", "0s", "500ms", "1.5.h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
         assert_eq!(

@@ -98,6 +98,10 @@ impl Grant {
         if self.state != GrantState::Active {
             return Err(Refusal::GrantNotActive { state: self.state });
         }
+        // Past its expiry it has already ended, swept or not: the record must say expired.
+        if now >= self.expires_at {
+            return Err(Refusal::GrantNotActive { state: GrantState::Expired });
+        }
         self.state = GrantState::Revoked;
         self.ended_at = Some(now);
         self.ended_by = Some(by.user.clone());
