@@ -546,7 +546,9 @@ fn apply(m: &mut Model, op: &Op) -> Result<(), TestCaseError> {
             if before.state != GrantState::Active {
                 reasons.push(Refusal::GrantNotActive { state: before.state });
             } else if m.now >= before.expires_at {
-                reasons.push(Refusal::GrantNotActive { state: GrantState::Expired });
+                reasons.push(Refusal::GrantNotActive {
+                    state: GrantState::Expired,
+                });
             }
             let result = before.clone().revoke(&m.policy, &who, Some("done".into()), m.now);
             expect_outcome("revoke", &result, &reasons, same_variant)?;

@@ -100,7 +100,9 @@ impl Grant {
         }
         // Past its expiry it has already ended, swept or not: the record must say expired.
         if now >= self.expires_at {
-            return Err(Refusal::GrantNotActive { state: GrantState::Expired });
+            return Err(Refusal::GrantNotActive {
+                state: GrantState::Expired,
+            });
         }
         self.state = GrantState::Revoked;
         self.ended_at = Some(now);
