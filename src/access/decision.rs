@@ -83,21 +83,38 @@ impl GrantIndex {
     pub fn build<'a>(grants: impl IntoIterator<Item = &'a Grant>, policy: &Policy, now: Timestamp) -> Self {
         let mut index = GrantIndex::default();
         for g in grants {
-            if !g.is_live(now) {
-                continue;
-            }
-            let Some(profile) = policy.profile(&g.profile) else {
-                continue;
-            };
-            let id: Arc<str> = g.id.as_str().into();
-            index.ids.insert(Arc::clone(&id));
-            index.by_user.entry(g.user.clone()).or_default().push(IndexedGrant {
-                id,
-                profile: Arc::clone(profile),
-                expires_at: g.expires_at,
-            });
+            index.insert(g, policy, now);
         }
         index
+    }
+
+    /// Adds one grant if it is live and its profile exists; a grant already present stays.
+    pub fn insert(&mut self, g: &Grant, policy: &Policy, now: Timestamp) {
+        if !g.is_live(now) || self.ids.contains(g.id.as_str()) {
+            return;
+        }
+        let Some(profile) = policy.profile(&g.profile) else {
+            return;
+        };
+        let id: Arc<str> = g.id.as_str().into();
+        self.ids.insert(Arc::clone(&id));
+        self.by_user.entry(g.user.clone()).or_default().push(IndexedGrant {
+            id,
+            profile: Arc::clone(profile),
+            expires_at: g.expires_at,
+        });
+    }
+
+    pub fn remove(&mut self, user: &str, grant_id: &str) {
+        if !self.ids.remove(grant_id) {
+            return;
+        }
+        if let Some(grants) = self.by_user.get_mut(user) {
+            grants.retain(|g| &*g.id != grant_id);
+            if grants.is_empty() {
+                self.by_user.remove(user);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -313,6 +330,35 @@ mod tests {
         let bob = Identity::new("bob", ["dba"]);
         let denied = authorize(&policy, &index, &bob, ssh(&prod_db, "postgres"), Action::SshLogin, now).unwrap_err();
         assert_eq!(denied.requestable, vec!["db-patch".to_string()]);
+    }
+
+    #[test]
+    fn the_index_follows_inserts_and_removals() {
+        let now = Timestamp::from_millis(1_000_000);
+        let (policy, mut index, alice, grant) = granted(now);
+        let pods = Resource::Kube {
+            cluster: "prod",
+            namespace: Some("payments"),
+            resource: "pods",
+        };
+        let get = Action::Kube { verb: "get" };
+        assert!(index.contains("g1"));
+        index.remove("alice", "g1");
+        assert!(index.is_empty() && !index.contains("g1"));
+        assert!(authorize(&policy, &index, &alice, pods, get, now).is_err());
+        index.insert(&grant, &policy, now);
+        index.insert(&grant, &policy, now);
+        assert_eq!(index.len(), 1, "inserting twice keeps one");
+        assert!(authorize(&policy, &index, &alice, pods, get, now).is_ok());
+        index.insert(
+            &Grant {
+                id: "g2".into(),
+                ..grant.clone()
+            },
+            &policy,
+            grant.expires_at,
+        );
+        assert_eq!(index.len(), 1, "a grant past its expiry is not inserted");
     }
 
     #[test]
