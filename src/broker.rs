@@ -15,7 +15,7 @@ use crate::access::{
 use crate::audit::AuditDraft;
 use crate::identity::token::random_id;
 use crate::live::Live;
-use crate::store::{GrantFilter, Store, StoreError};
+use crate::store::{GrantFilter, RequestFilter, Store, StoreError};
 use crate::time::{format_duration, Timestamp};
 
 /// How often a compare-and-swap write is retried when another writer changed the row first.
@@ -50,7 +50,7 @@ pub struct Broker {
     store: Arc<dyn Store>,
     live: Live,
     request_ttl: Duration,
-    index: RwLock<Arc<GrantIndex>>,
+    index: RwLock<GrantIndex>,
     changed: Notify,
 }
 
@@ -139,8 +139,8 @@ impl Broker {
         };
         self.store.insert_request(r, grant, events).await?;
         tracing::info!(user = %who.user, request_id = %r.id, profile = %r.profile, state = %r.state, "request opened");
-        if grant.is_some() {
-            self.grant_started(now).await?;
+        if let Some(g) = grant {
+            self.grant_started(g, now);
         }
         Ok(outcome.request().clone())
     }
@@ -172,8 +172,8 @@ impl Broker {
             };
             if self.store.update_request(r, grant, events).await? {
                 tracing::info!(user = %who.user, request_id = %r.id, grant_id = ?r.grant_id, state = %r.state, "request approved");
-                if grant.is_some() {
-                    self.grant_started(now).await?;
+                if let Some(g) = grant {
+                    self.grant_started(g, now);
                 }
                 return self.visible_request(who, id).await;
             }
@@ -239,7 +239,6 @@ impl Broker {
                 .reason(revoked.end_reason.as_deref());
             if self.end_grant(&revoked, event).await? {
                 tracing::info!(user = %who.user, grant_id, "grant revoked");
-                self.refresh_index(now).await?;
                 return self.visible_grant(who, grant_id).await;
             }
         }
@@ -256,6 +255,10 @@ impl Broker {
         if !self.store.update_grant(grant, &request, vec![event]).await? {
             return Ok(false);
         }
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&grant.user, &grant.id);
         self.live.cut(&grant.id, grant.state.as_str());
         Ok(true)
     }
@@ -292,14 +295,12 @@ impl Broker {
 
     /// Reloads the active grants into the index `authorize` reads.
     pub async fn refresh_index(&self, now: Timestamp) -> Result<(), BrokerError> {
-        let grants = self
-            .store
-            .grants(GrantFilter {
-                holder: None,
-                active_only: true,
-            })
-            .await?;
-        let index = Arc::new(GrantIndex::build(&grants, &self.policy, now));
+        let active = GrantFilter {
+            active_only: true,
+            ..GrantFilter::default()
+        };
+        let grants = self.store.grants(active).await?;
+        let index = GrantIndex::build(&grants, &self.policy, now);
         metrics::gauge!("jitgate_active_grants").set(index.len() as f64);
         // Grants revoked or expired through another replica end here at this refresh.
         self.live
@@ -308,11 +309,14 @@ impl Broker {
         Ok(())
     }
 
-    /// A new grant changes what `authorize` allows and when the sweeper must next wake.
-    async fn grant_started(&self, now: Timestamp) -> Result<(), BrokerError> {
-        self.refresh_index(now).await?;
+    /// A new grant changes what `authorize` allows at once, and when the sweeper must next
+    /// wake. One insert, not a reload: writes stay cheap however many grants are active.
+    fn grant_started(&self, grant: &Grant, now: Timestamp) {
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(grant, &self.policy, now);
         self.changed.notify_one();
-        Ok(())
     }
 
     /// Resolves when grants changed, so the sweeper can re-plan its next wake-up.
@@ -328,8 +332,10 @@ impl Broker {
         action: Action<'_>,
         now: Timestamp,
     ) -> Result<Result<Authorized, Denied>, BrokerError> {
-        let index = Arc::clone(&self.index.read().unwrap_or_else(|e| e.into_inner()));
-        let decision = authorize(&self.policy, &index, who, resource, action, now);
+        let decision = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            authorize(&self.policy, &index, who, resource, action, now)
+        };
         let target = format!("{action} {resource}");
         let event = match &decision {
             Ok(a) => AuditDraft::new("access.allowed", &who.user, &target).grant(a.grant_id()),
@@ -366,24 +372,41 @@ impl Broker {
         }
     }
 
+    /// Names of the profiles `who` approves: whose requests and grants they may see.
+    fn approved_profiles(&self, who: &Identity) -> Vec<String> {
+        self.policy
+            .profiles()
+            .iter()
+            .filter(|p| p.may_approve(who))
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
     pub async fn requests(&self, who: &Identity, pending_only: bool) -> Result<Vec<AccessRequest>, BrokerError> {
-        let all = self.store.requests(pending_only, LIST_LIMIT).await?;
-        Ok(all.into_iter().filter(|r| self.may_see_request(who, r)).collect())
+        let profiles = self.approved_profiles(who);
+        let admin = self.policy.is_admin(who);
+        let filter = RequestFilter {
+            requester: (!admin).then_some(who.user.as_str()),
+            also_profiles: &profiles,
+            pending_only,
+            limit: LIST_LIMIT,
+        };
+        Ok(self.store.requests(filter).await?)
     }
 
     pub async fn grants(&self, who: &Identity, include_ended: bool) -> Result<Vec<Grant>, BrokerError> {
-        let all = self
-            .store
-            .grants(GrantFilter {
-                holder: None,
-                active_only: !include_ended,
-            })
-            .await?;
-        Ok(all.into_iter().filter(|g| self.may_see_grant(who, g)).collect())
+        let profiles = self.approved_profiles(who);
+        let admin = self.policy.is_admin(who);
+        let filter = GrantFilter {
+            holder: (!admin).then_some(who.user.as_str()),
+            also_profiles: &profiles,
+            active_only: !include_ended,
+        };
+        Ok(self.store.grants(filter).await?)
     }
 
-    pub async fn pending_count(&self) -> Result<usize, BrokerError> {
-        Ok(self.store.requests(true, LIST_LIMIT).await?.len())
+    pub async fn pending_count(&self) -> Result<u64, BrokerError> {
+        Ok(self.store.count_pending().await?)
     }
 }
 

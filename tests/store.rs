@@ -15,7 +15,7 @@ use jitgate::access::{
 use jitgate::audit::{verify, AuditDraft, AuditEvent};
 use jitgate::broker::{Broker, BrokerError};
 use jitgate::live::Live;
-use jitgate::store::{self, GrantFilter, Store, StoreError, UserRecord};
+use jitgate::store::{self, GrantFilter, RequestFilter, Store, StoreError, UserRecord};
 use jitgate::time::Timestamp;
 
 /// Generates `mod name { sqlite, postgres }` calling `async fn name(backend)`.
@@ -33,7 +33,7 @@ macro_rules! both {
 
 both! {
     users, lifecycle, racing_approvers, revoke, revoke_races_expiry, expiry, tokens, audit_paging, refusals,
-    fail_closed,
+    fail_closed, listings,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -59,7 +59,9 @@ fn profile(name: &str, approvals_required: u32) -> AccessProfile {
 }
 
 fn policy() -> Arc<Policy> {
-    let profiles = vec![profile("one", 1), profile("two", 2), profile("auto", 0)];
+    let mut other = profile("other", 1);
+    other.approvers = vec!["group:other-leads".parse().unwrap()];
+    let profiles = vec![profile("one", 1), profile("two", 2), profile("auto", 0), other];
     Arc::new(Policy::new(profiles, vec!["group:security".parse().unwrap()]))
 }
 
@@ -166,7 +168,11 @@ impl Env {
 
 fn holder(name: &str, active_only: bool) -> GrantFilter<'_> {
     let holder = Some(name);
-    GrantFilter { holder, active_only }
+    GrantFilter {
+        holder,
+        active_only,
+        ..GrantFilter::default()
+    }
 }
 
 fn actions(events: &[AuditEvent]) -> Vec<&str> {
@@ -237,7 +243,15 @@ async fn lifecycle(backend: Backend) {
     assert_eq!((r.state, r.approvals_required, r.pending_until), want);
     assert!(r.approvals.is_empty() && r.grant_id.is_none());
     assert_eq!(e.request(&r.id).await, r, "stored as returned");
-    let pending = e.store.requests(true, 10).await.unwrap();
+    let pending = e
+        .store
+        .requests(RequestFilter {
+            pending_only: true,
+            limit: 10,
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(pending.iter().map(|r| &r.id).collect::<Vec<_>>(), [&r.id]);
     assert!(e.store.grants(GrantFilter::default()).await.unwrap().is_empty());
     assert!(ssh(&e.broker, &alice(), t0).await.is_none(), "no access while pending");
@@ -284,7 +298,16 @@ async fn lifecycle(backend: Backend) {
         std::slice::from_ref(&g)
     );
     assert!(e.store.grants(holder("bob", false)).await.unwrap().is_empty());
-    assert!(e.store.requests(true, 10).await.unwrap().is_empty());
+    assert!(e
+        .store
+        .requests(RequestFilter {
+            pending_only: true,
+            limit: 10,
+            ..RequestFilter::default()
+        })
+        .await
+        .unwrap()
+        .is_empty());
 
     let allowed = ssh(&e.broker, &alice(), t1).await.expect("the grant allows ssh");
     assert_eq!((allowed.grant_id(), allowed.expires_at()), (gid.as_str(), g.expires_at));
@@ -695,4 +718,85 @@ async fn fail_closed(backend: Backend) {
         Err(other) => panic!("{url}: expected Unavailable, got {other:?}"),
         Ok(_) => panic!("{url}: opened a store that cannot exist"),
     }
+}
+
+fn ids<T>(list: &[T], id: fn(&T) -> &str) -> Vec<String> {
+    list.iter().map(|x| id(x).to_owned()).collect()
+}
+
+/// Each person lists what they asked for, what they may decide, and (admins) everything;
+/// the store does the filtering, so nobody's own rows fall out of a capped listing.
+async fn listings(backend: Backend) {
+    let e = env(backend, HOUR).await;
+    let b = &e.broker;
+    let now = Timestamp::now();
+    let carol = Identity::new("carol", ["dba"]);
+    let olivia = Identity::new("olivia", ["other-leads"]);
+    let mine = e.open(&alice(), "one", HOUR, now).await.id;
+    let theirs = e.open(&carol, "other", HOUR, ms(now, 1)).await.id;
+    fn req(r: &AccessRequest) -> &str {
+        &r.id
+    }
+
+    assert_eq!(ids(&b.requests(&alice(), false).await.unwrap(), req), [mine.clone()]);
+    assert_eq!(ids(&b.requests(&carol, false).await.unwrap(), req), [theirs.clone()]);
+    assert_eq!(
+        ids(&b.requests(&lead("bob"), true).await.unwrap(), req),
+        [mine.clone()],
+        "bob approves one, not other"
+    );
+    assert_eq!(ids(&b.requests(&olivia, true).await.unwrap(), req), [theirs.clone()]);
+    assert_eq!(
+        ids(&b.requests(&admin(), false).await.unwrap(), req),
+        [theirs.clone(), mine.clone()],
+        "newest first"
+    );
+    assert_eq!(b.pending_count().await.unwrap(), 2);
+
+    let g_mine = b
+        .approve(&lead("bob"), &mine, None, now)
+        .await
+        .unwrap()
+        .grant_id
+        .unwrap();
+    let g_theirs = b
+        .approve(&olivia, &theirs, None, ms(now, 2))
+        .await
+        .unwrap()
+        .grant_id
+        .unwrap();
+    assert!(
+        b.requests(&lead("bob"), true).await.unwrap().is_empty(),
+        "nothing pending for bob"
+    );
+    assert_eq!(b.pending_count().await.unwrap(), 0);
+    fn grant(g: &Grant) -> &str {
+        &g.id
+    }
+    assert_eq!(ids(&b.grants(&alice(), false).await.unwrap(), grant), [g_mine.clone()]);
+    assert_eq!(
+        ids(&b.grants(&lead("bob"), false).await.unwrap(), grant),
+        [g_mine.clone()]
+    );
+    assert_eq!(ids(&b.grants(&olivia, false).await.unwrap(), grant), [g_theirs.clone()]);
+    assert_eq!(
+        ids(&b.grants(&admin(), false).await.unwrap(), grant),
+        [g_theirs.clone(), g_mine.clone()]
+    );
+
+    b.revoke(&olivia, &g_theirs, None, ms(now, 3)).await.unwrap();
+    assert!(
+        b.grants(&carol, false).await.unwrap().is_empty(),
+        "revoked is not active"
+    );
+    assert_eq!(
+        ids(&b.grants(&carol, true).await.unwrap(), grant),
+        [g_theirs],
+        "--all shows ended grants"
+    );
+    assert!(matches!(b.visible_grant(&lead("bob"), &g_mine).await, Ok(_)));
+    assert!(matches!(
+        b.visible_request(&carol, &mine).await,
+        Err(BrokerError::NotFound(_))
+    ));
 }

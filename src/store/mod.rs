@@ -36,10 +36,34 @@ pub struct UserRecord {
     pub created_at: Timestamp,
 }
 
+/// Which grants a listing covers: everyone's (`holder: None`), or one holder's together
+/// with every grant of `also_profiles` (the profiles a caller approves).
 #[derive(Clone, Debug, Default)]
 pub struct GrantFilter<'a> {
     pub holder: Option<&'a str>,
+    pub also_profiles: &'a [String],
     pub active_only: bool,
+}
+
+/// Which requests a listing covers, newest first: everyone's (`requester: None`), or one
+/// requester's together with every request of `also_profiles`.
+#[derive(Clone, Debug)]
+pub struct RequestFilter<'a> {
+    pub requester: Option<&'a str>,
+    pub also_profiles: &'a [String],
+    pub pending_only: bool,
+    pub limit: u32,
+}
+
+impl Default for RequestFilter<'_> {
+    fn default() -> Self {
+        RequestFilter {
+            requester: None,
+            also_profiles: &[],
+            pending_only: false,
+            limit: 1000,
+        }
+    }
 }
 
 #[async_trait]
@@ -68,8 +92,8 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<AuditDraft>,
     ) -> Result<bool, StoreError>;
     async fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError>;
-    /// Newest first, at most `limit`.
-    async fn requests(&self, pending_only: bool, limit: u32) -> Result<Vec<AccessRequest>, StoreError>;
+    async fn requests(&self, filter: RequestFilter<'_>) -> Result<Vec<AccessRequest>, StoreError>;
+    async fn count_pending(&self) -> Result<u64, StoreError>;
     /// Pending requests whose time to live has run out.
     async fn stale_requests(&self, now: Timestamp) -> Result<Vec<AccessRequest>, StoreError>;
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
-use super::{GrantFilter, Store, StoreError, UserRecord};
+use super::{GrantFilter, RequestFilter, Store, StoreError, UserRecord};
 use crate::access::{AccessRequest, Approval, Grant, GrantState, Identity, RequestState};
 use crate::audit::{AuditDraft, AuditEvent, GENESIS};
 use crate::time::Timestamp;
@@ -325,16 +325,30 @@ impl Store for SqlStore {
         row.as_ref().map(request_from_row).transpose()
     }
 
-    async fn requests(&self, pending_only: bool, limit: u32) -> Result<Vec<AccessRequest>, StoreError> {
-        let filter = if pending_only { "WHERE state = 'pending'" } else { "" };
-        let rows = sqlx::query(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests {filter} ORDER BY created_at DESC, id LIMIT $1"
-        ))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
+    async fn requests(&self, filter: RequestFilter<'_>) -> Result<Vec<AccessRequest>, StoreError> {
+        let state = if filter.pending_only {
+            "state = 'pending'"
+        } else {
+            "1 = 1"
+        };
+        let (who, binds) = visible("requester", filter.requester, filter.also_profiles, 2);
+        let sql = format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE {state} AND {who} ORDER BY created_at DESC, id LIMIT $1"
+        );
+        let mut query = sqlx::query(&sql).bind(i64::from(filter.limit));
+        for b in binds {
+            query = query.bind(b);
+        }
+        let rows = query.fetch_all(&self.reader).await.map_err(store_error)?;
         rows.iter().map(request_from_row).collect()
+    }
+
+    async fn count_pending(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM requests WHERE state = 'pending'")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        Ok(u64::try_from(get::<i64>(&row, "n")?).unwrap_or(0))
     }
 
     async fn stale_requests(&self, now: Timestamp) -> Result<Vec<AccessRequest>, StoreError> {
@@ -386,24 +400,13 @@ impl Store for SqlStore {
         } else {
             "1 = 1"
         };
-        let rows = match filter.holder {
-            Some(holder) => {
-                sqlx::query(&format!(
-                    "SELECT {GRANT_COLUMNS} FROM grants WHERE {state} AND holder = $1 ORDER BY created_at DESC, id"
-                ))
-                .bind(holder)
-                .fetch_all(&self.reader)
-                .await
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {GRANT_COLUMNS} FROM grants WHERE {state} ORDER BY created_at DESC, id"
-                ))
-                .fetch_all(&self.reader)
-                .await
-            }
+        let (who, binds) = visible("holder", filter.holder, filter.also_profiles, 1);
+        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE {state} AND {who} ORDER BY created_at DESC, id");
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = query.bind(b);
         }
-        .map_err(store_error)?;
+        let rows = query.fetch_all(&self.reader).await.map_err(store_error)?;
         rows.iter().map(grant_from_row).collect()
     }
 
@@ -494,6 +497,24 @@ fn store_error(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::AlreadyExists(d.message().to_owned()),
         other => StoreError::Database(other.to_string()),
     }
+}
+
+/// The WHERE clause of a listing limited to what one person may see: their own rows (by
+/// `column`) and every row of the profiles they approve. Parameters are numbered from
+/// `first`; returns the clause and the values to bind, in order.
+fn visible<'a>(column: &str, who: Option<&'a str>, profiles: &'a [String], first: usize) -> (String, Vec<&'a str>) {
+    let Some(who) = who else {
+        return ("1 = 1".to_owned(), Vec::new());
+    };
+    let mut clause = format!("({column} = ${first}");
+    let mut binds = vec![who];
+    if !profiles.is_empty() {
+        let params: Vec<String> = (0..profiles.len()).map(|i| format!("${}", first + 1 + i)).collect();
+        clause.push_str(&format!(" OR profile IN ({})", params.join(", ")));
+        binds.extend(profiles.iter().map(String::as_str));
+    }
+    clause.push(')');
+    (clause, binds)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
