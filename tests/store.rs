@@ -738,17 +738,17 @@ async fn listings(backend: Backend) {
         &r.id
     }
 
-    assert_eq!(ids(&b.requests(&alice(), false).await.unwrap(), req), [mine.clone()]);
-    assert_eq!(ids(&b.requests(&carol, false).await.unwrap(), req), [theirs.clone()]);
+    assert_eq!(ids(&b.requests(&alice(), false).await.unwrap(), req), [mine.as_str()]);
+    assert_eq!(ids(&b.requests(&carol, false).await.unwrap(), req), [theirs.as_str()]);
     assert_eq!(
         ids(&b.requests(&lead("bob"), true).await.unwrap(), req),
-        [mine.clone()],
+        [mine.as_str()],
         "bob approves one, not other"
     );
-    assert_eq!(ids(&b.requests(&olivia, true).await.unwrap(), req), [theirs.clone()]);
+    assert_eq!(ids(&b.requests(&olivia, true).await.unwrap(), req), [theirs.as_str()]);
     assert_eq!(
         ids(&b.requests(&admin(), false).await.unwrap(), req),
-        [theirs.clone(), mine.clone()],
+        [theirs.as_str(), mine.as_str()],
         "newest first"
     );
     assert_eq!(b.pending_count().await.unwrap(), 2);
@@ -773,15 +773,18 @@ async fn listings(backend: Backend) {
     fn grant(g: &Grant) -> &str {
         &g.id
     }
-    assert_eq!(ids(&b.grants(&alice(), false).await.unwrap(), grant), [g_mine.clone()]);
+    assert_eq!(ids(&b.grants(&alice(), false).await.unwrap(), grant), [g_mine.as_str()]);
     assert_eq!(
         ids(&b.grants(&lead("bob"), false).await.unwrap(), grant),
-        [g_mine.clone()]
+        [g_mine.as_str()]
     );
-    assert_eq!(ids(&b.grants(&olivia, false).await.unwrap(), grant), [g_theirs.clone()]);
+    assert_eq!(
+        ids(&b.grants(&olivia, false).await.unwrap(), grant),
+        [g_theirs.as_str()]
+    );
     assert_eq!(
         ids(&b.grants(&admin(), false).await.unwrap(), grant),
-        [g_theirs.clone(), g_mine.clone()]
+        [g_theirs.as_str(), g_mine.as_str()]
     );
 
     b.revoke(&olivia, &g_theirs, None, ms(now, 3)).await.unwrap();
