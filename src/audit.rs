@@ -166,6 +166,45 @@ pub fn verify<'a>(events: impl IntoIterator<Item = &'a AuditEvent>) -> Result<u6
     Ok(count)
 }
 
+/// The newest event's seq and hash, recorded apart from the events themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// `verify`, and then that the chain reaches the recorded head: events cut off the end of
+/// the log leave the head pointing past the last one.
+pub fn verify_to_head(events: &[AuditEvent], head: Option<&AuditHead>) -> Result<u64, ChainBroken> {
+    let count = verify(events)?;
+    match (events.last(), head) {
+        (None, None) => Ok(count),
+        (Some(last), Some(h)) if last.seq == h.seq && last.hash == h.hash => Ok(count),
+        (Some(last), Some(h)) if h.seq > last.seq => Err(ChainBroken {
+            seq: last.seq + 1,
+            why: format!(
+                "the log ends at seq {} but its head records seq {} (events were cut off the end)",
+                last.seq, h.seq
+            ),
+        }),
+        (None, Some(h)) => Err(ChainBroken {
+            seq: 1,
+            why: format!(
+                "the log is empty but its head records seq {} (events were deleted)",
+                h.seq
+            ),
+        }),
+        (Some(last), Some(_)) => Err(ChainBroken {
+            seq: last.seq,
+            why: "it does not match the recorded head of the log".into(),
+        }),
+        (Some(_), None) => Err(ChainBroken {
+            seq: 1,
+            why: "the record of the log's head is missing".into(),
+        }),
+    }
+}
+
 /// The story of one grant, told from the chain: who asked, why, for how long, who approved
 /// and when, every access decision, and how it ended.
 pub fn evidence(events: &[AuditEvent], grant_id: &str) -> Option<String> {
@@ -250,6 +289,25 @@ mod tests {
                 e
             })
             .collect()
+    }
+
+    #[test]
+    fn cutting_the_end_off_is_caught_by_the_head() {
+        let events = chain(5);
+        let head = AuditHead {
+            seq: 5,
+            hash: events[4].hash.clone(),
+        };
+        assert_eq!(verify_to_head(&events, Some(&head)), Ok(5));
+        assert_eq!(verify_to_head(&events[..3], Some(&head)).unwrap_err().seq, 4);
+        assert_eq!(verify_to_head(&[], Some(&head)).unwrap_err().seq, 1);
+        assert_eq!(verify_to_head(&events, None).unwrap_err().seq, 1);
+        let stale = AuditHead {
+            seq: 5,
+            hash: GENESIS.into(),
+        };
+        assert_eq!(verify_to_head(&events, Some(&stale)).unwrap_err().seq, 5);
+        assert_eq!(verify_to_head(&[], None), Ok(0));
     }
 
     #[test]

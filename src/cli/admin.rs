@@ -225,13 +225,20 @@ async fn all_events(store: &dyn Store, since: Option<Timestamp>) -> Result<Vec<A
     Ok(events)
 }
 
+/// The whole chain, checked from the first event to the recorded head.
+async fn verified_chain(store: &dyn Store) -> Result<(Vec<AuditEvent>, u64), CliError> {
+    let events = all_events(store, None).await?;
+    let head = store.audit_head().await.map_err(store_failed)?;
+    let n = audit::verify_to_head(&events, head.as_ref()).map_err(|e| CliError::Refused(e.to_string()))?;
+    Ok((events, n))
+}
+
 pub async fn audit(cmd: AuditCommand) -> CliResult {
     match cmd {
         AuditCommand::Verify { config } => {
             let config = load_config(config.config.as_deref())?;
             let store = open_store(&config).await?;
-            let events = all_events(&*store, None).await?;
-            let n = audit::verify(&events).map_err(|e| CliError::Refused(e.to_string()))?;
+            let (_, n) = verified_chain(&*store).await?;
             println!("audit chain OK: {n} events verified");
             Ok(())
         }
@@ -256,9 +263,10 @@ pub async fn audit(cmd: AuditCommand) -> CliResult {
             let config = load_config(config.config.as_deref())?;
             let store = open_store(&config).await?;
             // Evidence rests on an intact chain: verify it all first.
-            let events = all_events(&*store, None).await?;
-            let n = audit::verify(&events)
-                .map_err(|e| CliError::Refused(format!("{e}; the evidence cannot be trusted")))?;
+            let (events, n) = verified_chain(&*store).await.map_err(|e| match e {
+                CliError::Refused(why) => CliError::Refused(format!("{why}; the evidence cannot be trusted")),
+                usage => usage,
+            })?;
             let story = audit::evidence(&events, &grant_id)
                 .ok_or_else(|| CliError::Refused(format!("no grant {grant_id:?} in the audit log")))?;
             print!("{story}");

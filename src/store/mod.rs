@@ -10,7 +10,7 @@ mod sql;
 use async_trait::async_trait;
 
 use crate::access::{AccessRequest, Grant};
-use crate::audit::{AuditDraft, AuditEvent};
+use crate::audit::{AuditDraft, AuditEvent, AuditHead};
 use crate::time::Timestamp;
 
 pub use sql::SqlStore;
@@ -116,6 +116,8 @@ pub trait Store: Send + Sync + 'static {
     async fn token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 
     async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError>;
+    /// Where the chain ends, as recorded with the last append; None before the first event.
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError>;
     /// In seq order, from `after_seq` (exclusive), at or after `since`, at most `limit`.
     async fn audit_events(
         &self,

@@ -12,7 +12,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 
 use super::{GrantFilter, RequestFilter, Store, StoreError, UserRecord};
 use crate::access::{AccessRequest, Approval, Grant, GrantState, Identity, RequestState};
-use crate::audit::{AuditDraft, AuditEvent, GENESIS};
+use crate::audit::{AuditDraft, AuditEvent, AuditHead, GENESIS};
 use crate::time::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,6 +151,15 @@ impl SqlStore {
             .map_err(store_error)?;
             prev = e.hash;
         }
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(seq)
+        .bind(&prev)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
         Ok(())
     }
 
@@ -465,6 +474,20 @@ impl Store for SqlStore {
         let mut tx = self.begin_write().await?;
         self.seal_events(&mut tx, events).await?;
         tx.commit().await.map_err(store_error)
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?;
+        row.map(|r| {
+            Ok(AuditHead {
+                seq: get(&r, "seq")?,
+                hash: get(&r, "hash")?,
+            })
+        })
+        .transpose()
     }
 
     async fn audit_events(
