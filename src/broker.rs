@@ -45,12 +45,20 @@ pub struct ProfileView {
     pub can_approve: bool,
 }
 
+/// The grant index and a count of the local changes made to it, so that a reload from the
+/// store that raced a local approve or revoke is recognised as stale and not installed.
+#[derive(Default)]
+struct IndexState {
+    grants: GrantIndex,
+    local_changes: u64,
+}
+
 pub struct Broker {
     policy: Arc<Policy>,
     store: Arc<dyn Store>,
     live: Live,
     request_ttl: Duration,
-    index: RwLock<GrantIndex>,
+    index: RwLock<IndexState>,
     changed: Notify,
 }
 
@@ -255,10 +263,7 @@ impl Broker {
         if !self.store.update_grant(grant, &request, vec![event]).await? {
             return Ok(false);
         }
-        self.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&grant.user, &grant.id);
+        self.change_index(|index| index.remove(&grant.user, &grant.id));
         self.live.cut(&grant.id, grant.state.as_str());
         Ok(true)
     }
@@ -293,29 +298,43 @@ impl Broker {
         Ok(self.store.next_due().await?)
     }
 
-    /// Reloads the active grants into the index `authorize` reads.
+    /// Reloads the active grants into the index `authorize` reads, and cuts connections of
+    /// grants that ended through another replica.
     pub async fn refresh_index(&self, now: Timestamp) -> Result<(), BrokerError> {
-        let active = GrantFilter {
-            active_only: true,
-            ..GrantFilter::default()
-        };
-        let grants = self.store.grants(active).await?;
-        let index = GrantIndex::build(&grants, &self.policy, now);
-        metrics::gauge!("jitgate_active_grants").set(index.len() as f64);
-        // Grants revoked or expired through another replica end here at this refresh.
-        self.live
-            .cut_unless(|id| index.contains(id), "grant no longer active in the store");
-        *self.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        // A reload that overlapped a local change could resurrect a grant just revoked here
+        // (or drop one just approved): try again, and if writes keep racing, keep the
+        // incrementally kept index until the next round.
+        for _ in 0..3 {
+            let seen = self.index.read().unwrap_or_else(|e| e.into_inner()).local_changes;
+            let active = GrantFilter {
+                active_only: true,
+                ..GrantFilter::default()
+            };
+            let grants = self.store.grants(active).await?;
+            let fresh = GrantIndex::build(&grants, &self.policy, now);
+            let mut state = self.index.write().unwrap_or_else(|e| e.into_inner());
+            if state.local_changes != seen {
+                continue;
+            }
+            metrics::gauge!("jitgate_active_grants").set(fresh.len() as f64);
+            self.live
+                .cut_unless(|id| fresh.contains(id), "grant no longer active in the store");
+            state.grants = fresh;
+            return Ok(());
+        }
         Ok(())
+    }
+
+    fn change_index(&self, change: impl FnOnce(&mut GrantIndex)) {
+        let mut state = self.index.write().unwrap_or_else(|e| e.into_inner());
+        change(&mut state.grants);
+        state.local_changes += 1;
     }
 
     /// A new grant changes what `authorize` allows at once, and when the sweeper must next
     /// wake. One insert, not a reload: writes stay cheap however many grants are active.
     fn grant_started(&self, grant: &Grant, now: Timestamp) {
-        self.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(grant, &self.policy, now);
+        self.change_index(|index| index.insert(grant, &self.policy, now));
         self.changed.notify_one();
     }
 
@@ -333,8 +352,8 @@ impl Broker {
         now: Timestamp,
     ) -> Result<Result<Authorized, Denied>, BrokerError> {
         let decision = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-            authorize(&self.policy, &index, who, resource, action, now)
+            let state = self.index.read().unwrap_or_else(|e| e.into_inner());
+            authorize(&self.policy, &state.grants, who, resource, action, now)
         };
         let target = format!("{action} {resource}");
         let event = match &decision {

@@ -33,7 +33,7 @@ macro_rules! both {
 
 both! {
     users, lifecycle, racing_approvers, revoke, revoke_races_expiry, expiry, tokens, audit_paging, refusals,
-    fail_closed, listings,
+    fail_closed, listings, reloads_never_resurrect_revoked_grants,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -802,4 +802,37 @@ async fn listings(backend: Backend) {
         b.visible_request(&carol, &mine).await,
         Err(BrokerError::NotFound(_))
     ));
+}
+
+/// The sweeper reloads the index from the store while approvals and revocations change it;
+/// a reload that read the store just before a revocation must not bring the grant back.
+async fn reloads_never_resurrect_revoked_grants(backend: Backend) {
+    let e = env(backend, HOUR).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloader = tokio::spawn({
+        let (b, stop) = (Arc::clone(&e.broker), Arc::clone(&stop));
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                b.refresh_index(Timestamp::now()).await.unwrap();
+            }
+        }
+    });
+    for round in 0..ROUNDS * 2 {
+        let now = Timestamp::now();
+        let g = e.granted(HOUR, now).await;
+        assert!(
+            ssh(&e.broker, &alice(), now).await.is_some(),
+            "round {round}: the new grant authorizes"
+        );
+        e.broker.revoke(&lead("bob"), &g, None, now).await.unwrap();
+        for _ in 0..5 {
+            assert!(
+                ssh(&e.broker, &alice(), Timestamp::now()).await.is_none(),
+                "round {round}: revoked grant came back"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reloader.await.unwrap();
 }
