@@ -3,7 +3,7 @@
 //! cuts live connections when a grant ends. Front-ends call this; it speaks no protocol.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -47,11 +47,17 @@ pub struct ProfileView {
 
 /// The grant index and a count of the local changes made to it, so that a reload from the
 /// store that raced a local approve or revoke is recognised as stale and not installed.
-#[derive(Default)]
 struct IndexState {
     grants: GrantIndex,
     local_changes: u64,
+    /// When the index last matched the store. Starts at construction: an index that was
+    /// never loaded is empty and so allows nothing.
+    loaded_at: Instant,
 }
+
+/// Past this without a successful reload, the index may be missing revocations made on
+/// other replicas: decisions fail closed until the store answers again.
+const INDEX_STALE_AFTER: Duration = Duration::from_secs(10);
 
 pub struct Broker {
     policy: Arc<Policy>,
@@ -69,7 +75,11 @@ impl Broker {
             store,
             live,
             request_ttl,
-            index: RwLock::default(),
+            index: RwLock::new(IndexState {
+                grants: GrantIndex::default(),
+                local_changes: 0,
+                loaded_at: Instant::now(),
+            }),
             changed: Notify::new(),
         }
     }
@@ -100,11 +110,7 @@ impl Broker {
     }
 
     fn profile(&self, name: &str) -> Result<&Arc<AccessProfile>, BrokerError> {
-        self.policy.profile(name).ok_or_else(|| {
-            BrokerError::NotFound(format!(
-                "no profile named {name:?}; `jitgate profiles` lists the ones you can request"
-            ))
-        })
+        self.policy.profile(name).ok_or_else(|| no_profile(name))
     }
 
     #[tracing::instrument(skip_all, fields(user = %who.user, profile = %profile, request_id = tracing::field::Empty))]
@@ -117,6 +123,11 @@ impl Broker {
         now: Timestamp,
     ) -> Result<AccessRequest, BrokerError> {
         let profile = self.profile(profile)?;
+        // A profile the caller may neither request nor approve is not shown to them by
+        // `profiles`; asking for it by name must not confirm that it exists either.
+        if !(profile.may_request(who) || profile.may_approve(who) || self.policy.is_admin(who)) {
+            return Err(no_profile(&profile.name));
+        }
         let outcome = AccessRequest::open(
             random_id("req-"),
             profile,
@@ -272,6 +283,16 @@ impl Broker {
     /// live. Returns when the next thing falls due.
     #[tracing::instrument(skip_all)]
     pub async fn sweep(&self, now: Timestamp) -> Result<Option<Timestamp>, BrokerError> {
+        // One bad row must not stop the rest: each item is tried on its own, and the index
+        // is reloaded whatever happened before, so revocations from elsewhere still arrive.
+        let ended = self.expire_due_grants(now).await;
+        let stale = self.expire_stale_requests(now).await;
+        self.refresh_index(now).await?;
+        ended.and(stale)?;
+        Ok(self.store.next_due().await?)
+    }
+
+    async fn expire_due_grants(&self, now: Timestamp) -> Result<(), BrokerError> {
         for grant in self.store.due_grants(now).await? {
             let Ok(expired) = grant.expire(now) else { continue };
             let event = AuditDraft::new("grant.expired", "system", &expired.user)
@@ -279,10 +300,16 @@ impl Broker {
                 .grant(&expired.id)
                 .details(serde_json::json!({"expires_at": expired.expires_at}));
             // A lost race means another replica or a revocation ended it first.
-            if self.end_grant(&expired, event).await? {
-                tracing::info!(grant_id = %expired.id, user = %expired.user, "grant expired");
+            match self.end_grant(&expired, event).await {
+                Ok(true) => tracing::info!(grant_id = %expired.id, user = %expired.user, "grant expired"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(grant_id = %expired.id, error = %e, "cannot record the grant's expiry"),
             }
         }
+        Ok(())
+    }
+
+    async fn expire_stale_requests(&self, now: Timestamp) -> Result<(), BrokerError> {
         for request in self.store.stale_requests(now).await? {
             let Ok(expired) = request.expire_pending(now) else {
                 continue;
@@ -290,12 +317,13 @@ impl Broker {
             let event = AuditDraft::new("request.expired", "system", &expired.profile)
                 .request(&expired.id)
                 .reason(expired.decision_reason.as_deref());
-            if self.store.update_request(&expired, None, vec![event]).await? {
-                tracing::info!(request_id = %expired.id, "pending request expired");
+            match self.store.update_request(&expired, None, vec![event]).await {
+                Ok(true) => tracing::info!(request_id = %expired.id, "pending request expired"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(request_id = %expired.id, error = %e, "cannot record the request's expiry"),
             }
         }
-        self.refresh_index(now).await?;
-        Ok(self.store.next_due().await?)
+        Ok(())
     }
 
     /// Reloads the active grants into the index `authorize` reads, and cuts connections of
@@ -320,6 +348,7 @@ impl Broker {
             self.live
                 .cut_unless(|id| fresh.contains(id), "grant no longer active in the store");
             state.grants = fresh;
+            state.loaded_at = Instant::now();
             return Ok(());
         }
         Ok(())
@@ -353,6 +382,9 @@ impl Broker {
     ) -> Result<Result<Authorized, Denied>, BrokerError> {
         let decision = {
             let state = self.index.read().unwrap_or_else(|e| e.into_inner());
+            if state.loaded_at.elapsed() > INDEX_STALE_AFTER {
+                return Err(StoreError::Unavailable("the grant index could not be reloaded for a while".into()).into());
+            }
             authorize(&self.policy, &state.grants, who, resource, action, now)
         };
         let target = format!("{action} {resource}");
@@ -378,14 +410,24 @@ impl Broker {
 
     /// Someone who may not see a request is told it does not exist, so ids cannot be probed.
     pub async fn visible_request(&self, who: &Identity, id: &str) -> Result<AccessRequest, BrokerError> {
-        match self.store.request(id).await? {
+        let found = if plausible_id(id) {
+            self.store.request(id).await?
+        } else {
+            None
+        };
+        match found {
             Some(r) if self.may_see_request(who, &r) => Ok(r),
             _ => Err(BrokerError::NotFound(format!("no request {id:?} that you can see"))),
         }
     }
 
     pub async fn visible_grant(&self, who: &Identity, id: &str) -> Result<Grant, BrokerError> {
-        match self.store.grant(id).await? {
+        let found = if plausible_id(id) {
+            self.store.grant(id).await?
+        } else {
+            None
+        };
+        match found {
             Some(g) if self.may_see_grant(who, &g) => Ok(g),
             _ => Err(BrokerError::NotFound(format!("no grant {id:?} that you can see"))),
         }
@@ -427,6 +469,18 @@ impl Broker {
     pub async fn pending_count(&self) -> Result<u64, BrokerError> {
         Ok(self.store.count_pending().await?)
     }
+}
+
+fn no_profile(name: &str) -> BrokerError {
+    BrokerError::NotFound(format!(
+        "no profile named {name:?}; `jitgate profiles` lists the ones you can request"
+    ))
+}
+
+/// Ids are ours: short, of letters, digits and '-'. Anything else cannot name a row, and is
+/// not sent to the store at all.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn activation_event(r: &AccessRequest, g: &Grant) -> AuditDraft {

@@ -12,8 +12,19 @@ use crate::time::Timestamp;
 
 #[derive(Clone, Default)]
 pub struct Live {
-    grants: Arc<Mutex<HashMap<Arc<str>, GrantConnections>>>,
+    grants: Arc<Mutex<Registry>>,
 }
+
+#[derive(Default)]
+struct Registry {
+    open: HashMap<Arc<str>, GrantConnections>,
+    /// Grants already cut, and when. A connection authorized just before its grant was cut
+    /// may register just after: it must start cut, not open a fresh entry.
+    ended: HashMap<Arc<str>, std::time::Instant>,
+}
+
+/// Long enough to cover any gap between a decision and its registration.
+const ENDED_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
 
 struct GrantConnections {
     /// Cancelling this cancels every connection's child token.
@@ -50,12 +61,16 @@ impl LiveHandle {
 
 impl Drop for LiveHandle {
     fn drop(&mut self) {
-        let mut grants = self.registry.grants.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = grants.get_mut(&self.grant_id) {
+        let mut registry = self.registry.grants.lock().unwrap_or_else(|e| e.into_inner());
+        // A handle that started cut was never counted, and its grant's entry is gone.
+        if self.token.is_cancelled() && !registry.open.contains_key(&self.grant_id) {
+            return;
+        }
+        if let Some(entry) = registry.open.get_mut(&self.grant_id) {
             entry.open -= 1;
             if entry.open == 0 {
                 // Stops the grant's expiry timer too: nothing is left to cut.
-                let entry = grants.remove(&self.grant_id).expect("entry exists");
+                let entry = registry.open.remove(&self.grant_id).expect("entry exists");
                 entry.cut.cancel();
             }
         }
@@ -75,15 +90,24 @@ impl Live {
 
     fn register_at(&self, auth: &Authorized, now: Timestamp) -> LiveHandle {
         let grant_id: Arc<str> = auth.grant_id().into();
-        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = grants.entry(Arc::clone(&grant_id)).or_insert_with(|| {
+        let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        if registry.ended.contains_key(&grant_id) {
+            let token = CancellationToken::new();
+            token.cancel();
+            return LiveHandle {
+                token,
+                grant_id,
+                registry: self.clone(),
+            };
+        }
+        let entry = registry.open.entry(Arc::clone(&grant_id)).or_insert_with(|| {
             let cut = CancellationToken::new();
             spawn_expiry_timer(cut.clone(), now.until(auth.expires_at()), Arc::clone(&grant_id));
             GrantConnections { cut, open: 0 }
         });
         entry.open += 1;
         let token = entry.cut.child_token();
-        drop(grants);
+        drop(registry);
         LiveHandle {
             token,
             grant_id,
@@ -93,7 +117,13 @@ impl Live {
 
     /// Cuts every open connection of a grant; returns how many there were.
     pub fn cut(&self, grant_id: &str, why: &str) -> usize {
-        let entry = self.grants.lock().unwrap_or_else(|e| e.into_inner()).remove(grant_id);
+        let entry = {
+            let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            registry.ended.retain(|_, at| now.duration_since(*at) < ENDED_MEMORY);
+            registry.ended.insert(grant_id.into(), now);
+            registry.open.remove(grant_id)
+        };
         match entry {
             Some(e) => {
                 e.cut.cancel();
@@ -109,8 +139,8 @@ impl Live {
     /// no longer lists them as active.
     pub fn cut_unless(&self, keep: impl Fn(&str) -> bool, why: &str) -> usize {
         let ended: Vec<Arc<str>> = {
-            let grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-            grants.keys().filter(|id| !keep(id)).cloned().collect()
+            let registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+            registry.open.keys().filter(|id| !keep(id)).cloned().collect()
         };
         ended.iter().filter(|id| self.cut(id, why) > 0).count()
     }
@@ -120,6 +150,7 @@ impl Live {
         self.grants
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .open
             .get(grant_id)
             .map_or(0, |e| e.open)
     }
@@ -184,6 +215,23 @@ mod tests {
         assert_eq!(live.cut_unless(|id| id == "g1", "ended elsewhere"), 1);
         assert!(!kept.is_cut());
         assert!(ended.is_cut());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_registering_after_the_cut_starts_cut() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let auth = Authorized::for_test("g1", now.saturating_add(Duration::from_secs(3600)));
+        assert_eq!(live.cut("g1", "revoked before anyone connected"), 0);
+        let late = live.register_at(&auth, now);
+        assert!(late.is_cut());
+        assert_eq!(live.open_connections("g1"), 0);
+        drop(late);
+        let other = live.register_at(
+            &Authorized::for_test("g2", now.saturating_add(Duration::from_secs(60))),
+            now,
+        );
+        assert!(!other.is_cut());
     }
 
     #[tokio::test(start_paused = true)]

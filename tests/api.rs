@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -487,4 +488,119 @@ async fn admins_read_the_audit_log_through_the_api() {
     assert_eq!(future, json!([]));
     let bad = c.get("/api/v1/audit?since=yesterday", &carol).await;
     assert_error(bad, StatusCode::BAD_REQUEST, "invalid_request", "not an RFC 3339 time");
+}
+
+#[tokio::test]
+async fn disabled_users_lose_their_tokens_at_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    let c = Client::new(&proxy);
+    let bob = c.token("bob").await;
+    assert_eq!(c.get("/api/v1/whoami", &bob).await.0, StatusCode::OK);
+    proxy.admin(&["users", "disable", "bob"], None).success();
+    let refused = c.get("/api/v1/requests?pending=true", &bob).await;
+    assert_error(
+        refused,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "disabled or no longer exists",
+    );
+}
+
+#[tokio::test]
+async fn control_characters_oversized_text_and_bad_queries_are_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    proxy.add_user("eve", &["developers"]);
+    let c = Client::new(&proxy);
+    let alice = c.token("alice").await;
+    let nul = c
+        .post(
+            "/api/v1/requests",
+            &alice,
+            json!({"profile": "db-patch", "reason": "INC\u{0}", "duration": "1h"}),
+        )
+        .await;
+    assert_error(
+        nul,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "reason: must not contain control characters",
+    );
+    let long = c
+        .post(
+            "/api/v1/requests",
+            &alice,
+            json!({"profile": "db-patch", "reason": "x".repeat(1001), "duration": "1h"}),
+        )
+        .await;
+    assert_error(
+        long,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "reason: longer than 1000 characters",
+    );
+    let query = c.get("/api/v1/requests?pending=1", &alice).await;
+    assert_error(query, StatusCode::BAD_REQUEST, "invalid_query", "pending");
+    let odd_id = c.get("/api/v1/requests/req%00x", &alice).await;
+    assert_error(odd_id, StatusCode::NOT_FOUND, "not_found", "that you can see");
+    assert_eq!(c.get("/api/v1/requests", &alice).await.1, json!([]));
+
+    // A profile eve may neither request nor approve does not exist, as far as she can tell.
+    let eve = c.token("eve").await;
+    let hidden = c
+        .post(
+            "/api/v1/requests",
+            &eve,
+            json!({"profile": "db-patch", "reason": "x", "duration": "1h"}),
+        )
+        .await;
+    let missing = c
+        .post(
+            "/api/v1/requests",
+            &eve,
+            json!({"profile": "nope", "reason": "x", "duration": "1h"}),
+        )
+        .await;
+    assert_error(
+        hidden,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no profile named \"db-patch\"",
+    );
+    assert_error(missing, StatusCode::NOT_FOUND, "not_found", "no profile named \"nope\"");
+
+    // A user name with a NUL byte is a failed login like any other: refused, counted, audited.
+    let nul_user = c.login("alice\u{0}", "whatever-password").await;
+    assert_error(
+        nul_user,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "wrong user name or password",
+    );
+    let events = proxy.admin(&["audit", "export"], None).success().stdout;
+    assert!(events.contains(r#""actor":"alice?""#), "{events}");
+}
+
+#[tokio::test]
+async fn a_burst_of_concurrent_guesses_gets_no_more_than_the_limit() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = start(&db);
+    let c = Arc::new(Client::new(&proxy));
+    let guesses: Vec<_> = (0..30)
+        .map(|i| {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move { c.login("alice", &format!("guess-number-{i}")).await.0 })
+        })
+        .collect();
+    let mut checked = 0;
+    for g in guesses {
+        if g.await.unwrap() == StatusCode::UNAUTHORIZED {
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked, 5,
+        "only five guesses reach the password check; the rest are rate-limited"
+    );
 }

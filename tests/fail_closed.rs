@@ -88,6 +88,12 @@ fn a_lost_store_refuses_new_access_and_recovers() {
         "{}",
         proxy.log()
     );
+    // A logout the proxy could not record keeps the session, so it can be tried again.
+    alice.run(&["logout"], None).fails(1, "store is unavailable");
+    assert!(
+        alice.home.join("session.json").exists(),
+        "the session was forgotten though the token lives"
+    );
 
     link.up();
     let ok = common::eventually(Duration::from_secs(20), || {

@@ -211,6 +211,21 @@ impl AccessRequest {
         if self.approvals.iter().any(|a| a.approver == approver.user) {
             return Err(Refusal::AlreadyApproved);
         }
+        // The profile may have been tightened since the request was opened: what activates
+        // must satisfy the policy in force now.
+        if !profile.may_request(&self.requester) {
+            return Err(Refusal::NotRequester {
+                profile: profile.name.clone(),
+            });
+        }
+        if self.duration > profile.max_duration {
+            return Err(Refusal::DurationTooLong {
+                profile: profile.name.clone(),
+                requested: format_duration(self.duration),
+                max: format_duration(profile.max_duration),
+            });
+        }
+        self.approvals_required = self.approvals_required.max(profile.approvals_required);
         self.approvals.push(Approval {
             approver: approver.user.clone(),
             at: now,
@@ -302,5 +317,70 @@ impl AccessRequest {
         self.decided_by = Some(by.to_owned());
         self.grant_id = Some(grant.id.clone());
         Outcome::Activated(self, grant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{HttpScope, Principal};
+
+    fn profile(max_hours: u64, required: u32, requesters: &[&str]) -> AccessProfile {
+        AccessProfile {
+            name: "p".into(),
+            description: String::new(),
+            max_duration: Duration::from_secs(max_hours * 3600),
+            requesters: requesters.iter().map(|r| r.parse::<Principal>().unwrap()).collect(),
+            approvers: vec!["group:leads".parse().unwrap()],
+            approvals_required: required,
+            require_reason: false,
+            ssh: None,
+            kube: None,
+            http: Some(HttpScope {
+                apps: vec!["grafana".into()],
+            }),
+        }
+    }
+
+    #[test]
+    fn approval_follows_the_profile_in_force_now() {
+        let now = Timestamp::from_millis(1_000);
+        let alice = Identity::new("alice", ["dba"]);
+        let (bob, carol) = (Identity::new("bob", ["leads"]), Identity::new("carol", ["leads"]));
+        let open = |p: &AccessProfile| {
+            let out = AccessRequest::open(
+                "r".into(),
+                p,
+                alice.clone(),
+                String::new(),
+                Duration::from_secs(8 * 3600),
+                now,
+                Duration::from_secs(3600),
+                || "g".into(),
+            );
+            match out.unwrap() {
+                Outcome::Pending(r) => r,
+                Outcome::Activated(..) => panic!("needs approval"),
+            }
+        };
+        let r = open(&profile(8, 1, &["group:dba"]));
+        let shorter = profile(2, 1, &["group:dba"]);
+        assert!(matches!(
+            r.clone().approve(&shorter, &bob, None, now, || "g".into()),
+            Err(Refusal::DurationTooLong { .. })
+        ));
+        let no_longer = profile(8, 1, &["group:sre"]);
+        assert!(matches!(
+            r.clone().approve(&no_longer, &bob, None, now, || "g".into()),
+            Err(Refusal::NotRequester { .. })
+        ));
+        let stricter = profile(8, 2, &["group:dba"]);
+        let Ok(Outcome::Pending(r)) = r.approve(&stricter, &bob, None, now, || "g".into()) else {
+            panic!("one approval no longer suffices")
+        };
+        assert!(matches!(
+            r.approve(&stricter, &carol, None, now, || "g".into()),
+            Ok(Outcome::Activated(..))
+        ));
     }
 }

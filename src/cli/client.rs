@@ -135,11 +135,36 @@ impl Api {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        self.call(Method::GET, path, None).await
+        self.call_cli(Method::GET, path, None).await
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T, CliError> {
-        self.call(Method::POST, path, Some(body)).await
+        self.call_cli(Method::POST, path, Some(body)).await
+    }
+
+    /// Revokes this session's token at the proxy. Ok(false) when the proxy already refuses
+    /// the token (expired, revoked, user disabled): there is nothing left to revoke.
+    pub async fn logout(&self) -> Result<bool, CliError> {
+        match self
+            .call::<serde_json::Value>(Method::POST, "/api/v1/logout", Some(serde_json::json!({})))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Failure {
+                status: Some(StatusCode::UNAUTHORIZED),
+                ..
+            }) => Ok(false),
+            Err(f) => Err(f.error),
+        }
+    }
+
+    async fn call_cli<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, CliError> {
+        self.call(method, path, body).await.map_err(|f| f.error)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -147,7 +172,7 @@ impl Api {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> Result<T, CliError> {
+    ) -> Result<T, Failure> {
         let url = format!("{}{path}", self.proxy);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -157,7 +182,7 @@ impl Api {
             req = req.json(&b);
         }
         let resp = req.send().await.map_err(|e| {
-            CliError::Refused(format!(
+            Failure::local(format!(
                 "cannot reach the proxy at {}: {}; is it running, and is the CA right?",
                 self.proxy,
                 root_cause(&e)
@@ -167,11 +192,10 @@ impl Api {
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| CliError::Refused(format!("reading the proxy's answer: {e}")))?;
+            .map_err(|e| Failure::local(format!("reading the proxy's answer: {e}")))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                CliError::Refused(format!("the proxy sent an answer this client does not understand: {e}"))
-            });
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| Failure::local(format!("the proxy sent an answer this client does not understand: {e}")));
         }
         let reason = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) if status == StatusCode::SERVICE_UNAVAILABLE => {
@@ -183,7 +207,25 @@ impl Api {
             }
             Err(_) => format!("the proxy answered {status}"),
         };
-        Err(CliError::Refused(reason))
+        Err(Failure {
+            status: Some(status),
+            error: CliError::Refused(reason),
+        })
+    }
+}
+
+/// A failed call, with the HTTP status when the proxy answered at all.
+struct Failure {
+    status: Option<StatusCode>,
+    error: CliError,
+}
+
+impl Failure {
+    fn local(why: String) -> Failure {
+        Failure {
+            status: None,
+            error: CliError::Refused(why),
+        }
     }
 }
 

@@ -119,9 +119,10 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
 
 pub async fn logout(out: Output) -> CliResult {
     let (api, session) = Api::from_session()?;
-    let result: Result<Value, CliError> = api.post("/api/v1/logout", json!({})).await;
+    // Forget the token only once the proxy no longer accepts it: a logout that failed (the
+    // proxy unreachable, its store down) can be tried again.
+    api.logout().await?;
     Session::forget()?;
-    result?;
     match out {
         Output::Json => table::json(&json!({ "logged_out": true, "user": session.user })),
         Output::Table | Output::Id => {

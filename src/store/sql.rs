@@ -620,17 +620,23 @@ fn grant_from_row(row: &AnyRow) -> Result<Grant, StoreError> {
 }
 
 fn audit_from_row(row: &AnyRow) -> Result<AuditEvent, StoreError> {
-    Ok(AuditEvent {
-        seq: get(row, "seq")?,
-        time: ts(row, "at")?,
-        actor: get(row, "actor")?,
-        action: get(row, "action")?,
-        target: get(row, "target")?,
-        request_id: get(row, "request_id")?,
-        grant_id: get(row, "grant_id")?,
-        reason: get(row, "reason")?,
-        details: get(row, "details")?,
-        prev_hash: get(row, "prev_hash")?,
-        hash: get(row, "hash")?,
-    })
+    let seq: i64 = get(row, "seq")?;
+    // A row edited into something unreadable is tampering too: name it as verify would.
+    let named = |e: StoreError| StoreError::Corrupt(format!("audit chain broken at seq {seq}: {e}"));
+    let event = || -> Result<AuditEvent, StoreError> {
+        Ok(AuditEvent {
+            seq,
+            time: ts(row, "at")?,
+            actor: get(row, "actor")?,
+            action: get(row, "action")?,
+            target: get(row, "target")?,
+            request_id: get(row, "request_id")?,
+            grant_id: get(row, "grant_id")?,
+            reason: get(row, "reason")?,
+            details: get(row, "details")?,
+            prev_hash: get(row, "prev_hash")?,
+            hash: get(row, "hash")?,
+        })
+    };
+    event().map_err(named)
 }

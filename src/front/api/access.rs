@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::{ApiError, ApiJson, ApiState};
+use super::{check_text, ApiError, ApiJson, ApiQuery, ApiState};
 use crate::access::{AccessRequest, Grant};
 use crate::broker::ProfileView;
 use crate::time::{parse_duration, Timestamp};
@@ -31,6 +31,7 @@ pub async fn create_request(
     caller: Caller,
     ApiJson(body): ApiJson<NewRequest>,
 ) -> Result<(StatusCode, Json<AccessRequest>), ApiError> {
+    check_text("reason", &body.reason, MAX_REASON_CHARS)?;
     let duration = parse_duration(&body.duration)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("duration: {e}")))?;
     let request = state
@@ -50,7 +51,7 @@ pub struct RequestsQuery {
 pub async fn list_requests(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
-    Query(q): Query<RequestsQuery>,
+    ApiQuery(q): ApiQuery<RequestsQuery>,
 ) -> Result<Json<Vec<AccessRequest>>, ApiError> {
     Ok(Json(state.broker.requests(&caller.identity, q.pending).await?))
 }
@@ -63,11 +64,23 @@ pub async fn get_request(
     Ok(Json(state.broker.visible_request(&caller.identity, &id).await?))
 }
 
+/// Reasons are a ticket id and a few words, not documents.
+const MAX_REASON_CHARS: usize = 1000;
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     #[serde(default)]
     reason: Option<String>,
+}
+
+impl Decision {
+    fn reason(self) -> Result<Option<String>, ApiError> {
+        if let Some(r) = &self.reason {
+            check_text("reason", r, MAX_REASON_CHARS)?;
+        }
+        Ok(self.reason)
+    }
 }
 
 pub async fn approve(
@@ -79,7 +92,7 @@ pub async fn approve(
     Ok(Json(
         state
             .broker
-            .approve(&caller.identity, &id, body.reason, Timestamp::now())
+            .approve(&caller.identity, &id, body.reason()?, Timestamp::now())
             .await?,
     ))
 }
@@ -90,7 +103,7 @@ pub async fn deny(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Decision>,
 ) -> Result<Json<AccessRequest>, ApiError> {
-    let reason = body.reason.unwrap_or_default();
+    let reason = body.reason()?.unwrap_or_default();
     Ok(Json(
         state
             .broker
@@ -119,7 +132,7 @@ pub struct GrantsQuery {
 pub async fn list_grants(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
-    Query(q): Query<GrantsQuery>,
+    ApiQuery(q): ApiQuery<GrantsQuery>,
 ) -> Result<Json<Vec<Grant>>, ApiError> {
     Ok(Json(state.broker.grants(&caller.identity, q.all).await?))
 }
@@ -141,7 +154,7 @@ pub async fn revoke(
     Ok(Json(
         state
             .broker
-            .revoke(&caller.identity, &id, body.reason, Timestamp::now())
+            .revoke(&caller.identity, &id, body.reason()?, Timestamp::now())
             .await?,
     ))
 }

@@ -44,8 +44,14 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .verify(token.trim())
             .map_err(|e| unauthorized(&e.to_string()))?;
         // Fail closed: if the deny-list cannot be read, the token is not accepted.
-        if state.broker.store().token_revoked(&claims.jti).await? {
+        let store = state.broker.store();
+        if store.token_revoked(&claims.jti).await? {
             return Err(unauthorized(&TokenError::Revoked.to_string()));
+        }
+        // Every token so far comes from a local login: disabling the user ends its power at
+        // once, not when the token expires.
+        if store.user(&claims.sub).await?.is_none_or(|u| u.disabled) {
+            return Err(unauthorized("the user is disabled or no longer exists; ask an admin"));
         }
         Ok(Caller {
             identity: claims.identity(),
@@ -54,10 +60,12 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
     }
 }
 
-/// Counts failed logins per user name and per source address over a window.
+/// Counts login attempts per user name and per source address over a sliding window. An
+/// attempt is counted before its password is checked, so a burst of concurrent guesses
+/// cannot all slip in under the limit; a successful login gives its count back.
 #[derive(Clone)]
 pub struct LoginLimiter {
-    failures: Cache<String, u32>,
+    attempts: Cache<String, u32>,
     per_user: u32,
     per_source: u32,
 }
@@ -65,29 +73,34 @@ pub struct LoginLimiter {
 impl LoginLimiter {
     pub fn new(per_user: u32, per_source: u32, window: Duration) -> Self {
         LoginLimiter {
-            failures: Cache::builder().max_capacity(100_000).time_to_live(window).build(),
+            attempts: Cache::builder().max_capacity(100_000).time_to_live(window).build(),
             per_user,
             per_source,
         }
     }
 
-    async fn blocked(&self, user: &str, source: IpAddr) -> bool {
-        let user_fails = self.failures.get(&format!("user:{user}")).await.unwrap_or(0);
-        let source_fails = self.failures.get(&format!("source:{source}")).await.unwrap_or(0);
-        user_fails >= self.per_user || source_fails >= self.per_source
+    /// Counts an attempt; false when the user or the source is over its limit.
+    async fn admit(&self, user: &str, source: IpAddr) -> bool {
+        let by_user = self.add(format!("user:{user}"), 1).await;
+        let by_source = self.add(format!("source:{source}"), 1).await;
+        by_user <= self.per_user && by_source <= self.per_source
     }
 
-    async fn failed(&self, user: &str, source: IpAddr) {
-        for key in [format!("user:{user}"), format!("source:{source}")] {
-            self.failures
-                .entry(key)
-                .and_upsert_with(|old| async move { old.map_or(1, |e| e.into_value() + 1) })
-                .await;
-        }
+    async fn succeeded(&self, user: &str, source: IpAddr) {
+        self.attempts.invalidate(&format!("user:{user}")).await;
+        self.add(format!("source:{source}"), -1).await;
     }
 
-    async fn succeeded(&self, user: &str) {
-        self.failures.invalidate(&format!("user:{user}")).await;
+    async fn add(&self, key: String, delta: i64) -> u32 {
+        let entry = self
+            .attempts
+            .entry(key)
+            .and_upsert_with(|old| async move {
+                let n = i64::from(old.map_or(0, |e| e.into_value())) + delta;
+                u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+            })
+            .await;
+        entry.into_value()
     }
 }
 
@@ -113,17 +126,26 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     let LoginBody { user, password } = body;
     let source = peer.ip();
-    // Names in the audit log and the limiter are capped so a login form cannot make either
-    // hold megabytes; real user names are at most 64 characters.
-    let shown: String = user.chars().take(64).collect();
-    if state.limiter.blocked(&shown, source).await {
+    // Names in the audit log and the limiter are capped and printable, so a login form can
+    // make neither hold megabytes or control bytes; real user names are at most 64 characters.
+    let shown: String = user
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    let plausible = shown == user;
+    if !state.limiter.admit(&shown, source).await {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             "too many failed logins; wait a few minutes and try again",
         ));
     }
-    let record = state.broker.store().user(&user).await?;
+    let record = if plausible {
+        state.broker.store().user(&user).await?
+    } else {
+        None
+    };
     let ok = tokio::task::spawn_blocking({
         let record = record.clone();
         move || match record {
@@ -138,7 +160,6 @@ pub async fn login(
     .unwrap_or(false);
     let details = serde_json::json!({ "source": source.to_string() });
     let Some(record) = record.filter(|_| ok) else {
-        state.limiter.failed(&shown, source).await;
         state
             .broker
             .store()
@@ -152,7 +173,7 @@ pub async fn login(
             "wrong user name or password",
         ));
     };
-    state.limiter.succeeded(&shown).await;
+    state.limiter.succeeded(&shown, source).await;
     let identity = Identity {
         user: record.name,
         groups: record.groups,

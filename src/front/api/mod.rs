@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Query, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -197,4 +198,45 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         other => (StatusCode::BAD_REQUEST, "invalid_json", other.body_text()),
     };
     ApiError::new(status, code, reason)
+}
+
+/// `Query` whose rejections are our error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+/// Free text that people write (reasons) is stored and shown to others: it must be printable
+/// and of a sane length. Both stores then keep exactly the same bytes.
+pub fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ApiError> {
+    let bad = |why: String| {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field}: {why}"),
+        ))
+    };
+    if value.chars().any(char::is_control) {
+        return bad("must not contain control characters".into());
+    }
+    if value.chars().count() > max_chars {
+        return bad(format!("longer than {max_chars} characters"));
+    }
+    Ok(())
 }

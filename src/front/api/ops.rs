@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 
 use super::auth::Caller;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiQuery, ApiState};
 use crate::time::Timestamp;
 
 #[derive(Deserialize)]
@@ -24,7 +24,7 @@ pub struct AuditQuery {
 pub async fn audit(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     if !state.broker.policy().is_admin(&caller.identity) {
         return Err(ApiError::new(
