@@ -368,7 +368,7 @@ fn validate_profiles(raw: Vec<RawProfile>, errors: &mut Vec<String>) -> Vec<Acce
         }
         let requesters = principals(&format!("{at}.requesters"), &requesters, errors);
         let approvers = principals(&format!("{at}.approvers"), &approvers, errors);
-        check_approvers(&at, &approvers, approvals_required, errors);
+        check_approvers(&at, &requesters, &approvers, approvals_required, errors);
         if ssh.is_none() && kube.is_none() && http.is_none() {
             errors.push(format!("{at}: grants nothing; give it ssh, kube or http"));
         }
@@ -426,7 +426,13 @@ fn validate_profiles(raw: Vec<RawProfile>, errors: &mut Vec<String>) -> Vec<Acce
 
 /// A group may have any number of members, but named users are countable: a profile whose
 /// approvers are only users needs at least `approvals_required` of them.
-fn check_approvers(at: &str, approvers: &[Principal], required: u32, errors: &mut Vec<String>) {
+fn check_approvers(
+    at: &str,
+    requesters: &[Principal],
+    approvers: &[Principal],
+    required: u32,
+    errors: &mut Vec<String>,
+) {
     if required == 0 {
         return;
     }
@@ -443,6 +449,17 @@ fn check_approvers(at: &str, approvers: &[Principal], required: u32, errors: &mu
             approvers.len(),
             if approvers.len() == 1 { " is" } else { "s are" }
         ));
+        return;
+    }
+    // Nobody approves their own request: a requester who is also a listed approver has one
+    // approver fewer to draw on.
+    for r in requesters {
+        let others = approvers.iter().filter(|a| *a != r).count() as u64;
+        if only_users && matches!(r, Principal::User(_)) && others < u64::from(required) {
+            errors.push(format!(
+                "{at}.approvals_required: {required} distinct approvers needed, but a request by {r} can have only {others} (nobody approves their own)"
+            ));
+        }
     }
 }
 
@@ -494,6 +511,25 @@ mod tests {
             assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn requesters_cannot_count_as_their_own_approvers() {
+        let errs = errors_of(
+            r#"
+            [[profiles]]
+            name = "a"
+            max_duration = "1h"
+            requesters = ["user:alice"]
+            approvers = ["user:alice", "user:bob"]
+            approvals_required = 2
+            http = { apps = ["x"] }
+            "#,
+        );
+        assert_eq!(
+            errs,
+            ["profiles[0].approvals_required: 2 distinct approvers needed, but a request by user:alice can have only 1 (nobody approves their own)"]
+        );
     }
 
     #[test]
