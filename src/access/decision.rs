@@ -156,9 +156,9 @@ pub fn authorize(
         None => Err(Denied {
             reason: format!("no active grant allows {action} on {resource}"),
             requestable: policy
-                .profiles()
-                .iter()
-                .filter(|p| p.may_request(who) && allows(p, resource, action))
+                .requestable_by(who)
+                .into_iter()
+                .filter(|p| allows(p, resource, action))
                 .map(|p| p.name.clone())
                 .collect(),
         }),
