@@ -201,7 +201,7 @@ pub async fn users(cmd: UsersCommand, out: Output) -> CliResult {
                     "no user named {name:?}; `jitgate users list` shows them"
                 )));
             }
-            println!("Disabled user {name}; they can no longer log in (tokens already issued end at their expiry)");
+            println!("Disabled user {name}: they can no longer log in, and their tokens stop working now");
             Ok(())
         }
     }
