@@ -139,6 +139,15 @@ impl Env {
         r.grant_id.expect("approved request has a grant")
     }
 
+    async fn pending(&self) -> Vec<AccessRequest> {
+        let filter = RequestFilter {
+            pending_only: true,
+            limit: 10,
+            ..RequestFilter::default()
+        };
+        self.store.requests(filter).await.unwrap()
+    }
+
     async fn request(&self, id: &str) -> AccessRequest {
         self.store.request(id).await.unwrap().expect("request exists")
     }
@@ -243,15 +252,7 @@ async fn lifecycle(backend: Backend) {
     assert_eq!((r.state, r.approvals_required, r.pending_until), want);
     assert!(r.approvals.is_empty() && r.grant_id.is_none());
     assert_eq!(e.request(&r.id).await, r, "stored as returned");
-    let pending = e
-        .store
-        .requests(RequestFilter {
-            pending_only: true,
-            limit: 10,
-            ..RequestFilter::default()
-        })
-        .await
-        .unwrap();
+    let pending = e.pending().await;
     assert_eq!(pending.iter().map(|r| &r.id).collect::<Vec<_>>(), [&r.id]);
     assert!(e.store.grants(GrantFilter::default()).await.unwrap().is_empty());
     assert!(ssh(&e.broker, &alice(), t0).await.is_none(), "no access while pending");
@@ -298,16 +299,7 @@ async fn lifecycle(backend: Backend) {
         std::slice::from_ref(&g)
     );
     assert!(e.store.grants(holder("bob", false)).await.unwrap().is_empty());
-    assert!(e
-        .store
-        .requests(RequestFilter {
-            pending_only: true,
-            limit: 10,
-            ..RequestFilter::default()
-        })
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(e.pending().await.is_empty());
 
     let allowed = ssh(&e.broker, &alice(), t1).await.expect("the grant allows ssh");
     assert_eq!((allowed.grant_id(), allowed.expires_at()), (gid.as_str(), g.expires_at));
