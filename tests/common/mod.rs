@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod idp;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 
 /// The PostgreSQL server `scripts/test` starts; its URL names a database we may create in.
