@@ -13,6 +13,9 @@ use crate::ca::x509;
 use crate::config::{redact_url, Config};
 use crate::front::api::{self, ApiState, LoginLimiter};
 use crate::front::tls;
+use crate::front::web::Site;
+use crate::identity::oidc::Providers;
+use crate::identity::session::Sessions;
 use crate::identity::TokenIssuer;
 use crate::live::Live;
 use crate::store;
@@ -36,6 +39,9 @@ pub enum ServeError {
 /// The sweeper never sleeps longer than this, so grants ended on another replica and new
 /// grants from elsewhere are picked up within a second.
 const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Expired sessions and login flows are harmless (every read checks expiry); they are
+/// deleted this often to keep the tables small.
+const LOGIN_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let server = &config.server;
@@ -64,13 +70,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     .map_err(ServeError::Setup)?;
     let tls_config = tls::server_config(&certs.server_cert, &certs.server_key).map_err(ServeError::Setup)?;
 
+    let issuers: Vec<String> = config.oidc.iter().map(|o| o.issuer.clone()).collect();
+    let site =
+        Site::new(&public_url, &server.base_domain, config.auth.local_users, &issuers).map_err(ServeError::Setup)?;
+    let idps = Providers::new(&config.oidc, &format!("{public_url}/auth/callback")).map_err(ServeError::Setup)?;
     let policy = Arc::new(config.policy);
+    let sessions = Sessions::new(Arc::clone(&store), config.auth.session_lifetime);
     let broker = Arc::new(Broker::new(policy, store, Live::new(), server.request_ttl));
     let state = Arc::new(ApiState {
         broker: Arc::clone(&broker),
         tokens: Arc::new(tokens),
         limiter: LoginLimiter::new(5, 20, Duration::from_secs(300)),
         metrics: metrics_handle(),
+        sessions,
+        idps: Arc::new(idps),
+        site,
     });
 
     println!("jitgate listening on {public_url}  (config: {})", config.source);
@@ -101,8 +115,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
 /// Ends grants and pending requests when they fall due, waking early when grants change.
 async fn sweep_forever(broker: Arc<Broker>, shutdown: CancellationToken) {
+    let mut last_purge = std::time::Instant::now();
     loop {
         let now = Timestamp::now();
+        if last_purge.elapsed() >= LOGIN_PURGE_INTERVAL {
+            last_purge = std::time::Instant::now();
+            if let Err(e) = broker.store().purge_logins(now).await {
+                tracing::warn!(error = %e, "cannot purge expired sessions and login flows");
+            }
+        }
         let wait = match broker.sweep(now).await {
             Ok(next) => next.map_or(MAX_SWEEP_INTERVAL, |t| now.until(t).min(MAX_SWEEP_INTERVAL)),
             Err(e) => {

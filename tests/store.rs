@@ -15,7 +15,7 @@ use jitgate::access::{
 use jitgate::audit::{verify, AuditDraft, AuditEvent};
 use jitgate::broker::{Broker, BrokerError};
 use jitgate::live::Live;
-use jitgate::store::{self, GrantFilter, RequestFilter, Store, StoreError, UserRecord};
+use jitgate::store::{self, GrantFilter, RequestFilter, SessionRecord, Store, StoreError, UserRecord};
 use jitgate::time::Timestamp;
 
 /// Generates `mod name { sqlite, postgres }` calling `async fn name(backend)`.
@@ -33,7 +33,7 @@ macro_rules! both {
 
 both! {
     users, lifecycle, racing_approvers, revoke, revoke_races_expiry, expiry, tokens, audit_paging, refusals,
-    fail_closed, listings, reloads_never_resurrect_revoked_grants,
+    fail_closed, listings, reloads_never_resurrect_revoked_grants, sessions, login_flows, idp_users,
 }
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -586,6 +586,208 @@ async fn tokens(backend: Backend) {
     let events = e.audit().await;
     assert_eq!(actions(&events), ["token.revoked"; 4]);
     assert_chain(&events);
+}
+
+async fn sessions(backend: Backend) {
+    let e = env(backend, HOUR).await;
+    let s = &e.store;
+    let now = Timestamp::now();
+    s.upsert_idp_user("alice@example.com", &["dba".into()], "!idp:corp", now)
+        .await
+        .unwrap();
+    let record = SessionRecord {
+        id_hash: "h1".into(),
+        user: "alice@example.com".into(),
+        email: Some("alice@example.com".into()),
+        groups: vec!["dba".into()],
+        idp: "corp".into(),
+        created_at: now,
+        expires_at: now.saturating_add(HOUR),
+        ended_at: None,
+    };
+    let started = || AuditDraft::new("session.started", "alice@example.com", "corp");
+    s.insert_session(&record, started(), None).await.unwrap();
+    assert!(matches!(
+        s.insert_session(&record, started(), None).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let found = s.session("h1").await.unwrap().expect("the session");
+    assert_eq!(found.session.user, "alice@example.com");
+    assert_eq!(found.session.groups, ["dba"]);
+    assert_eq!(found.session.email.as_deref(), Some("alice@example.com"));
+    assert!(found.session.ended_at.is_none() && !found.user_disabled);
+    assert!(s.session("h2").await.unwrap().is_none());
+
+    // Disabling the user shows on the session at once.
+    s.set_user_disabled(
+        "alice@example.com",
+        true,
+        AuditDraft::new("user.disabled", "admin", "alice"),
+    )
+    .await
+    .unwrap();
+    assert!(s.session("h1").await.unwrap().unwrap().user_disabled);
+
+    let ended = || AuditDraft::new("session.ended", "alice@example.com", "corp");
+    assert!(s.end_session("h1", now, ended()).await.unwrap());
+    assert!(!s.end_session("h1", now, ended()).await.unwrap(), "ends once");
+    assert!(s.session("h1").await.unwrap().unwrap().session.ended_at.is_some());
+
+    // A session of a user who has no row at all counts as disabled.
+    let orphan = SessionRecord {
+        id_hash: "h3".into(),
+        user: "ghost".into(),
+        ..record.clone()
+    };
+    s.insert_session(&orphan, started(), None).await.unwrap();
+    assert!(s.session("h3").await.unwrap().unwrap().user_disabled);
+
+    // A login's state is spent with the session it yields: once.
+    let later = now.saturating_add(HOUR);
+    let first = SessionRecord {
+        id_hash: "h4".into(),
+        ..record.clone()
+    };
+    s.insert_session(&first, started(), Some(("state:k", later)))
+        .await
+        .unwrap();
+    let second = SessionRecord {
+        id_hash: "h5".into(),
+        ..record.clone()
+    };
+    assert!(matches!(
+        s.insert_session(&second, started(), Some(("state:k", later))).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(s.session("h5").await.unwrap().is_none(), "no session without the state");
+    // Several flows go in together or not at all.
+    assert!(matches!(
+        s.put_flows(&[("cli:new", "x", later), ("state:k", "used", later)])
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(s.peek_flow("cli:new", now).await.unwrap(), None);
+
+    // Purging removes sessions past their expiry only.
+    s.purge_logins(now.saturating_add(2 * HOUR)).await.unwrap();
+    assert!(s.session("h3").await.unwrap().is_none());
+    let events = e.audit().await;
+    assert_eq!(
+        actions(&events),
+        [
+            "session.started",
+            "user.disabled",
+            "session.ended",
+            "session.started",
+            "session.started"
+        ]
+    );
+    assert_chain(&events);
+}
+
+async fn login_flows(backend: Backend) {
+    let e = env(backend, HOUR).await;
+    let s = &e.store;
+    let now = Timestamp::now();
+    let later = now.saturating_add(HOUR);
+    s.put_flow("cli:a", "payload-a", later).await.unwrap();
+    assert!(matches!(
+        s.put_flow("cli:a", "again", later).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(s.peek_flow("cli:a", now).await.unwrap().as_deref(), Some("payload-a"));
+    assert!(s.update_flow("cli:a", "payload-b", now).await.unwrap());
+    assert!(!s.update_flow("cli:none", "x", now).await.unwrap());
+    assert_eq!(s.take_flow("cli:a", now).await.unwrap().as_deref(), Some("payload-b"));
+    assert_eq!(s.take_flow("cli:a", now).await.unwrap(), None, "taken once");
+    assert_eq!(s.peek_flow("cli:a", now).await.unwrap(), None);
+
+    // Expired values are never handed out, and purging deletes them.
+    s.put_flow("cli:old", "x", now).await.unwrap();
+    assert_eq!(s.peek_flow("cli:old", now).await.unwrap(), None);
+    assert_eq!(s.take_flow("cli:old", now).await.unwrap(), None);
+    s.put_flow("cli:old2", "x", now).await.unwrap();
+    s.purge_logins(now.saturating_add(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    s.put_flow("cli:old2", "reused key after purge", later).await.unwrap();
+
+    // Racing takers: exactly one gets the value.
+    s.put_flow("cli:race", "prize", later).await.unwrap();
+    let takers: Vec<_> = (0..8)
+        .map(|_| {
+            let s = Arc::clone(&e.store);
+            tokio::spawn(async move { s.take_flow("cli:race", Timestamp::now()).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in takers {
+        won += usize::from(t.await.unwrap().is_some());
+    }
+    assert_eq!(won, 1);
+}
+
+async fn idp_users(backend: Backend) {
+    let e = env(backend, HOUR).await;
+    let s = &e.store;
+    let now = Timestamp::now();
+    let first = s
+        .upsert_idp_user("bob@example.com", &["dba-leads".into()], "!idp:corp", now)
+        .await
+        .unwrap();
+    assert_eq!(first.password_hash, "!idp:corp");
+    assert!(!first.disabled);
+    // Groups follow the IdP at each login.
+    let again = s
+        .upsert_idp_user("bob@example.com", &["dba".into(), "security".into()], "!idp:corp", now)
+        .await
+        .unwrap();
+    assert_eq!(again.groups, ["dba", "security"]);
+    assert_eq!(
+        s.user("bob@example.com").await.unwrap().unwrap().groups,
+        ["dba", "security"]
+    );
+
+    // A local user of the same name, or another IdP's, is left untouched.
+    let local = UserRecord {
+        name: "carol".into(),
+        groups: vec!["dba".into()],
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        disabled: false,
+        created_at: now,
+    };
+    s.add_user(&local, AuditDraft::new("user.added", "admin", "carol"))
+        .await
+        .unwrap();
+    let clash = s
+        .upsert_idp_user("carol", &["security".into()], "!idp:corp", now)
+        .await
+        .unwrap();
+    assert_eq!(clash.password_hash, local.password_hash);
+    assert_eq!(s.user("carol").await.unwrap().unwrap().groups, ["dba"]);
+    let other = s
+        .upsert_idp_user("bob@example.com", &["security".into()], "!idp:other", now)
+        .await
+        .unwrap();
+    assert_eq!(other.password_hash, "!idp:corp");
+    assert_eq!(
+        s.user("bob@example.com").await.unwrap().unwrap().groups,
+        ["dba", "security"]
+    );
+
+    // A disabled IdP user stays disabled through later logins.
+    s.set_user_disabled(
+        "bob@example.com",
+        true,
+        AuditDraft::new("user.disabled", "admin", "bob"),
+    )
+    .await
+    .unwrap();
+    let later = s
+        .upsert_idp_user("bob@example.com", &["dba".into()], "!idp:corp", now)
+        .await
+        .unwrap();
+    assert!(later.disabled);
 }
 
 async fn audit_paging(backend: Backend) {

@@ -45,7 +45,7 @@ impl Session {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(CliError::Refused(
-                    "not logged in; run `jitgate login --proxy https://HOST:8443 --user NAME` first".into(),
+                    "not logged in; run `jitgate login --proxy https://HOST:8443` first".into(),
                 ))
             }
             Err(e) => return Err(CliError::Refused(format!("cannot read {}: {e}", path.display()))),
@@ -158,6 +158,22 @@ impl Api {
         }
     }
 
+    /// Like `post`, but a refusal keeps the proxy's error code (device polling needs
+    /// `authorization_pending` apart from a real refusal).
+    pub async fn post_coded<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<T, (Option<String>, CliError)> {
+        self.call(Method::POST, path, Some(body))
+            .await
+            .map_err(|f| (f.code, f.error))
+    }
+
+    pub fn proxy(&self) -> &str {
+        &self.proxy
+    }
+
     async fn call_cli<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -197,6 +213,7 @@ impl Api {
             return serde_json::from_slice(&bytes)
                 .map_err(|e| Failure::local(format!("the proxy sent an answer this client does not understand: {e}")));
         }
+        let code = serde_json::from_slice::<ErrorBody>(&bytes).ok().map(|b| b.error);
         let reason = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(b) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 format!("{} (try again when the proxy's store is back)", b.reason)
@@ -209,6 +226,7 @@ impl Api {
         };
         Err(Failure {
             status: Some(status),
+            code,
             error: CliError::Refused(reason),
         })
     }
@@ -217,6 +235,7 @@ impl Api {
 /// A failed call, with the HTTP status when the proxy answered at all.
 struct Failure {
     status: Option<StatusCode>,
+    code: Option<String>,
     error: CliError,
 }
 
@@ -224,6 +243,7 @@ impl Failure {
     fn local(why: String) -> Failure {
         Failure {
             status: None,
+            code: None,
             error: CliError::Refused(why),
         }
     }

@@ -17,12 +17,21 @@ pub struct LoginArgs {
     /// The proxy's URL, e.g. https://127.0.0.1:8443 (default: the last one you logged in to)
     #[arg(long)]
     proxy: Option<String>,
-    /// Local user name
+    /// Log in as this local user with a password, instead of through the identity provider
     #[arg(long)]
-    user: String,
-    /// Read the password from standard input instead of prompting
-    #[arg(long)]
+    user: Option<String>,
+    /// Read the local user's password from standard input instead of prompting
+    #[arg(long, requires = "user")]
     password_stdin: bool,
+    /// Which identity provider to log in through, when the proxy has several
+    #[arg(long, conflicts_with = "user")]
+    idp: Option<String>,
+    /// Use the device grant: print a code to enter on any device's browser, and wait
+    #[arg(long, conflicts_with = "user")]
+    device: bool,
+    /// Do not try to open a browser; only print the login URL
+    #[arg(long, conflicts_with = "user")]
+    no_browser: bool,
     /// PEM file of the CA that signed the proxy's certificate (e.g. the proxy's certs/ca.pem)
     #[arg(long)]
     ca_cert: Option<PathBuf>,
@@ -84,11 +93,16 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
             .filter(|s| s.proxy == proxy)
             .and_then(|s| s.ca_pem.clone()),
     };
-    let password = read_secret(args.password_stdin, &format!("Password for {}: ", args.user))?;
     let api = Api::new(&proxy, ca_pem.as_deref(), None)?;
-    let resp: Value = api
-        .post("/api/v1/login", json!({ "user": args.user, "password": password }))
-        .await?;
+    let resp: Value = match &args.user {
+        Some(user) => {
+            let password = read_secret(args.password_stdin, &format!("Password for {user}: "))?;
+            api.post("/api/v1/login", json!({ "user": user, "password": password }))
+                .await?
+        }
+        None if args.device => super::oidc_login::device(&api, args.idp.as_deref()).await?,
+        None => super::oidc_login::loopback(&api, args.idp.as_deref(), !args.no_browser).await?,
+    };
     let session = Session {
         proxy: proxy.trim_end_matches('/').to_owned(),
         ca_pem,

@@ -6,6 +6,7 @@
 mod admin;
 mod client;
 mod commands;
+mod oidc_login;
 mod table;
 
 use std::path::PathBuf;

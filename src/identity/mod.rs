@@ -2,6 +2,8 @@
 //! (ES256 JWTs) that every identity source ends in.
 
 pub mod local;
+pub mod oidc;
+pub mod session;
 pub mod token;
 
 pub use token::{Claims, TokenError, TokenIssuer};

@@ -7,6 +7,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +25,24 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// Where the identity came from: "local" or an `[[oidc]]` provider's name.
+    #[serde(default = "local")]
+    pub idp: String,
+}
+
+fn local() -> String {
+    "local".into()
+}
+
+/// A short-lived signed value for another purpose than API access (a pre-login cookie):
+/// its audience keeps it from ever passing as a token, and a token from passing as it.
+#[derive(Serialize, Deserialize)]
+struct Sealed<T> {
+    iss: String,
+    aud: String,
+    exp: i64,
+    #[serde(flatten)]
+    value: T,
 }
 
 impl Claims {
@@ -100,7 +119,27 @@ impl TokenIssuer {
         &self.issuer
     }
 
-    pub fn issue(&self, who: &Identity, now: Timestamp) -> Result<(String, Claims), String> {
+    /// Signs `value` for `audience`, valid for `ttl`.
+    pub fn seal<T: Serialize>(&self, audience: &str, ttl: Duration, value: T) -> Result<String, String> {
+        let exp = Timestamp::now().as_millis() / 1000 + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let sealed = Sealed {
+            iss: self.issuer.clone(),
+            aud: audience.to_owned(),
+            exp,
+            value,
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &sealed, &self.encoding).map_err(|e| format!("signing a value: {e}"))
+    }
+
+    /// Opens what `seal` signed for `audience`, if it is unexpired and untouched.
+    pub fn open<T: DeserializeOwned>(&self, audience: &str, sealed: &str) -> Result<T, TokenError> {
+        self.decode::<Sealed<T>>(sealed, audience, &["exp", "iss", "aud"])
+            .map(|s| s.value)
+    }
+
+    pub fn issue(&self, who: &Identity, idp: &str, now: Timestamp) -> Result<(String, Claims), String> {
         let iat = now.as_millis() / 1000;
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -110,6 +149,7 @@ impl TokenIssuer {
             iat,
             exp: iat + i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX / 2),
             jti: random_id(""),
+            idp: idp.to_owned(),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -121,6 +161,10 @@ impl TokenIssuer {
     /// Checks algorithm, key, signature, expiry, issuer and audience. Revocation is the
     /// caller's to check, against the store.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.decode(token, AUDIENCE, &["exp", "iss", "aud", "sub"])
+    }
+
+    fn decode<T: DeserializeOwned>(&self, token: &str, audience: &str, required: &[&str]) -> Result<T, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| header_error(token))?;
         if header.alg != Algorithm::ES256 {
             return Err(TokenError::WrongAlgorithm);
@@ -129,12 +173,12 @@ impl TokenIssuer {
             return Err(TokenError::UnknownKey);
         }
         let mut v = Validation::new(Algorithm::ES256);
-        v.set_audience(&[AUDIENCE]);
+        v.set_audience(&[audience]);
         v.set_issuer(&[&self.issuer]);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.set_required_spec_claims(required);
         v.leeway = 0;
         use jsonwebtoken::errors::ErrorKind as K;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
+        jsonwebtoken::decode::<T>(token, &self.decoding, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 K::ExpiredSignature => TokenError::Expired,
@@ -197,7 +241,7 @@ mod tests {
     fn issued_tokens_verify_and_forgeries_do_not() {
         let iss = issuer(Duration::from_secs(600));
         let alice = Identity::new("alice", ["dba"]);
-        let (token, claims) = iss.issue(&alice, Timestamp::now()).unwrap();
+        let (token, claims) = iss.issue(&alice, "local", Timestamp::now()).unwrap();
         assert_eq!(iss.verify(&token).unwrap(), claims);
         assert_eq!(claims.identity(), alice);
 
@@ -219,7 +263,7 @@ mod tests {
 
         // A token signed by another key with our kid.
         let other = issuer(Duration::from_secs(600));
-        let (foreign, _) = other.issue(&alice, Timestamp::now()).unwrap();
+        let (foreign, _) = other.issue(&alice, "local", Timestamp::now()).unwrap();
         let fparts: Vec<&str> = foreign.split('.').collect();
         let resigned = format!("{}.{}.{}", parts[0], fparts[1], fparts[2]);
         assert_eq!(iss.verify(&resigned), Err(TokenError::BadSignature));
@@ -231,10 +275,10 @@ mod tests {
         let iss = issuer(Duration::from_secs(60));
         let alice = Identity::new("alice", ["dba"]);
         let long_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 3_600_000);
-        let (old, _) = iss.issue(&alice, long_ago).unwrap();
+        let (old, _) = iss.issue(&alice, "local", long_ago).unwrap();
         assert_eq!(iss.verify(&old), Err(TokenError::Expired));
 
-        let (good, claims) = iss.issue(&alice, Timestamp::now()).unwrap();
+        let (good, claims) = iss.issue(&alice, "local", Timestamp::now()).unwrap();
         assert!(iss.verify(&good).is_ok());
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(iss.kid.clone());
@@ -254,7 +298,7 @@ mod tests {
         elsewhere.issuer = "https://other".into();
         elsewhere.kid.clone_from(&iss.kid);
         // Same kid but a different key and issuer: rejected either way.
-        let (t, _) = elsewhere.issue(&alice, Timestamp::now()).unwrap();
+        let (t, _) = elsewhere.issue(&alice, "local", Timestamp::now()).unwrap();
         assert!(iss.verify(&t).is_err());
     }
 }

@@ -36,6 +36,28 @@ pub struct UserRecord {
     pub created_at: Timestamp,
 }
 
+/// A browser session as stored: the secret's hash, never the secret.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    pub id_hash: String,
+    pub user: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    /// The provider's name, or "local".
+    pub idp: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+}
+
+/// A session as a request sees it: with the user's current standing.
+#[derive(Clone, Debug)]
+pub struct SessionLookup {
+    pub session: SessionRecord,
+    /// True when the user was disabled or removed after the session began.
+    pub user_disabled: bool,
+}
+
 /// Which grants a listing covers: everyone's (`holder: None`), or one holder's together
 /// with every grant of `also_profiles` (the profiles a caller approves).
 #[derive(Clone, Debug, Default)]
@@ -76,6 +98,46 @@ pub trait Store: Send + Sync + 'static {
     async fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
     /// Returns false when there is no such user.
     async fn set_user_disabled(&self, name: &str, disabled: bool, event: AuditDraft) -> Result<bool, StoreError>;
+
+    /// Records a login from an identity provider: creates the user on first login (with
+    /// `marker` in place of a password hash, so no password ever works) or updates its
+    /// groups. Returns the record as it now stands; a local user of the same name is left
+    /// untouched and returned as found, for the caller to refuse.
+    async fn upsert_idp_user(
+        &self,
+        name: &str,
+        groups: &[String],
+        marker: &str,
+        now: Timestamp,
+    ) -> Result<UserRecord, StoreError>;
+
+    /// Starts a session; with `spend`, also stores that one-time key in the same
+    /// transaction (`AlreadyExists` if it was spent before, and then no session starts).
+    async fn insert_session(
+        &self,
+        session: &SessionRecord,
+        event: AuditDraft,
+        spend: Option<(&str, Timestamp)>,
+    ) -> Result<(), StoreError>;
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionLookup>, StoreError>;
+    /// Ends a session; false when it had already ended or never existed.
+    async fn end_session(&self, id_hash: &str, at: Timestamp, event: AuditDraft) -> Result<bool, StoreError>;
+
+    /// Stores a one-time value of a login flow; `AlreadyExists` if `key` is taken, which is
+    /// how a state or a code is made usable once.
+    async fn put_flow(&self, key: &str, payload: &str, expires_at: Timestamp) -> Result<(), StoreError> {
+        self.put_flows(&[(key, payload, expires_at)]).await
+    }
+    /// Stores several one-time values at once: all of them, or none if any key is taken.
+    async fn put_flows(&self, flows: &[(&str, &str, Timestamp)]) -> Result<(), StoreError>;
+    /// Removes and returns an unexpired value: each value is handed out at most once.
+    async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError>;
+    /// Reads a value without taking it (device logins being polled).
+    async fn peek_flow(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError>;
+    /// Replaces the value of an existing, unexpired flow; false when there is none.
+    async fn update_flow(&self, key: &str, payload: &str, now: Timestamp) -> Result<bool, StoreError>;
+    /// Deletes flows and sessions past their expiry.
+    async fn purge_logins(&self, now: Timestamp) -> Result<(), StoreError>;
 
     async fn insert_request(
         &self,

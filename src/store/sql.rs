@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 
-use super::{GrantFilter, RequestFilter, Store, StoreError, UserRecord};
+use super::{GrantFilter, RequestFilter, SessionLookup, SessionRecord, Store, StoreError, UserRecord};
 use crate::access::{AccessRequest, Approval, Grant, GrantState, Identity, RequestState};
 use crate::audit::{AuditDraft, AuditEvent, AuditHead, GENESIS};
 use crate::time::Timestamp;
@@ -271,6 +271,197 @@ impl Store for SqlStore {
         Ok(true)
     }
 
+    async fn upsert_idp_user(
+        &self,
+        name: &str,
+        groups: &[String],
+        marker: &str,
+        now: Timestamp,
+    ) -> Result<UserRecord, StoreError> {
+        // Most logins change nothing: answer those from a read, without a write transaction.
+        if let Some(found) = self.user(name).await? {
+            if found.password_hash != marker || found.groups == groups {
+                return Ok(found);
+            }
+        }
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT name, groups, password_hash, disabled, created_at FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let record = match row.as_ref().map(user_from_row).transpose()? {
+            Some(found) if found.password_hash != marker => return Ok(found),
+            Some(found) => {
+                sqlx::query("UPDATE users SET groups = $1 WHERE name = $2")
+                    .bind(json(&groups))
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                UserRecord {
+                    groups: groups.to_vec(),
+                    ..found
+                }
+            }
+            None => {
+                let record = UserRecord {
+                    name: name.to_owned(),
+                    groups: groups.to_vec(),
+                    password_hash: marker.to_owned(),
+                    disabled: false,
+                    created_at: now,
+                };
+                sqlx::query(
+                    "INSERT INTO users (name, groups, password_hash, disabled, created_at) VALUES ($1,$2,$3,$4,$5)",
+                )
+                .bind(&record.name)
+                .bind(json(&record.groups))
+                .bind(&record.password_hash)
+                .bind(0_i64)
+                .bind(now.as_millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                record
+            }
+        };
+        tx.commit().await.map_err(store_error)?;
+        Ok(record)
+    }
+
+    async fn insert_session(
+        &self,
+        s: &SessionRecord,
+        event: AuditDraft,
+        spend: Option<(&str, Timestamp)>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some((key, expires_at)) = spend {
+            insert_flow(&mut tx, key, "used", expires_at).await?;
+        }
+        sqlx::query(
+            "INSERT INTO sessions (id_hash, user_name, email, groups, idp, created_at, expires_at, ended_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,NULL)",
+        )
+        .bind(&s.id_hash)
+        .bind(&s.user)
+        .bind(&s.email)
+        .bind(json(&s.groups))
+        .bind(&s.idp)
+        .bind(s.created_at.as_millis())
+        .bind(s.expires_at.as_millis())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        self.seal_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<SessionLookup>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.id_hash, s.user_name, s.email, s.groups, s.idp, s.created_at, s.expires_at, s.ended_at, \
+             u.disabled AS disabled FROM sessions s LEFT JOIN users u ON u.name = s.user_name WHERE s.id_hash = $1",
+        )
+        .bind(id_hash)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(store_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let session = SessionRecord {
+            id_hash: get(&row, "id_hash")?,
+            user: get(&row, "user_name")?,
+            email: get(&row, "email")?,
+            groups: from_json(&row, "groups")?,
+            idp: get(&row, "idp")?,
+            created_at: ts(&row, "created_at")?,
+            expires_at: ts(&row, "expires_at")?,
+            ended_at: opt_ts(&row, "ended_at")?,
+        };
+        // No users row at all counts as disabled: the user was removed.
+        let disabled: Option<i64> = get(&row, "disabled")?;
+        Ok(Some(SessionLookup {
+            session,
+            user_disabled: disabled.is_none_or(|d| d != 0),
+        }))
+    }
+
+    async fn end_session(&self, id_hash: &str, at: Timestamp, event: AuditDraft) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE sessions SET ended_at = $1 WHERE id_hash = $2 AND ended_at IS NULL")
+            .bind(at.as_millis())
+            .bind(id_hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.seal_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn put_flows(&self, flows: &[(&str, &str, Timestamp)]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for (key, payload, expires_at) in flows {
+            insert_flow(&mut tx, key, payload, *expires_at).await?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("DELETE FROM login_flows WHERE key = $1 RETURNING payload, expires_at")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        match row {
+            Some(r) if ts(&r, "expires_at")? > now => Ok(Some(get(&r, "payload")?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn peek_flow(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT payload FROM login_flows WHERE key = $1 AND expires_at > $2")
+            .bind(key)
+            .bind(now.as_millis())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?;
+        row.map(|r| get(&r, "payload")).transpose()
+    }
+
+    async fn update_flow(&self, key: &str, payload: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE login_flows SET payload = $1 WHERE key = $2 AND expires_at > $3")
+            .bind(payload)
+            .bind(key)
+            .bind(now.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn purge_logins(&self, now: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for sql in [
+            "DELETE FROM login_flows WHERE expires_at <= $1",
+            "DELETE FROM sessions WHERE expires_at <= $1",
+        ] {
+            sqlx::query(sql)
+                .bind(now.as_millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
     async fn insert_request(
         &self,
         r: &AccessRequest,
@@ -506,6 +697,26 @@ impl Store for SqlStore {
         .await
         .map_err(store_error)?;
         rows.iter().map(audit_from_row).collect()
+    }
+}
+
+async fn insert_flow(
+    tx: &mut Transaction<'static, Any>,
+    key: &str,
+    payload: &str,
+    expires_at: Timestamp,
+) -> Result<(), StoreError> {
+    let inserted = sqlx::query("INSERT INTO login_flows (key, payload, expires_at) VALUES ($1,$2,$3)")
+        .bind(key)
+        .bind(payload)
+        .bind(expires_at.as_millis())
+        .execute(&mut **tx)
+        .await;
+    match inserted {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::AlreadyExists("this one-time value".into()))
+        }
+        other => other.map(|_| ()).map_err(store_error),
     }
 }
 

@@ -65,7 +65,8 @@ pub async fn get_request(
 }
 
 /// Reasons are a ticket id and a few words, not documents.
-const MAX_REASON_CHARS: usize = 1000;
+/// Reasons are for people: a few sentences, not a document.
+pub(crate) const MAX_REASON_CHARS: usize = 1000;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

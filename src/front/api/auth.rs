@@ -15,9 +15,15 @@ use super::{ApiError, ApiJson, ApiState};
 use crate::access::Identity;
 use crate::audit::AuditDraft;
 use crate::front::tls::PeerAddr;
+use crate::front::web::auth::{admit, flow_key, random_secret, CliGrant};
 use crate::identity::local::{burn_verify, verify_password};
+use crate::identity::oidc::{DevicePoll, OidcError};
+use crate::identity::session::same_secret;
 use crate::identity::{Claims, TokenError};
 use crate::time::Timestamp;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
 
 /// The verified caller of an API request.
 pub struct Caller {
@@ -48,8 +54,13 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
         if store.token_revoked(&claims.jti).await? {
             return Err(unauthorized(&TokenError::Revoked.to_string()));
         }
-        // Every token so far comes from a local login: disabling the user ends its power at
-        // once, not when the token expires.
+        if claims.idp == "local" && !state.site.local_users {
+            return Err(unauthorized(
+                "local users are turned off here; log in through the identity provider",
+            ));
+        }
+        // Every login, local or from an IdP, has a users row: disabling the user ends its
+        // power at once, not when the token expires.
         if store.user(&claims.sub).await?.is_none_or(|u| u.disabled) {
             return Err(unauthorized("the user is disabled or no longer exists; ask an admin"));
         }
@@ -119,86 +130,103 @@ pub struct LoginResponse {
     expires_at: Timestamp,
 }
 
+impl ApiState {
+    /// Checks a local user's password (rate-limited, audited on failure) and returns who
+    /// they are. The same answer for unknown, disabled and wrong password.
+    pub async fn local_login(&self, user: &str, password: String, source: IpAddr) -> Result<Identity, ApiError> {
+        if !self.site.local_users {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "local_users_off",
+                "local users are turned off here; log in through the identity provider (`jitgate login --proxy URL`)",
+            ));
+        }
+        // Names in the audit log and the limiter are capped and printable, so a login form can
+        // make neither hold megabytes or control bytes; real user names are at most 64 characters.
+        let shown: String = user
+            .chars()
+            .take(64)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let plausible = shown == user;
+        if !self.limiter.admit(&shown, source).await {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many failed logins; wait a few minutes and try again",
+            ));
+        }
+        let record = if plausible {
+            self.broker.store().user(user).await?
+        } else {
+            None
+        };
+        let ok = tokio::task::spawn_blocking({
+            let record = record.clone();
+            move || match record {
+                Some(r) if !r.disabled => verify_password(&password, &r.password_hash),
+                _ => {
+                    burn_verify(&password);
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        let details = serde_json::json!({ "source": source.to_string() });
+        let Some(record) = record.filter(|_| ok) else {
+            self.broker
+                .store()
+                .append_audit(vec![AuditDraft::new("login.failed", &shown, "local").details(details)])
+                .await?;
+            tracing::warn!(user = %shown, %source, "failed login");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "wrong user name or password",
+            ));
+        };
+        self.limiter.succeeded(&shown, source).await;
+        Ok(Identity {
+            user: record.name,
+            groups: record.groups,
+        })
+    }
+
+    /// Issues a proxy token for `identity` and records the login.
+    pub async fn issue_token(&self, identity: Identity, idp: &str, source: IpAddr) -> Result<LoginResponse, ApiError> {
+        let (token, claims) = self
+            .tokens
+            .issue(&identity, idp, Timestamp::now())
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+        self.broker
+            .store()
+            .append_audit(vec![AuditDraft::new("login.succeeded", &identity.user, idp).details(
+                serde_json::json!({
+                    "source": source.to_string(),
+                    "jti": claims.jti,
+                    "expires_at": claims.expires_at(),
+                }),
+            )])
+            .await?;
+        tracing::info!(user = %identity.user, %idp, %source, "token issued");
+        Ok(LoginResponse {
+            token,
+            expires_at: claims.expires_at(),
+            user: identity.user,
+            groups: identity.groups,
+        })
+    }
+}
+
 pub async fn login(
     State(state): State<Arc<ApiState>>,
     Extension(PeerAddr(peer)): Extension<PeerAddr>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<LoginResponse>, ApiError> {
     let LoginBody { user, password } = body;
-    let source = peer.ip();
-    // Names in the audit log and the limiter are capped and printable, so a login form can
-    // make neither hold megabytes or control bytes; real user names are at most 64 characters.
-    let shown: String = user
-        .chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    let plausible = shown == user;
-    if !state.limiter.admit(&shown, source).await {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many failed logins; wait a few minutes and try again",
-        ));
-    }
-    let record = if plausible {
-        state.broker.store().user(&user).await?
-    } else {
-        None
-    };
-    let ok = tokio::task::spawn_blocking({
-        let record = record.clone();
-        move || match record {
-            Some(r) if !r.disabled => verify_password(&password, &r.password_hash),
-            _ => {
-                burn_verify(&password);
-                false
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    let details = serde_json::json!({ "source": source.to_string() });
-    let Some(record) = record.filter(|_| ok) else {
-        state
-            .broker
-            .store()
-            .append_audit(vec![AuditDraft::new("login.failed", &shown, "local").details(details)])
-            .await?;
-        tracing::warn!(user = %shown, %source, "failed login");
-        // Same answer for unknown, disabled and wrong password: it must not tell which.
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong user name or password",
-        ));
-    };
-    state.limiter.succeeded(&shown, source).await;
-    let identity = Identity {
-        user: record.name,
-        groups: record.groups,
-    };
-    let (token, claims) = state
-        .tokens
-        .issue(&identity, Timestamp::now())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
-    state
-        .broker
-        .store()
-        .append_audit(vec![AuditDraft::new("login.succeeded", &identity.user, "local")
-            .details(serde_json::json!({
-                "source": source.to_string(),
-                "jti": claims.jti,
-                "expires_at": claims.expires_at(),
-            }))])
-        .await?;
-    tracing::info!(user = %identity.user, %source, "logged in");
-    Ok(Json(LoginResponse {
-        token,
-        expires_at: claims.expires_at(),
-        user: identity.user,
-        groups: identity.groups,
-    }))
+    let identity = state.local_login(&user, password, peer.ip()).await?;
+    Ok(Json(state.issue_token(identity, "local", peer.ip()).await?))
 }
 
 pub async fn logout(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
@@ -217,4 +245,149 @@ pub async fn whoami(State(state): State<Arc<ApiState>>, caller: Caller) -> Json<
         "token_expires_at": caller.claims.expires_at(),
         "issuer": caller.claims.iss,
     }))
+}
+
+/// Which ways of logging in this proxy offers, for `jitgate login` to choose from.
+pub async fn providers(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+    let idps: Vec<_> = state
+        .idps
+        .all()
+        .iter()
+        .map(|p| serde_json::json!({ "name": p.config.name, "display_name": p.config.display_name }))
+        .collect();
+    Json(serde_json::json!({ "local_users": state.site.local_users, "oidc": idps }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeBody {
+    code: String,
+    code_verifier: String,
+}
+
+/// The end of a CLI login: the one-time code the callback handed the CLI's loopback
+/// listener, proven by the PKCE verifier only that CLI holds, becomes a proxy token.
+pub async fn exchange(
+    State(state): State<Arc<ApiState>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    ApiJson(body): ApiJson<ExchangeBody>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let refused = |why: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why);
+    // Taken before the verifier is checked: a code is spent by its first use, right or wrong.
+    let payload = state
+        .broker
+        .store()
+        .take_flow(&flow_key("cli", &body.code), Timestamp::now())
+        .await?
+        .ok_or_else(|| refused("the login code is unknown, used or expired; run `jitgate login` again"))?;
+    let grant: CliGrant = serde_json::from_str(&payload).map_err(|_| refused("the login code is corrupt"))?;
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(body.code_verifier.as_bytes()));
+    if !same_secret(&challenge, &grant.challenge) {
+        tracing::warn!(user = %grant.identity.user, "CLI login code presented with the wrong verifier");
+        return Err(refused(
+            "the code_verifier does not match this login; run `jitgate login` again",
+        ));
+    }
+    Ok(Json(state.issue_token(grant.identity, &grant.idp, peer.ip()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceStartBody {
+    idp: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeviceFlow {
+    idp: String,
+    device_code: String,
+}
+
+fn oidc_error(e: OidcError) -> ApiError {
+    let reason = e.to_string();
+    match e {
+        OidcError::UnknownProvider(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", reason),
+        OidcError::Unavailable { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "idp_unavailable", reason),
+        OidcError::Refused(_) | OidcError::BadIdToken(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason)
+        }
+        OidcError::NotAllowed(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", reason),
+    }
+}
+
+/// Starts a device login at the IdP on the CLI's behalf; the CLI gets a handle to poll
+/// with, never the IdP's device code or the client secret.
+pub async fn device_start(
+    State(state): State<Arc<ApiState>>,
+    ApiJson(body): ApiJson<DeviceStartBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let provider = Arc::clone(state.idps.pick(body.idp.as_deref()).map_err(oidc_error)?);
+    let start = provider.device_start().await.map_err(oidc_error)?;
+    let handle = random_secret();
+    let flow = DeviceFlow {
+        idp: provider.name().to_owned(),
+        device_code: start.device_code,
+    };
+    let expires_in = start.expires_in.min(Duration::from_secs(1800));
+    state
+        .broker
+        .store()
+        .put_flow(
+            &flow_key("device", &handle),
+            &serde_json::to_string(&flow).unwrap_or_default(),
+            Timestamp::now().saturating_add(expires_in),
+        )
+        .await?;
+    Ok(Json(serde_json::json!({
+        "handle": handle,
+        "user_code": start.user_code,
+        "verification_uri": start.verification_uri,
+        "verification_uri_complete": start.verification_uri_complete,
+        "interval_secs": start.interval.as_secs().max(1),
+        "expires_in_secs": expires_in.as_secs(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePollBody {
+    handle: String,
+}
+
+pub async fn device_poll(
+    State(state): State<Arc<ApiState>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    ApiJson(body): ApiJson<DevicePollBody>,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let key = flow_key("device", &body.handle);
+    let store = state.broker.store();
+    let gone = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this device login is unknown, finished or expired; run `jitgate login --device` again",
+        )
+    };
+    let payload = store.peek_flow(&key, Timestamp::now()).await?.ok_or_else(gone)?;
+    let flow: DeviceFlow = serde_json::from_str(&payload).map_err(|_| gone())?;
+    let provider = Arc::clone(state.idps.pick(Some(&flow.idp)).map_err(oidc_error)?);
+    let who = match provider.device_poll(&flow.device_code).await {
+        Ok(DevicePoll::Pending) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "authorization_pending",
+                "the login is not finished yet",
+            ))
+        }
+        Ok(DevicePoll::SlowDown) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "slow_down", "poll less often")),
+        Ok(DevicePoll::Done(who)) => who,
+        Err(e) => {
+            let _ = store.take_flow(&key, Timestamp::now()).await;
+            return Err(oidc_error(e));
+        }
+    };
+    // Only the poll that takes the flow turns it into a token.
+    store.take_flow(&key, Timestamp::now()).await?.ok_or_else(gone)?;
+    let identity = admit(&state, &flow.idp, &who, &peer.ip().to_string()).await?;
+    Ok(Json(state.issue_token(identity, &flow.idp, peer.ip()).await?))
 }

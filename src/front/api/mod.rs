@@ -21,9 +21,13 @@ use serde::de::DeserializeOwned;
 
 use crate::access::Refusal;
 use crate::broker::{Broker, BrokerError};
+use crate::front::web::{self, Site};
+use crate::identity::oidc::Providers;
+use crate::identity::session::Sessions;
 use crate::identity::TokenIssuer;
 use crate::store::StoreError;
 
+pub(crate) use access::MAX_REASON_CHARS;
 pub use auth::LoginLimiter;
 
 /// Bodies larger than this are refused with 413 before they are parsed.
@@ -34,11 +38,18 @@ pub struct ApiState {
     pub tokens: Arc<TokenIssuer>,
     pub limiter: LoginLimiter,
     pub metrics: PrometheusHandle,
+    pub sessions: Sessions,
+    pub idps: Arc<Providers>,
+    pub site: Site,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/login", post(auth::login))
+        .route("/api/v1/login/providers", get(auth::providers))
+        .route("/api/v1/login/exchange", post(auth::exchange))
+        .route("/api/v1/login/device", post(auth::device_start))
+        .route("/api/v1/login/device/poll", post(auth::device_poll))
         .route("/api/v1/logout", post(auth::logout))
         .route("/api/v1/whoami", get(auth::whoami))
         .route("/api/v1/profiles", get(access::profiles))
@@ -57,6 +68,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/.well-known/jwks.json", get(ops::jwks))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
+        .merge(web::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(record_metrics))
@@ -94,6 +106,14 @@ impl ApiError {
             error,
             reason: reason.into(),
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
     }
 
     fn store(e: StoreError) -> Self {

@@ -1,0 +1,217 @@
+//! Browser sessions, held on the server behind a `__Host-` cookie. The cookie carries 256
+//! random bits; the store keeps only their SHA-256, so a copy of the database opens no
+//! session. Logout and `users disable` take effect at the next request on this replica and
+//! within `CACHE_TTL` on the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use moka::future::Cache;
+use sha2::{Digest, Sha256};
+
+use crate::access::Identity;
+use crate::audit::AuditDraft;
+use crate::store::{SessionRecord, Store, StoreError};
+use crate::time::Timestamp;
+
+pub const SESSION_COOKIE: &str = "__Host-jitgate";
+/// A checked session is trusted this long without asking the store again.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+const SECRET_LEN: usize = 43; // 32 bytes in unpadded base64url
+
+/// A live session, as a request sees it.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub identity: Identity,
+    pub email: Option<String>,
+    pub idp: String,
+    pub id_hash: String,
+    /// The anti-CSRF token of this session's forms: derived from the secret, so it is
+    /// unguessable without the cookie and needs no storage.
+    pub csrf: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone)]
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    cache: Cache<String, Arc<Session>>,
+    lifetime: Duration,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Sessions {
+        Sessions {
+            store,
+            cache: Cache::builder().max_capacity(100_000).time_to_live(CACHE_TTL).build(),
+            lifetime,
+        }
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Starts a session and returns the cookie secret with it. `spend` is a one-time key
+    /// (a login's state) stored in the same transaction: if it was spent before, no session
+    /// starts and the error is `AlreadyExists`.
+    pub async fn start(
+        &self,
+        identity: &Identity,
+        email: Option<&str>,
+        idp: &str,
+        now: Timestamp,
+        details: serde_json::Value,
+        spend: Option<(&str, Timestamp)>,
+    ) -> Result<(String, Session), StoreError> {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let secret = URL_SAFE_NO_PAD.encode(bytes);
+        let id_hash = hash(&secret);
+        let record = SessionRecord {
+            id_hash: id_hash.clone(),
+            user: identity.user.clone(),
+            email: email.map(str::to_owned),
+            groups: identity.groups.clone(),
+            idp: idp.to_owned(),
+            created_at: now,
+            expires_at: now.saturating_add(self.lifetime),
+            ended_at: None,
+        };
+        let event = AuditDraft::new("session.started", &identity.user, idp).details(details);
+        self.store.insert_session(&record, event, spend).await?;
+        let session = Session {
+            identity: identity.clone(),
+            email: record.email,
+            idp: record.idp,
+            csrf: csrf_of(&secret),
+            id_hash,
+            expires_at: record.expires_at,
+        };
+        Ok((secret, session))
+    }
+
+    /// The live session a cookie value opens, if any: None for anything malformed, unknown,
+    /// ended, expired, or whose user has been disabled. Errors only when the store cannot
+    /// answer (the caller fails closed).
+    pub async fn check(&self, secret: &str, now: Timestamp) -> Result<Option<Arc<Session>>, StoreError> {
+        if secret.len() != SECRET_LEN
+            || !secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Ok(None);
+        }
+        let id_hash = hash(secret);
+        if let Some(s) = self.cache.get(&id_hash).await {
+            return Ok((s.expires_at > now).then_some(s));
+        }
+        let Some(found) = self.store.session(&id_hash).await? else {
+            return Ok(None);
+        };
+        let r = found.session;
+        if r.ended_at.is_some() || r.expires_at <= now || found.user_disabled {
+            return Ok(None);
+        }
+        let session = Arc::new(Session {
+            identity: Identity {
+                user: r.user,
+                groups: r.groups,
+            },
+            email: r.email,
+            idp: r.idp,
+            csrf: csrf_of(secret),
+            id_hash: id_hash.clone(),
+            expires_at: r.expires_at,
+        });
+        self.cache.insert(id_hash, Arc::clone(&session)).await;
+        Ok(Some(session))
+    }
+
+    /// Ends a session; false when it had already ended.
+    pub async fn end(&self, session: &Session, now: Timestamp) -> Result<bool, StoreError> {
+        self.cache.invalidate(&session.id_hash).await;
+        let event = AuditDraft::new("session.ended", &session.identity.user, &session.idp)
+            .details(serde_json::json!({ "by": "logout" }));
+        let ended = self.store.end_session(&session.id_hash, now, event).await?;
+        self.cache.invalidate(&session.id_hash).await;
+        Ok(ended)
+    }
+
+    /// The `Set-Cookie` value that installs a session.
+    pub fn cookie(&self, secret: &str) -> String {
+        format!(
+            "{SESSION_COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+            self.lifetime.as_secs()
+        )
+    }
+}
+
+/// The `Set-Cookie` value that removes a cookie set with these attributes.
+pub fn clear_cookie(name: &str) -> String {
+    format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+/// The value of cookie `name` in a `Cookie` header. Duplicates are refused (None): a
+/// second cookie of the same name can be planted by a sibling host, and which one the
+/// server reads must not be the attacker's choice.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    let mut found = None;
+    for pair in header.split(';') {
+        let Some((k, v)) = pair.trim().split_once('=') else {
+            continue;
+        };
+        if k == name {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(v.trim_matches('"'));
+        }
+    }
+    found
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn csrf_of(secret: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"jitgate csrf\0");
+    h.update(secret.as_bytes());
+    URL_SAFE_NO_PAD.encode(h.finalize())
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_read_once_and_only_once() {
+        assert_eq!(
+            cookie_value("a=1; __Host-jitgate=abc; b=2", SESSION_COOKIE),
+            Some("abc")
+        );
+        assert_eq!(cookie_value("a=1", SESSION_COOKIE), None);
+        assert_eq!(cookie_value("__Host-jitgate=x; __Host-jitgate=y", SESSION_COOKIE), None);
+        assert_eq!(cookie_value("__host-jitgate=x", SESSION_COOKIE), None);
+    }
+
+    #[test]
+    fn csrf_tokens_differ_per_session_and_compare_exactly() {
+        let (a, b) = (csrf_of("one"), csrf_of("two"));
+        assert_ne!(a, b);
+        assert!(same_secret(&a, &csrf_of("one")));
+        assert!(!same_secret(&a, &b));
+        assert!(!same_secret(&a, &a[..10]));
+    }
+}
