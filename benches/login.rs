@@ -205,6 +205,7 @@ async fn run() {
         metrics: jitgate::server::metrics_handle(),
         sessions: sessions.clone(),
         idps: Arc::new(Providers::new(&oidc, &format!("{PROXY}/auth/callback")).unwrap()),
+        token_refresh: true,
         site: Site::new(PROXY, "localhost", true, std::slice::from_ref(&idp.issuer)).unwrap(),
     });
     let app = router(state);

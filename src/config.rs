@@ -51,6 +51,9 @@ pub struct AuthConfig {
     pub local_users: bool,
     /// How long a browser session lasts before the user logs in again.
     pub session_lifetime: Duration,
+    /// Whether tokens from an IdP login are renewed (by the CLI, before they expire) after
+    /// the proxy has re-checked the user at the IdP with its refresh token.
+    pub token_refresh: bool,
 }
 
 /// One OpenID Connect provider users log in through.
@@ -138,6 +141,7 @@ struct RawStore {
 struct RawAuth {
     local_users: Option<bool>,
     session_lifetime: Option<String>,
+    token_refresh: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +272,7 @@ impl Config {
                 Duration::from_secs(12 * 3600),
                 errors,
             ),
+            token_refresh: auth.token_refresh.unwrap_or(true),
         };
         if auth.session_lifetime > Duration::from_secs(7 * 86_400) {
             errors.push("auth.session_lifetime: longer than 7d; log people in again at least weekly".into());

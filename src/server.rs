@@ -85,6 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         sessions,
         idps: Arc::new(idps),
         site,
+        token_refresh: config.auth.token_refresh,
     });
 
     println!("jitgate listening on {public_url}  (config: {})", config.source);

@@ -12,6 +12,10 @@ use common::idp::{browser, complete_device, idp_login, idp_password, TestIdp};
 use common::{Backend, Proxy, TestDb, User, BIN, WALKTHROUGH_PROFILES};
 use reqwest::StatusCode;
 
+fn session_file(user: &User) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(user.home.join("session.json")).unwrap()).unwrap()
+}
+
 fn proxy_with(idp: &TestIdp, db: &TestDb, extra: &str) -> Proxy {
     let profiles = format!("{WALKTHROUGH_PROFILES}\n{extra}\n{}", idp.oidc_config("corp"));
     Proxy::start(db.dir.path(), &db.url, &profiles)
@@ -663,4 +667,67 @@ fn the_cli_says_how_to_log_in_when_no_idp_fits() {
     // The IdP is down: the device login says so at once.
     user.run(&["login", "--proxy", &proxy.url, "--ca-cert", &ca, "--device"], None)
         .fails(1, "the identity provider corp is unreachable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idp_login_is_renewed_after_a_recheck_at_the_idp() {
+    let idp = TestIdp::start();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let profiles = format!("{WALKTHROUGH_PROFILES}\n{}", idp.oidc_config("corp"));
+    // Tokens live 8 s here; the CLI renews them once past half their life.
+    let proxy = Proxy::start_with(db.dir.path(), &db.url, &profiles, "token_lifetime = \"8s\"");
+    let alice = User {
+        home: proxy.dir.join("home-alice"),
+    };
+    cli_loopback_login(&proxy, &alice, "alice@example.com").await;
+    let first = session_file(&alice);
+    assert_eq!(first["refreshable"], true, "{first}");
+    let first_token = first["token"].as_str().unwrap().to_owned();
+
+    // Before half-life: nothing is renewed.
+    alice.run(&["grants"], None).success();
+    assert_eq!(session_file(&alice)["token"], first_token.as_str());
+
+    // The IdP's admin puts Alice in another group; past half-life the next command renews
+    // her token after asking the IdP, and the new group takes effect.
+    idp.change_account(
+        "alice@example.com",
+        serde_json::json!({ "groups": ["dba", "security"] }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let me = alice.json(&["status"]);
+    assert_eq!(me["identity"]["groups"], serde_json::json!(["dba", "security"]), "{me}");
+    let second = session_file(&alice);
+    let second_token = second["token"].as_str().unwrap().to_owned();
+    assert_ne!(second_token, first_token);
+    // The old token was replaced: it no longer works anywhere.
+    let r = browser_for(&proxy)
+        .get(format!("{}/api/v1/whoami", proxy.url))
+        .bearer_auth(&first_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let audit = proxy.admin(&["audit", "export"], None).success().stdout;
+    assert!(
+        audit.contains("\"login.refreshed\"") && audit.contains("\"token.replaced\""),
+        "{audit}"
+    );
+
+    // Disabled at the IdP: the renewal is refused; the token works until it ends, and then
+    // Alice must log in again.
+    idp.change_account("alice@example.com", serde_json::json!({ "disabled": true }))
+        .await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let r = alice.run(&["grants"], None).success();
+    assert!(r.stderr.contains("could not renew your login"), "{}", r.stderr);
+    assert_eq!(session_file(&alice)["refreshable"], false);
+    assert!(proxy
+        .admin(&["audit", "export"], None)
+        .success()
+        .stdout
+        .contains("\"login.refresh_failed\""));
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    alice.run(&["grants"], None).fails(1, "expired");
 }

@@ -26,6 +26,12 @@ pub struct Session {
     pub groups: Vec<String>,
     pub token: String,
     pub expires_at: Timestamp,
+    /// When the token was obtained, to renew it at half its life.
+    #[serde(default)]
+    pub issued_at: Option<Timestamp>,
+    /// Whether the proxy renews this token (IdP logins, after re-checking the user there).
+    #[serde(default)]
+    pub refreshable: bool,
 }
 
 pub fn home() -> Result<PathBuf, CliError> {
@@ -39,6 +45,30 @@ pub fn home() -> Result<PathBuf, CliError> {
 }
 
 impl Session {
+    /// The session a login (or a renewal) answer describes.
+    pub fn from_login(proxy: &str, ca_pem: Option<String>, resp: &serde_json::Value) -> Result<Session, CliError> {
+        Ok(Session {
+            proxy: proxy.trim_end_matches('/').to_owned(),
+            ca_pem,
+            user: resp["user"].as_str().unwrap_or_default().to_owned(),
+            groups: serde_json::from_value(resp["groups"].clone()).unwrap_or_default(),
+            token: resp["token"].as_str().unwrap_or_default().to_owned(),
+            expires_at: resp["expires_at"]
+                .as_str()
+                .and_then(|s| Timestamp::parse_rfc3339(s).ok())
+                .ok_or_else(|| CliError::Refused("the proxy's login answer has no expiry".into()))?,
+            issued_at: Some(Timestamp::now()),
+            refreshable: resp["refreshable"].as_bool().unwrap_or(false),
+        })
+    }
+
+    /// Past half its life, a renewable token is renewed before use.
+    fn renewal_due(&self, now: Timestamp) -> bool {
+        let Some(issued) = self.issued_at else { return false };
+        let half = issued.until(self.expires_at) / 2;
+        self.refreshable && now >= issued.saturating_add(half) && now < self.expires_at
+    }
+
     pub fn load() -> Result<Session, CliError> {
         let path = home()?.join(SESSION_FILE);
         let text = match fs::read_to_string(&path) {
@@ -128,10 +158,36 @@ impl Api {
         Ok(Api { http, proxy, token })
     }
 
-    pub fn from_session() -> Result<(Api, Session), CliError> {
-        let s = Session::load()?;
+    /// The API with the saved session's token, renewed first when it is past half its life.
+    pub async fn from_session() -> Result<(Api, Session), CliError> {
+        let mut s = Session::load()?;
         let api = Api::new(&s.proxy, s.ca_pem.as_deref(), Some(s.token.clone()))?;
-        Ok((api, s))
+        if !s.renewal_due(Timestamp::now()) {
+            return Ok((api, s));
+        }
+        match api
+            .post_coded::<serde_json::Value>("/api/v1/login/refresh", serde_json::json!({}))
+            .await
+        {
+            Ok(resp) => {
+                let renewed = Session::from_login(&s.proxy, s.ca_pem.clone(), &resp)?;
+                renewed.save()?;
+                let api = Api::new(&renewed.proxy, renewed.ca_pem.as_deref(), Some(renewed.token.clone()))?;
+                Ok((api, renewed))
+            }
+            Err((code, CliError::Refused(why) | CliError::Usage(why))) => {
+                // The token still works until it expires; say so once and carry on with it.
+                eprintln!(
+                    "jitgate: could not renew your login ({why}); it ends at {}",
+                    s.expires_at
+                );
+                if code.as_deref() == Some("unauthorized") || code.as_deref() == Some("forbidden") {
+                    s.refreshable = false;
+                    s.save()?;
+                }
+                Ok((api, s))
+            }
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {

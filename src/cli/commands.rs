@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::client::{Api, Session};
 use super::table::{self, field, relative};
 use super::{CliError, CliResult, Output};
-use crate::time::{parse_duration, Timestamp};
+use crate::time::parse_duration;
 
 #[derive(Args, Debug)]
 pub struct LoginArgs {
@@ -103,17 +103,7 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
         None if args.device => super::oidc_login::device(&api, args.idp.as_deref()).await?,
         None => super::oidc_login::loopback(&api, args.idp.as_deref(), !args.no_browser).await?,
     };
-    let session = Session {
-        proxy: proxy.trim_end_matches('/').to_owned(),
-        ca_pem,
-        user: field(&resp, "user"),
-        groups: serde_json::from_value(resp["groups"].clone()).unwrap_or_default(),
-        token: resp["token"].as_str().unwrap_or_default().to_owned(),
-        expires_at: resp["expires_at"]
-            .as_str()
-            .and_then(|s| Timestamp::parse_rfc3339(s).ok())
-            .ok_or_else(|| CliError::Refused("the proxy's login answer has no expiry".into()))?,
-    };
+    let session = Session::from_login(&proxy, ca_pem, &resp)?;
     let path = session.save()?;
     match out {
         Output::Json => table::json(
@@ -132,7 +122,7 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
 }
 
 pub async fn logout(out: Output) -> CliResult {
-    let (api, session) = Api::from_session()?;
+    let (api, session) = Api::from_session().await?;
     // Forget the token only once the proxy no longer accepts it: a logout that failed (the
     // proxy unreachable, its store down) can be tried again.
     api.logout().await?;
@@ -147,7 +137,7 @@ pub async fn logout(out: Output) -> CliResult {
 }
 
 pub async fn status(out: Output) -> CliResult {
-    let (api, session) = Api::from_session()?;
+    let (api, session) = Api::from_session().await?;
     let me: Value = api.get("/api/v1/whoami").await?;
     let grants: Vec<Value> = api.get("/api/v1/grants").await?;
     let mine: Vec<&Value> = grants.iter().filter(|g| g["user"] == me["user"]).collect();
@@ -181,7 +171,7 @@ pub async fn status(out: Output) -> CliResult {
 }
 
 pub async fn profiles(out: Output) -> CliResult {
-    let (api, _) = Api::from_session()?;
+    let (api, _) = Api::from_session().await?;
     let list: Vec<Value> = api.get("/api/v1/profiles").await?;
     if table::machine(out, &list, "name") {
         return Ok(());
@@ -216,7 +206,7 @@ pub async fn profiles(out: Output) -> CliResult {
 
 pub async fn request(args: RequestArgs, out: Output) -> CliResult {
     parse_duration(&args.duration).map_err(|e| CliError::Usage(format!("--for: {e}")))?;
-    let (api, _) = Api::from_session()?;
+    let (api, _) = Api::from_session().await?;
     let mut r: Value = api
         .post(
             "/api/v1/requests",
@@ -278,7 +268,7 @@ fn show_request(r: &Value, out: Output) {
 }
 
 pub async fn requests(pending: bool, out: Output) -> CliResult {
-    let (api, _) = Api::from_session()?;
+    let (api, _) = Api::from_session().await?;
     let list: Vec<Value> = api
         .get(if pending {
             "/api/v1/requests?pending=true"
@@ -326,7 +316,7 @@ pub async fn requests(pending: bool, out: Output) -> CliResult {
 }
 
 pub async fn decide(id: &str, verb: &str, reason: Option<String>, out: Output) -> CliResult {
-    let (api, _) = Api::from_session()?;
+    let (api, _) = Api::from_session().await?;
     let body = match reason {
         Some(r) => json!({ "reason": r }),
         None => json!({}),
@@ -339,7 +329,7 @@ pub async fn decide(id: &str, verb: &str, reason: Option<String>, out: Output) -
 }
 
 pub async fn grants(all: bool, profile: Option<&str>, out: Output) -> CliResult {
-    let (api, _) = Api::from_session()?;
+    let (api, _) = Api::from_session().await?;
     let mut list: Vec<Value> = api
         .get(if all {
             "/api/v1/grants?all=true"
@@ -376,7 +366,7 @@ pub async fn grants(all: bool, profile: Option<&str>, out: Output) -> CliResult 
 }
 
 pub async fn revoke(id: &str, reason: Option<String>, out: Output) -> CliResult {
-    let (api, _) = Api::from_session()?;
+    let (api, _) = Api::from_session().await?;
     let g: Value = api
         .post(
             &format!("/api/v1/grants/{}/revoke", urlencode(id)),

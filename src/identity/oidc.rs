@@ -20,8 +20,9 @@ use openidconnect::core::{
 use openidconnect::{
     AdditionalClaims, AdditionalProviderMetadata, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
     DeviceAuthorizationUrl, EmptyExtraTokenFields, EndSessionUrl, EndpointMaybeSet, EndpointNotSet, EndpointSet,
-    IdToken, IdTokenFields, IdTokenVerifier, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
-    RedirectUrl, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse, TokenResponse,
+    IdToken, IdTokenFields, IdTokenVerifier, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse,
 };
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,12 @@ pub struct IdpIdentity {
     pub subject: String,
 }
 
+/// A finished login at the IdP: who, and the refresh token that can re-check them later.
+pub struct IdpLogin {
+    pub who: IdpIdentity,
+    pub refresh_token: Option<String>,
+}
+
 /// What a browser login needs to carry to the callback.
 pub struct LoginStart {
     pub url: String,
@@ -156,7 +163,7 @@ pub struct DeviceStart {
 pub enum DevicePoll {
     Pending,
     SlowDown,
-    Done(IdpIdentity),
+    Done(IdpLogin),
 }
 
 struct Discovered {
@@ -346,7 +353,7 @@ impl Provider {
     }
 
     /// Redeems `code` and checks the ID token it brings; the code is spent either way.
-    pub async fn finish(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<IdpIdentity, OidcError> {
+    pub async fn finish(&self, code: &str, pkce_verifier: &str, nonce: &str) -> Result<IdpLogin, OidcError> {
         let d = self.discovered().await?;
         let exchange = d
             .client
@@ -364,7 +371,53 @@ impl Provider {
         let token = response
             .id_token()
             .ok_or_else(|| OidcError::BadIdToken("the token response has no id_token".into()))?;
-        self.verify(d, &token.to_string(), Some(nonce)).await
+        let who = self.verify(d, &token.to_string(), Some(nonce)).await?;
+        Ok(IdpLogin {
+            who,
+            refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        })
+    }
+
+    /// Asks the IdP again about a user it logged in before, with the refresh token it gave
+    /// then: a user disabled or removed at the IdP is refused here, and changed groups show.
+    /// The fresh ID token must name the same subject.
+    pub async fn refresh(&self, refresh_token: &str, subject: &str) -> Result<IdpLogin, OidcError> {
+        let d = self.discovered().await?;
+        let response = d
+            .client
+            .exchange_refresh_token(&RefreshToken::new(refresh_token.to_owned()))
+            .map_err(|e| self.unavailable(e))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => OidcError::Refused(format!(
+                    "{}{}",
+                    r.error(),
+                    r.error_description().map(|d| format!(": {d}")).unwrap_or_default()
+                )),
+                other => self.unavailable(format!("refreshing: {}", error_chain(&other))),
+            })?;
+        // Without a fresh ID token there is nothing that re-asserts who the user is.
+        let token = response.id_token().ok_or_else(|| {
+            OidcError::BadIdToken(
+                "the IdP's refresh answer has no id_token, so it cannot re-check the user; set [auth] token_refresh = false".into(),
+            )
+        })?;
+        let who = self.verify(d, &token.to_string(), None).await?;
+        if who.subject != subject {
+            return Err(OidcError::BadIdToken(format!(
+                "the refreshed ID token names subject {:?}, not {subject:?}",
+                who.subject
+            )));
+        }
+        Ok(IdpLogin {
+            who,
+            refresh_token: Some(
+                response
+                    .refresh_token()
+                    .map_or_else(|| refresh_token.to_owned(), |t| t.secret().clone()),
+            ),
+        })
     }
 
     /// Checks a raw ID token (signature, algorithm, iss, aud, azp, exp, iat, nonce) and
@@ -577,7 +630,11 @@ impl Provider {
             .get("id_token")
             .and_then(|t| t.as_str())
             .ok_or_else(|| OidcError::BadIdToken("the token response has no id_token".into()))?;
-        self.verify(d, raw, None).await.map(DevicePoll::Done)
+        let who = self.verify(d, raw, None).await?;
+        Ok(DevicePoll::Done(IdpLogin {
+            who,
+            refresh_token: body.get("refresh_token").and_then(|t| t.as_str()).map(str::to_owned),
+        }))
     }
 }
 

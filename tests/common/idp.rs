@@ -112,6 +112,22 @@ impl TestIdp {
         assert!(status.is_success(), "tamper {mode:?}: {status} {body}");
     }
 
+    /// Changes an account as the IdP's admin would: its groups, or whether it is disabled
+    /// (a disabled account can neither log in nor have its logins refreshed).
+    pub async fn change_account(&self, login: &str, change: serde_json::Value) {
+        let mut body = change;
+        body["login"] = login.into();
+        let resp = reqwest::Client::new()
+            .post(self.url("/test/account"))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /test/account");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "change {login}: {status} {text}");
+    }
+
     /// The proxy's `[[oidc]]` block for this IdP.
     pub fn oidc_config(&self, name: &str) -> String {
         format!(

@@ -140,9 +140,14 @@ ssh = { hosts = { env = "prod" }, logins = ["root"] }
 impl Proxy {
     /// Starts the proxy on `store_url` with `profiles` (TOML: admins and [[profiles]]).
     pub fn start(dir: &Path, store_url: &str, profiles: &str) -> Proxy {
+        Proxy::start_with(dir, store_url, profiles, "")
+    }
+
+    /// Same, with more lines for the `[server]` table (e.g. `token_lifetime = "8s"`).
+    pub fn start_with(dir: &Path, store_url: &str, profiles: &str, server: &str) -> Proxy {
         let config = dir.join("jitgate.toml");
         let text = format!(
-            "{profiles}\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\ncerts_dir = \"{d}/certs\"\nrequest_ttl = \"1h\"\n\n[store]\nurl = \"{store_url}\"\n",
+            "{profiles}\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\ncerts_dir = \"{d}/certs\"\nrequest_ttl = \"1h\"\n{server}\n\n[store]\nurl = \"{store_url}\"\n",
             d = dir.display()
         );
         std::fs::write(&config, text).unwrap();

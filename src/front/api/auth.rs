@@ -15,7 +15,7 @@ use super::{ApiError, ApiJson, ApiState};
 use crate::access::Identity;
 use crate::audit::AuditDraft;
 use crate::front::tls::PeerAddr;
-use crate::front::web::auth::{admit, flow_key, random_secret, CliGrant};
+use crate::front::web::auth::{admit, flow_key, random_secret, CliGrant, RefreshSeed};
 use crate::identity::local::{burn_verify, verify_password};
 use crate::identity::oidc::{DevicePoll, OidcError};
 use crate::identity::session::same_secret;
@@ -124,6 +124,8 @@ pub struct LoginBody {
 
 #[derive(Serialize)]
 pub struct LoginResponse {
+    /// Whether the CLI may renew this token through `/api/v1/login/refresh`.
+    refreshable: bool,
     token: String,
     user: String,
     groups: Vec<String>,
@@ -193,24 +195,41 @@ impl ApiState {
         })
     }
 
-    /// Issues a proxy token for `identity` and records the login.
-    pub async fn issue_token(&self, identity: Identity, idp: &str, source: IpAddr) -> Result<LoginResponse, ApiError> {
+    /// Issues a proxy token for `identity` and records it as `action`; with `refresh`, keeps
+    /// what renewing it at the IdP takes, for as long as the token lives.
+    pub async fn issue_token(
+        &self,
+        identity: Identity,
+        idp: &str,
+        source: IpAddr,
+        action: &'static str,
+        refresh: Option<RefreshSeed>,
+    ) -> Result<LoginResponse, ApiError> {
         let (token, claims) = self
             .tokens
             .issue(&identity, idp, Timestamp::now())
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
-        self.broker
-            .store()
-            .append_audit(vec![AuditDraft::new("login.succeeded", &identity.user, idp).details(
+        let store = self.broker.store();
+        let refresh = refresh.filter(|_| self.token_refresh);
+        if let Some(seed) = &refresh {
+            let payload = serde_json::to_string(seed).unwrap_or_default();
+            store
+                .put_flow(&flow_key("refresh", &claims.jti), &payload, claims.expires_at())
+                .await?;
+        }
+        store
+            .append_audit(vec![AuditDraft::new(action, &identity.user, idp).details(
                 serde_json::json!({
                     "source": source.to_string(),
                     "jti": claims.jti,
+                    "groups": identity.groups,
                     "expires_at": claims.expires_at(),
                 }),
             )])
             .await?;
-        tracing::info!(user = %identity.user, %idp, %source, "token issued");
+        tracing::info!(user = %identity.user, %idp, %source, %action, "token issued");
         Ok(LoginResponse {
+            refreshable: refresh.is_some(),
             token,
             expires_at: claims.expires_at(),
             user: identity.user,
@@ -226,7 +245,11 @@ pub async fn login(
 ) -> Result<Json<LoginResponse>, ApiError> {
     let LoginBody { user, password } = body;
     let identity = state.local_login(&user, password, peer.ip()).await?;
-    Ok(Json(state.issue_token(identity, "local", peer.ip()).await?))
+    Ok(Json(
+        state
+            .issue_token(identity, "local", peer.ip(), "login.succeeded", None)
+            .await?,
+    ))
 }
 
 pub async fn logout(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
@@ -243,6 +266,7 @@ pub async fn whoami(State(state): State<Arc<ApiState>>, caller: Caller) -> Json<
         "groups": caller.identity.groups,
         "admin": state.broker.policy().is_admin(&caller.identity),
         "token_expires_at": caller.claims.expires_at(),
+        "idp": caller.claims.idp,
         "issuer": caller.claims.iss,
     }))
 }
@@ -288,7 +312,11 @@ pub async fn exchange(
             "the code_verifier does not match this login; run `jitgate login` again",
         ));
     }
-    Ok(Json(state.issue_token(grant.identity, &grant.idp, peer.ip()).await?))
+    Ok(Json(
+        state
+            .issue_token(grant.identity, &grant.idp, peer.ip(), "login.succeeded", grant.refresh)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -380,7 +408,7 @@ pub async fn device_poll(
             ))
         }
         Ok(DevicePoll::SlowDown) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "slow_down", "poll less often")),
-        Ok(DevicePoll::Done(who)) => who,
+        Ok(DevicePoll::Done(login)) => login,
         Err(e) => {
             let _ = store.take_flow(&key, Timestamp::now()).await;
             return Err(oidc_error(e));
@@ -388,6 +416,73 @@ pub async fn device_poll(
     };
     // Only the poll that takes the flow turns it into a token.
     store.take_flow(&key, Timestamp::now()).await?.ok_or_else(gone)?;
-    let identity = admit(&state, &flow.idp, &who, &peer.ip().to_string()).await?;
-    Ok(Json(state.issue_token(identity, &flow.idp, peer.ip()).await?))
+    let identity = admit(&state, &flow.idp, &who.who, &peer.ip().to_string()).await?;
+    let refresh = who.refresh_token.map(|token| RefreshSeed {
+        subject: who.who.subject.clone(),
+        token,
+    });
+    Ok(Json(
+        state
+            .issue_token(identity, &flow.idp, peer.ip(), "login.succeeded", refresh)
+            .await?,
+    ))
+}
+
+/// Renews an IdP login's token before it expires, after asking the IdP about the user
+/// again: a user the IdP no longer knows is refused, changed groups take effect, and the
+/// old token is revoked. Each refresh token is used once.
+pub async fn refresh(
+    State(state): State<Arc<ApiState>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
+    caller: Caller,
+) -> Result<Json<LoginResponse>, ApiError> {
+    let c = &caller.claims;
+    let again = |why: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("{why}; run `jitgate login` again"),
+        )
+    };
+    if c.idp == "local" {
+        return Err(again("a local user's token is not renewed"));
+    }
+    if !state.token_refresh {
+        return Err(again("renewing tokens is turned off on this proxy"));
+    }
+    let store = state.broker.store();
+    let key = flow_key("refresh", &c.jti);
+    let payload = store.take_flow(&key, Timestamp::now()).await?.ok_or_else(|| {
+        again("this login cannot be renewed (the IdP gave no refresh token, or it was renewed already)")
+    })?;
+    let seed: RefreshSeed = serde_json::from_str(&payload).map_err(|_| again("the renewal record is corrupt"))?;
+    let provider = Arc::clone(state.idps.pick(Some(&c.idp)).map_err(oidc_error)?);
+    let login = match provider.refresh(&seed.token, &seed.subject).await {
+        Ok(login) => login,
+        Err(e) => {
+            if matches!(e, OidcError::Unavailable { .. }) {
+                // The IdP did not answer: keep the seed, so a later try can still renew.
+                let _ = store.put_flow(&key, &payload, c.expires_at()).await;
+            }
+            let event = AuditDraft::new("login.refresh_failed", &c.sub, &c.idp)
+                .reason(Some(&e.to_string()))
+                .details(serde_json::json!({ "jti": c.jti, "source": peer.ip().to_string() }));
+            store.append_audit(vec![event]).await?;
+            tracing::warn!(user = %c.sub, idp = %c.idp, error = %e, "token renewal refused");
+            return Err(oidc_error(e));
+        }
+    };
+    let identity = admit(&state, &c.idp, &login.who, &peer.ip().to_string()).await?;
+    // The renewed token replaces this one: a copy of the old one stops working now.
+    let replaced = AuditDraft::new("token.replaced", &c.sub, &c.idp).details(serde_json::json!({ "jti": c.jti }));
+    store.revoke_token(&c.jti, c.expires_at(), replaced).await?;
+    let seed = RefreshSeed {
+        subject: seed.subject,
+        token: login.refresh_token.unwrap_or(seed.token),
+    };
+    Ok(Json(
+        state
+            .issue_token(identity, &c.idp, peer.ip(), "login.refreshed", Some(seed))
+            .await?,
+    ))
 }

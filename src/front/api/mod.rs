@@ -41,6 +41,8 @@ pub struct ApiState {
     pub sessions: Sessions,
     pub idps: Arc<Providers>,
     pub site: Site,
+    /// `[auth] token_refresh`: IdP logins' tokens may be renewed after a re-check at the IdP.
+    pub token_refresh: bool,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -48,6 +50,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/login", post(auth::login))
         .route("/api/v1/login/providers", get(auth::providers))
         .route("/api/v1/login/exchange", post(auth::exchange))
+        .route("/api/v1/login/refresh", post(auth::refresh))
         .route("/api/v1/login/device", post(auth::device_start))
         .route("/api/v1/login/device/poll", post(auth::device_poll))
         .route("/api/v1/logout", post(auth::logout))

@@ -66,6 +66,16 @@ pub struct CliGrant {
     pub identity: Identity,
     pub idp: String,
     pub challenge: String,
+    #[serde(default)]
+    pub refresh: Option<RefreshSeed>,
+}
+
+/// What the proxy keeps, server side, to re-check a CLI login at its IdP later. The IdP's
+/// refresh token never leaves the proxy, and is useless without the client secret.
+#[derive(Serialize, Deserialize)]
+pub struct RefreshSeed {
+    pub subject: String,
+    pub token: String,
 }
 
 /// The store key a one-time secret is kept under: its hash, never the secret.
@@ -257,8 +267,8 @@ pub async fn callback(
         }
     }
     let source = peer.ip().to_string();
-    let who = match provider.finish(&code, &pre.pkce, &pre.nonce).await {
-        Ok(who) => who,
+    let (who, refresh_token) = match provider.finish(&code, &pre.pkce, &pre.nonce).await {
+        Ok(login) => (login.who, login.refresh_token),
         Err(e) => {
             audit_failure(&state, &pre.idp, "?", &source, &e.to_string()).await;
             tracing::warn!(idp = %pre.idp, error = %e, "login refused");
@@ -281,6 +291,10 @@ pub async fn callback(
             identity,
             idp: pre.idp.clone(),
             challenge: cli.challenge,
+            refresh: refresh_token.map(|token| RefreshSeed {
+                subject: who.subject.clone(),
+                token,
+            }),
         };
         let payload = serde_json::to_string(&grant).unwrap_or_default();
         let cli_key = flow_key("cli", &code);
