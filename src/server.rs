@@ -102,11 +102,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             certs.generated.join(", ")
         );
     }
-    println!("  first user:  jitgate users add alice --group dba --password-stdin");
-    println!(
-        "  then log in: jitgate login --proxy {public_url} --user alice --ca-cert {} --password-stdin",
-        certs.ca_cert.display()
-    );
+    let ca = certs.ca_cert.display();
+    if !config.oidc.is_empty() {
+        let names: Vec<&str> = config.oidc.iter().map(|o| o.name.as_str()).collect();
+        println!(
+            "  log in through {}: open {public_url}/ in a browser,",
+            names.join(", ")
+        );
+        println!("    or run: jitgate login --proxy {public_url} --ca-cert {ca}");
+    }
+    if config.auth.local_users {
+        println!("  first local user: jitgate users add alice --group dba --password-stdin");
+        println!("    then log in: jitgate login --proxy {public_url} --user alice --ca-cert {ca} --password-stdin");
+    }
     tracing::info!(%public_url, store = %url, "serving");
 
     tokio::spawn(sweep_forever(Arc::clone(&broker), shutdown.clone()));

@@ -25,7 +25,7 @@ fn serve_once(dir: &std::path::Path) -> Vec<String> {
     std::thread::spawn(move || {
         let mut lines = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let last = line.starts_with("  then log in:");
+            let last = line.trim_start().starts_with("then log in:");
             lines.push(line);
             if last {
                 break;
