@@ -341,7 +341,11 @@ async fn a_request_is_asked_approved_and_revoked_from_the_console() {
     let granted = alice.version().await;
     assert_ne!(granted, asked);
     let mine = alice.get(&format!("/requests/{id}")).await;
-    let grant = text_after(&mine.body, "<dt>Grant</dt><dd><code>").expect("the request page names its grant");
+    let grant = text_after(
+        &mine.body,
+        "<dt>Grant</dt><dd id=\"grant\" data-grant-state=\"active\"><code>",
+    )
+    .expect("the request page names its grant");
     assert!(grant.starts_with("grant-"), "{grant}");
     let home = alice.get("/").await;
     assert!(

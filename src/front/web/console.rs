@@ -39,6 +39,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/requests/{id}/{action}", post(request_action))
         .route("/grants/{id}/revoke", post(revoke))
         .route(STATE_PATH, get(live_state))
+        // Browsers ask for it on every page; an empty answer keeps their consoles clean.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/static/console.css",
             get(|| async { asset("text/css; charset=utf-8", CONSOLE_CSS) }),
@@ -540,7 +542,7 @@ async fn request_view(state: &ApiState, s: &Session, id: &str, notice: Notice, s
         (notice.render())
         (live(back.clone(), &version))
         dl.request {
-            dt { "State" } dd { (state_badge(r.state.as_str())) }
+            dt { "State" } dd #request-state data-state=(r.state.as_str()) { (state_badge(r.state.as_str())) }
             dt { "Requested by" }
             dd { (r.requester.user) @if !r.requester.groups.is_empty() { " (" (r.requester.groups.join(", ")) ")" } }
             dt { "Profile" }
@@ -577,7 +579,7 @@ async fn request_view(state: &ApiState, s: &Session, id: &str, notice: Notice, s
             }
             @if let Some(g) = &grant {
                 dt { "Grant" }
-                dd {
+                dd #grant data-grant-state=(g.state.as_str()) {
                     code { (g.id) } " " (state_badge(g.state.as_str()))
                     @if g.state == GrantState::Active {
                         " · expires " (when(g.expires_at)) " · " (time_left(g.expires_at, now))
