@@ -40,7 +40,7 @@ fn profile(i: usize) -> AccessProfile {
         ssh: Some(SshScope {
             hosts: host_labels(i),
             logins: vec![format!("app{}", i % 10), "deploy".into()],
-            port_forwarding: i % 3 == 0,
+            port_forwarding: i.is_multiple_of(3),
         }),
         kube: Some(KubeScope {
             clusters: vec![format!("cluster-{}", i % 5)],
@@ -57,7 +57,10 @@ fn profile(i: usize) -> AccessProfile {
 
 fn host_labels(i: usize) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("env".to_owned(), if i % 2 == 0 { "prod" } else { "staging" }.to_owned()),
+        (
+            "env".to_owned(),
+            if i.is_multiple_of(2) { "prod" } else { "staging" }.to_owned(),
+        ),
         ("service".to_owned(), format!("svc-{i}")),
     ])
 }

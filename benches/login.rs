@@ -191,7 +191,12 @@ async fn run() {
         Duration::from_secs(3600),
     )
     .unwrap();
-    let sessions = Sessions::new(Arc::clone(&store), Duration::from_secs(3600));
+    let sessions = Sessions::new(
+        Arc::clone(&store),
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        vec!["bench".into()],
+    );
     let oidc = config.oidc.clone();
     let state = Arc::new(ApiState {
         broker: Arc::new(Broker::new(

@@ -66,6 +66,9 @@ pub struct OidcConfig {
     pub client_secret: secrecy::SecretString,
     pub scopes: Vec<String>,
     pub groups_claim: String,
+    /// Put before every group this provider asserts, so that with several providers none
+    /// can claim another's groups (`partner:` makes its "admins" `group:partner:admins`).
+    pub groups_prefix: String,
     pub user_claim: String,
     /// Lower-case domains; empty means any domain.
     pub allowed_email_domains: Vec<String>,
@@ -155,6 +158,8 @@ struct RawOidc {
     client_secret_env: Option<String>,
     scopes: Option<Vec<String>>,
     groups_claim: Option<String>,
+    #[serde(default)]
+    groups_prefix: String,
     user_claim: Option<String>,
     #[serde(default)]
     allowed_email_domains: Vec<String>,
@@ -431,14 +436,24 @@ fn validate_oidc(raw: Vec<RawOidc>, errors: &mut Vec<String>) -> Vec<OidcConfig>
             client_secret_env,
             scopes,
             groups_claim,
+            groups_prefix,
             user_claim,
             allowed_email_domains,
         } = o;
+        if let Some(j) = out.iter().position(|p: &OidcConfig| p.groups_prefix == groups_prefix) {
+            errors.push(format!(
+                "{at}.groups_prefix: {groups_prefix:?} is also oidc[{j}]'s; with several providers give each its own \
+                 (e.g. groups_prefix = \"{name}:\"), so none can assert another's groups"
+            ));
+        }
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             errors.push(format!("{at}.name: {name:?} must be letters, digits, '-' or '_'"));
         }
         if !seen.insert(name.clone()) {
             errors.push(format!("{at}.name: duplicate provider name {name:?}"));
+        }
+        if name == "local" {
+            errors.push(format!("{at}.name: \"local\" names local users; pick another name"));
         }
         if let Err(e) = check_issuer(&issuer) {
             errors.push(format!("{at}.issuer: {e}"));
@@ -485,6 +500,7 @@ fn validate_oidc(raw: Vec<RawOidc>, errors: &mut Vec<String>) -> Vec<OidcConfig>
             client_secret: secret.into(),
             scopes,
             groups_claim: groups_claim.unwrap_or_else(|| "groups".into()),
+            groups_prefix,
             user_claim: user_claim.unwrap_or_else(|| "email".into()),
             allowed_email_domains: domains,
         });
@@ -744,8 +760,10 @@ mod tests {
             client_id = ""
             client_secret = "s"
             client_secret_env = "X"
+            groups_prefix = "partner:"
             [[oidc]]
-            name = "env"
+            name = "local"
+            groups_prefix = "partner:"
             issuer = "https://idp.example.com?x=1"
             client_id = "c"
             client_secret_env = "JITGATE_TEST_SURELY_UNSET"
@@ -759,6 +777,8 @@ mod tests {
             "oidc[1].name: duplicate provider name \"corp\"",
             "oidc[1].client_id: must not be empty",
             "oidc[1]: set client_secret or client_secret_env, not both",
+            "oidc[2].name: \"local\" names local users; pick another name",
+            "oidc[2].groups_prefix: \"partner:\" is also oidc[1]'s; with several providers give each its own (e.g. groups_prefix = \"local:\"), so none can assert another's groups",
             "oidc[2].issuer: \"https://idp.example.com?x=1\" must not have a query or fragment",
             "oidc[2].client_secret_env: the environment variable JITGATE_TEST_SURELY_UNSET is not set",
         ];

@@ -75,7 +75,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         Site::new(&public_url, &server.base_domain, config.auth.local_users, &issuers).map_err(ServeError::Setup)?;
     let idps = Providers::new(&config.oidc, &format!("{public_url}/auth/callback")).map_err(ServeError::Setup)?;
     let policy = Arc::new(config.policy);
-    let sessions = Sessions::new(Arc::clone(&store), config.auth.session_lifetime);
+    let mut sources: Vec<String> = config.oidc.iter().map(|o| o.name.clone()).collect();
+    if config.auth.local_users {
+        sources.push("local".into());
+    }
+    let sessions = Sessions::new(
+        Arc::clone(&store),
+        config.auth.session_lifetime,
+        server.token_lifetime,
+        sources,
+    );
     let broker = Arc::new(Broker::new(policy, store, Live::new(), server.request_ttl));
     let state = Arc::new(ApiState {
         broker: Arc::clone(&broker),

@@ -451,8 +451,88 @@ async fn disallowed_addresses_cannot_log_in() {
         assert!(cookie.is_none(), "{email}");
         assert!(body.contains(says), "{email}: {body}");
     }
+    // A user name is bound to the subject that first logged in with it: another person the
+    // IdP later gives the same (verified) address to is not that user.
+    let b = browser_for(&proxy);
+    assert!(session_cookie(&browser_login(&b, &proxy, "alice@example.com", "/").await).is_some());
+    let b = browser_for(&proxy);
+    let r = browser_login(&b, &proxy, "alice.twin@example.com", "/").await;
+    let status = r.status();
+    let cookie = session_cookie(&r);
+    let body = r.text().await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(cookie.is_none());
+    assert!(body.contains("belongs to another account"), "{body}");
     let audit = proxy.admin(&["audit", "export"], None).success().stdout;
-    assert_eq!(audit.matches("\"login.failed\"").count(), 3, "{audit}");
+    assert_eq!(audit.matches("\"login.failed\"").count(), 4, "{audit}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_from_a_prefixed_idp_carry_its_prefix() {
+    let idp = TestIdp::start();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let config = format!(
+        "{WALKTHROUGH_PROFILES}\n{}groups_prefix = \"corp:\"\n",
+        idp.oidc_config("corp")
+    );
+    let proxy = Proxy::start(db.dir.path(), &db.url, &config);
+    let alice = User {
+        home: proxy.dir.join("home-alice"),
+    };
+    let out = cli_loopback_login(&proxy, &alice, "alice@example.com").await;
+    assert!(out.contains("(groups: corp:dba)"), "{out}");
+    // group:dba is not corp:dba: the profiles for dba are not hers to request.
+    alice
+        .run(&["request", "db-patch", "--reason", "x", "--for", "1h"], None)
+        .fails(1, "db-patch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewals_stop_after_the_session_lifetime() {
+    let idp = TestIdp::start();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let profiles = format!(
+        "{WALKTHROUGH_PROFILES}\n[auth]\nsession_lifetime = \"5s\"\n{}",
+        idp.oidc_config("corp")
+    );
+    let proxy = Proxy::start_with(db.dir.path(), &db.url, &profiles, "token_lifetime = \"4s\"");
+    let alice = User {
+        home: proxy.dir.join("home-alice"),
+    };
+    cli_loopback_login(&proxy, &alice, "alice@example.com").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = alice.run(&["grants"], None).success();
+    assert!(!r.stderr.contains("could not renew"), "{}", r.stderr);
+    assert!(session_file(&alice)["refreshable"] == true);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let r = alice.run(&["grants"], None).success();
+    assert!(r.stderr.contains("older than [auth] session_lifetime"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_logins_are_rate_limited_per_source() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    // Nothing listens on the discard port: every start fails at the IdP, and still counts.
+    let config = format!(
+        "{WALKTHROUGH_PROFILES}\n[[oidc]]\nname = \"corp\"\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"
+    );
+    let proxy = Proxy::start(db.dir.path(), &db.url, &config);
+    let b = browser_for(&proxy);
+    let mut statuses = Vec::new();
+    for _ in 0..21 {
+        let r = b
+            .post(format!("{}/api/v1/login/device", proxy.url))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status());
+    }
+    assert!(
+        statuses[..20].iter().all(|s| *s == StatusCode::BAD_GATEWAY),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[20], StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -168,7 +168,7 @@ pub async fn users(cmd: UsersCommand, out: Output) -> CliResult {
             let list: Vec<_> = users
                 .iter()
                 .map(|u| {
-                    serde_json::json!({ "name": u.name, "groups": u.groups, "disabled": u.disabled, "created_at": u.created_at })
+                    serde_json::json!({ "name": u.name, "source": u.source(), "groups": u.groups, "disabled": u.disabled, "created_at": u.created_at })
                 })
                 .collect();
             if table::machine(out, &list, "name") {
@@ -179,13 +179,14 @@ pub async fn users(cmd: UsersCommand, out: Output) -> CliResult {
                 .map(|u| {
                     vec![
                         u.name.clone(),
+                        u.source().to_owned(),
                         u.groups.join(","),
                         if u.disabled { "disabled" } else { "active" }.into(),
                         u.created_at.to_string(),
                     ]
                 })
                 .collect();
-            table::print(&["USER", "GROUPS", "STATUS", "CREATED"], &rows);
+            table::print(&["USER", "SOURCE", "GROUPS", "STATUS", "CREATED"], &rows);
             Ok(())
         }
         UsersCommand::Disable { name, config } => {

@@ -34,6 +34,22 @@ pub struct Session {
     pub refreshable: bool,
 }
 
+/// Held while a renewal runs; released when dropped.
+fn lock_session() -> Result<fs::File, CliError> {
+    let dir = home()?;
+    let path = dir.join(".session.lock");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| CliError::Refused(format!("cannot open {}: {e}", path.display())))?;
+    file.lock()
+        .map_err(|e| CliError::Refused(format!("cannot lock {}: {e}", path.display())))?;
+    Ok(file)
+}
+
 pub fn home() -> Result<PathBuf, CliError> {
     if let Some(h) = std::env::var_os("JITGATE_HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(h));
@@ -94,7 +110,9 @@ impl Session {
         fs::create_dir_all(&dir).map_err(fail)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
         let path = dir.join(SESSION_FILE);
-        let tmp = dir.join(".session.json.tmp");
+        // A temporary file of this process's own: two commands saving at once must not
+        // write into one file.
+        let tmp = dir.join(format!(".session.json.{}.tmp", std::process::id()));
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -159,7 +177,15 @@ impl Api {
     }
 
     /// The API with the saved session's token, renewed first when it is past half its life.
+    /// Renewals are serialized by a lock file and the session re-read under it, so two
+    /// commands started together renew once and neither writes back a revoked token.
     pub async fn from_session() -> Result<(Api, Session), CliError> {
+        let s = Session::load()?;
+        if !s.renewal_due(Timestamp::now()) {
+            let api = Api::new(&s.proxy, s.ca_pem.as_deref(), Some(s.token.clone()))?;
+            return Ok((api, s));
+        }
+        let _lock = lock_session()?;
         let mut s = Session::load()?;
         let api = Api::new(&s.proxy, s.ca_pem.as_deref(), Some(s.token.clone()))?;
         if !s.renewal_due(Timestamp::now()) {
@@ -176,7 +202,7 @@ impl Api {
                 Ok((api, renewed))
             }
             Err((code, CliError::Refused(why) | CliError::Usage(why))) => {
-                // The token still works until it expires; say so once and carry on with it.
+                // The token still works until it expires; say so and carry on with it.
                 eprintln!(
                     "jitgate: could not renew your login ({why}); it ends at {}",
                     s.expires_at

@@ -490,12 +490,20 @@ impl Provider {
         let c = &self.config;
         let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
         let email = claims.get("email").and_then(|v| v.as_str()).map(str::to_owned);
-        if let Some(e) = &email {
-            if claims.get("email_verified").and_then(|v| v.as_bool()) == Some(false) {
-                return Err(OidcError::NotAllowed(format!(
-                    "the IdP has not verified the email address {e:?}"
-                )));
-            }
+        // An address names a person only once the IdP has verified it: wherever the user's
+        // name or the domain check rests on it, `email_verified` must say so (some IdPs send
+        // the string "true").
+        let verified = match claims.get("email_verified") {
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) => s == "true",
+            _ => false,
+        };
+        let relies_on_email = c.user_claim == "email" || !c.allowed_email_domains.is_empty();
+        if let Some(e) = email.as_deref().filter(|_| relies_on_email && !verified) {
+            return Err(OidcError::NotAllowed(format!(
+                "the IdP has not verified the email address {e:?} (email_verified is not true); \
+                 an unverified address cannot name a user here"
+            )));
         }
         if !c.allowed_email_domains.is_empty() {
             let e = email.as_deref().ok_or_else(|| {
@@ -521,6 +529,9 @@ impl Provider {
                 )))
             }
         };
+        if subject.is_empty() {
+            return Err(OidcError::BadIdToken("the ID token has no sub".into()));
+        }
         if user.len() > 256 || user.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
             return Err(OidcError::NotAllowed(format!("{user:?} is not usable as a user name")));
         }
@@ -530,9 +541,9 @@ impl Provider {
                 .iter()
                 .filter_map(|g| g.as_str())
                 .filter(|g| !g.is_empty() && g.len() <= 256)
-                .map(str::to_owned)
+                .map(|g| format!("{}{g}", c.groups_prefix))
                 .collect(),
-            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            Some(serde_json::Value::String(s)) => vec![format!("{}{s}", c.groups_prefix)],
             Some(_) => {
                 return Err(OidcError::BadIdToken(format!(
                     "the {:?} claim is neither a list nor a string",

@@ -39,14 +39,23 @@ pub struct Sessions {
     store: Arc<dyn Store>,
     cache: Cache<String, Arc<Session>>,
     lifetime: Duration,
+    idp_lifetime: Duration,
+    /// Where sessions may come from now: "local" when local users are on, and each
+    /// configured provider. A session from anywhere else (a provider since removed) is over.
+    sources: Arc<Vec<String>>,
 }
 
 impl Sessions {
-    pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Sessions {
+    /// `idp_lifetime` caps sessions from an identity provider: the IdP is asked about the
+    /// user again at the next login, so a user disabled there keeps a browser session no
+    /// longer than a CLI token.
+    pub fn new(store: Arc<dyn Store>, lifetime: Duration, idp_lifetime: Duration, sources: Vec<String>) -> Sessions {
         Sessions {
             store,
             cache: Cache::builder().max_capacity(100_000).time_to_live(CACHE_TTL).build(),
             lifetime,
+            idp_lifetime: idp_lifetime.min(lifetime),
+            sources: Arc::new(sources),
         }
     }
 
@@ -71,6 +80,11 @@ impl Sessions {
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let secret = URL_SAFE_NO_PAD.encode(bytes);
         let id_hash = hash(&secret);
+        let lifetime = if idp == "local" {
+            self.lifetime
+        } else {
+            self.idp_lifetime
+        };
         let record = SessionRecord {
             id_hash: id_hash.clone(),
             user: identity.user.clone(),
@@ -78,7 +92,7 @@ impl Sessions {
             groups: identity.groups.clone(),
             idp: idp.to_owned(),
             created_at: now,
-            expires_at: now.saturating_add(self.lifetime),
+            expires_at: now.saturating_add(lifetime),
             ended_at: None,
         };
         let event = AuditDraft::new("session.started", &identity.user, idp).details(details);
@@ -113,7 +127,7 @@ impl Sessions {
             return Ok(None);
         };
         let r = found.session;
-        if r.ended_at.is_some() || r.expires_at <= now || found.user_disabled {
+        if r.ended_at.is_some() || r.expires_at <= now || found.user_disabled || !self.sources.contains(&r.idp) {
             return Ok(None);
         }
         let session = Arc::new(Session {
@@ -141,37 +155,16 @@ impl Sessions {
         Ok(ended)
     }
 
-    /// The `Set-Cookie` value that installs a session.
-    pub fn cookie(&self, secret: &str) -> String {
-        format!(
-            "{SESSION_COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
-            self.lifetime.as_secs()
-        )
+    /// The `Set-Cookie` value that installs `session`.
+    pub fn cookie(&self, secret: &str, session: &Session) -> String {
+        let max_age = Timestamp::now().until(session.expires_at).as_secs();
+        format!("{SESSION_COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}")
     }
 }
 
 /// The `Set-Cookie` value that removes a cookie set with these attributes.
 pub fn clear_cookie(name: &str) -> String {
     format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
-}
-
-/// The value of cookie `name` in a `Cookie` header. Duplicates are refused (None): a
-/// second cookie of the same name can be planted by a sibling host, and which one the
-/// server reads must not be the attacker's choice.
-pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    let mut found = None;
-    for pair in header.split(';') {
-        let Some((k, v)) = pair.trim().split_once('=') else {
-            continue;
-        };
-        if k == name {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(v.trim_matches('"'));
-        }
-    }
-    found
 }
 
 fn hash(secret: &str) -> String {
@@ -194,17 +187,6 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cookies_are_read_once_and_only_once() {
-        assert_eq!(
-            cookie_value("a=1; __Host-jitgate=abc; b=2", SESSION_COOKIE),
-            Some("abc")
-        );
-        assert_eq!(cookie_value("a=1", SESSION_COOKIE), None);
-        assert_eq!(cookie_value("__Host-jitgate=x; __Host-jitgate=y", SESSION_COOKIE), None);
-        assert_eq!(cookie_value("__host-jitgate=x", SESSION_COOKIE), None);
-    }
 
     #[test]
     fn csrf_tokens_differ_per_session_and_compare_exactly() {

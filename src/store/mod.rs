@@ -36,6 +36,16 @@ pub struct UserRecord {
     pub created_at: Timestamp,
 }
 
+impl UserRecord {
+    /// Where the user logs in: "local" (a password), or the identity provider's name.
+    pub fn source(&self) -> &str {
+        match self.password_hash.strip_prefix("!idp:") {
+            Some(rest) => rest.split(':').next().unwrap_or(rest),
+            None => "local",
+        }
+    }
+}
+
 /// A browser session as stored: the secret's hash, never the secret.
 #[derive(Clone, Debug)]
 pub struct SessionRecord {

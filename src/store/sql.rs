@@ -312,7 +312,7 @@ impl Store for SqlStore {
                     disabled: false,
                     created_at: now,
                 };
-                sqlx::query(
+                let inserted = sqlx::query(
                     "INSERT INTO users (name, groups, password_hash, disabled, created_at) VALUES ($1,$2,$3,$4,$5)",
                 )
                 .bind(&record.name)
@@ -321,8 +321,19 @@ impl Store for SqlStore {
                 .bind(0_i64)
                 .bind(now.as_millis())
                 .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
+                .await;
+                match inserted {
+                    // A first login racing another (PostgreSQL: the other transaction
+                    // committed first): the row is theirs now; answer with it.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        drop(tx);
+                        return self
+                            .user(name)
+                            .await?
+                            .ok_or_else(|| StoreError::Corrupt(format!("user {name:?} vanished during a login")));
+                    }
+                    other => other.map_err(store_error)?,
+                };
                 record
             }
         };

@@ -56,6 +56,8 @@ const ACCOUNTS = [
   { login: 'eve@evil.com', sub: 'u-eve', email: 'eve@evil.com', name: 'Eve Evil', groups: ['dba'] },
   // An email claim that ends in an allowed domain but whose real domain is evil.com.
   { login: 'mallory@example.com', sub: 'u-mallory', email: 'a@evil.com@example.com', name: 'Mallory', groups: ['dba'] },
+  // Another person at the IdP whose (verified) address was once alice's: a recycled address.
+  { login: 'alice.twin@example.com', sub: 'u-alice-twin', email: 'alice@example.com', name: 'Not Alice', groups: ['dba-leads'] },
   { login: 'unverified@example.com', sub: 'u-unverified', email: 'unverified@example.com', name: 'Unverified User', groups: ['dba'], emailVerified: false },
 ].map((a) => ({ emailVerified: true, password: `${a.login.split('@')[0]}-idp-pw`, ...a }));
 

@@ -97,6 +97,11 @@ impl LoginLimiter {
         by_user <= self.per_user && by_source <= self.per_source
     }
 
+    /// Counts a device login started from `source`; false when it is over the limit.
+    pub async fn admit_device(&self, source: IpAddr) -> bool {
+        self.add(format!("device:{source}"), 1).await <= self.per_source
+    }
+
     async fn succeeded(&self, user: &str, source: IpAddr) {
         self.attempts.invalidate(&format!("user:{user}")).await;
         self.add(format!("source:{source}"), -1).await;
@@ -347,8 +352,18 @@ fn oidc_error(e: OidcError) -> ApiError {
 /// with, never the IdP's device code or the client secret.
 pub async fn device_start(
     State(state): State<Arc<ApiState>>,
+    Extension(PeerAddr(peer)): Extension<PeerAddr>,
     ApiJson(body): ApiJson<DeviceStartBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // Anyone may start one, and each costs a call at the IdP with the proxy's client and a
+    // row in the store: counted per source like password attempts.
+    if !state.limiter.admit_device(peer.ip()).await {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many device logins started from this address; wait a few minutes",
+        ));
+    }
     let provider = Arc::clone(state.idps.pick(body.idp.as_deref()).map_err(oidc_error)?);
     let start = provider.device_start().await.map_err(oidc_error)?;
     let handle = random_secret();
@@ -409,10 +424,9 @@ pub async fn device_poll(
         }
         Ok(DevicePoll::SlowDown) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "slow_down", "poll less often")),
         Ok(DevicePoll::Done(login)) => login,
-        Err(e) => {
-            let _ = store.take_flow(&key, Timestamp::now()).await;
-            return Err(oidc_error(e));
-        }
+        // The flow is left to expire: a parallel poll may just have finished it, and an IdP
+        // that timed out once may answer the next poll.
+        Err(e) => return Err(oidc_error(e)),
     };
     // Only the poll that takes the flow turns it into a token.
     store.take_flow(&key, Timestamp::now()).await?.ok_or_else(gone)?;
@@ -420,6 +434,7 @@ pub async fn device_poll(
     let refresh = who.refresh_token.map(|token| RefreshSeed {
         subject: who.who.subject.clone(),
         token,
+        login_at: Timestamp::now(),
     });
     Ok(Json(
         state
@@ -456,6 +471,11 @@ pub async fn refresh(
         again("this login cannot be renewed (the IdP gave no refresh token, or it was renewed already)")
     })?;
     let seed: RefreshSeed = serde_json::from_str(&payload).map_err(|_| again("the renewal record is corrupt"))?;
+    if seed.login_at.saturating_add(state.sessions.lifetime()) <= Timestamp::now() {
+        return Err(again(
+            "this login is older than [auth] session_lifetime and is not renewed any more",
+        ));
+    }
     let provider = Arc::clone(state.idps.pick(Some(&c.idp)).map_err(oidc_error)?);
     let login = match provider.refresh(&seed.token, &seed.subject).await {
         Ok(login) => login,
@@ -479,6 +499,7 @@ pub async fn refresh(
     let seed = RefreshSeed {
         subject: seed.subject,
         token: login.refresh_token.unwrap_or(seed.token),
+        login_at: seed.login_at,
     };
     Ok(Json(
         state

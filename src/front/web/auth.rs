@@ -26,7 +26,7 @@ use crate::audit::AuditDraft;
 use crate::front::api::{ApiError, ApiState};
 use crate::front::tls::PeerAddr;
 use crate::identity::oidc::{IdpIdentity, OidcError};
-use crate::identity::session::{clear_cookie, cookie_value, same_secret};
+use crate::identity::session::{clear_cookie, same_secret};
 use crate::store::StoreError;
 use crate::time::Timestamp;
 
@@ -76,6 +76,9 @@ pub struct CliGrant {
 pub struct RefreshSeed {
     pub subject: String,
     pub token: String,
+    /// When the user last logged in at the IdP: renewals stop `[auth] session_lifetime`
+    /// after it, so a stolen token cannot be renewed for ever.
+    pub login_at: Timestamp,
 }
 
 /// The store key a one-time secret is kept under: its hash, never the secret.
@@ -90,9 +93,11 @@ pub fn random_secret() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The marker stored in place of a password hash for users of an identity provider.
-pub fn idp_marker(idp: &str) -> String {
-    format!("!idp:{idp}")
+/// The marker stored in place of a password hash for users of an identity provider: it
+/// binds the user name to one subject at one provider, so nobody else that provider (or
+/// another one) calls by the same name becomes this user.
+pub fn idp_marker(idp: &str, subject: &str) -> String {
+    format!("!idp:{idp}:{subject}")
 }
 
 #[derive(Deserialize)]
@@ -216,13 +221,12 @@ pub async fn callback(
         set_cookie(&mut r, &clear_cookie(PRELOGIN_COOKIE));
         r
     };
-    let Some(sealed) = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| cookie_value(v, PRELOGIN_COOKIE))
-    else {
-        return restart("This browser did not start a login here, or it took longer than 10 minutes.");
+    // As with the session cookie, two of them (one planted) make it unclear whose login this
+    // is: refused.
+    let sealed = match super::cookie_values(&headers, PRELOGIN_COOKIE).as_slice() {
+        [one] => *one,
+        [] => return restart("This browser did not start a login here, or it took longer than 10 minutes."),
+        _ => return restart("This browser sent several login cookies."),
     };
     let pre: PreLogin = match state.tokens.open(PRELOGIN_AUDIENCE, sealed) {
         Ok(p) => p,
@@ -294,6 +298,7 @@ pub async fn callback(
             refresh: refresh_token.map(|token| RefreshSeed {
                 subject: who.subject.clone(),
                 token,
+                login_at: now,
             }),
         };
         let payload = serde_json::to_string(&grant).unwrap_or_default();
@@ -334,10 +339,11 @@ pub async fn callback(
         )
         .await
     {
-        Ok((secret, _)) => {
+        Ok((secret, session)) => {
             tracing::info!(user = %identity.user, idp = %pre.idp, "browser session started");
+            end_previous(&state, &headers).await;
             let mut r = Redirect::to(&pre.rd).into_response();
-            set_cookie(&mut r, &state.sessions.cookie(&secret));
+            set_cookie(&mut r, &state.sessions.cookie(&secret, &session));
             set_cookie(&mut r, &clear_cookie(PRELOGIN_COOKIE));
             r
         }
@@ -350,7 +356,7 @@ pub async fn callback(
 /// or another provider's, and it has not been disabled. Records the login.
 pub async fn admit(state: &ApiState, idp: &str, who: &IdpIdentity, source: &str) -> Result<Identity, ApiError> {
     let store = state.broker.store();
-    let marker = idp_marker(idp);
+    let marker = idp_marker(idp, &who.subject);
     let record = store
         .upsert_idp_user(&who.user, &who.groups, &marker, Timestamp::now())
         .await?;
@@ -360,7 +366,7 @@ pub async fn admit(state: &ApiState, idp: &str, who: &IdpIdentity, source: &str)
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
-                "the name {:?} belongs to another account on this proxy (a local user or another identity provider's); ask an admin",
+                "the name {:?} belongs to another account on this proxy (a local user, or another subject at an identity provider); ask an admin",
                 who.user
             ),
         ));
@@ -395,7 +401,28 @@ fn idp_error_page(site: &Site, e: &OidcError) -> Response {
         OidcError::Refused(_) | OidcError::BadIdToken(_) => (StatusCode::UNAUTHORIZED, "Login failed"),
         OidcError::NotAllowed(_) => (StatusCode::FORBIDDEN, "Login refused"),
     };
-    error_page(site, status, title, &format!("{e}. No session was started."))
+    // What went wrong inside (the IdP's internal URLs, its errors) is for the log, not for
+    // whoever opened the page.
+    let text = match e {
+        OidcError::Unavailable { idp, .. } => {
+            tracing::warn!(error = %e, "identity provider unavailable");
+            format!("The identity provider {idp} did not answer properly; try again later (the proxy's log has the details)")
+        }
+        other => other.to_string(),
+    };
+    error_page(site, status, title, &format!("{text}. No session was started."))
+}
+
+/// A new login in a browser ends the session it had, so a shared browser holds one at most.
+async fn end_previous(state: &ApiState, headers: &HeaderMap) {
+    let Some(secret) = super::session_cookie(headers) else {
+        return;
+    };
+    if let Ok(Some(old)) = state.sessions.check(secret, Timestamp::now()).await {
+        if let Err(e) = state.sessions.end(&old, Timestamp::now()).await {
+            tracing::warn!(error = %e, "cannot end the session a new login replaces");
+        }
+    }
 }
 
 pub fn store_error_page(site: &Site, e: &StoreError) -> Response {
@@ -481,7 +508,10 @@ pub async fn local_login(
     if let Err(r) = check_origin(site, &headers) {
         return r;
     }
-    if headers.get(header::ORIGIN).is_none() && headers.get("sec-fetch-site").is_some_and(|v| v != "same-origin") {
+    // Browsers send Origin (or at least Sec-Fetch-Site) on every form post; a post with
+    // neither is not from this site's login page.
+    let same_site = headers.get("sec-fetch-site").map(|v| v == "same-origin");
+    if headers.get(header::ORIGIN).is_none() && same_site != Some(true) {
         return error_page(
             site,
             StatusCode::FORBIDDEN,
@@ -506,9 +536,10 @@ pub async fn local_login(
                 .start(&identity, None, "local", Timestamp::now(), details, None)
                 .await
             {
-                Ok((secret, _)) => {
+                Ok((secret, session)) => {
+                    end_previous(&state, &headers).await;
                     let mut r = Redirect::to(&rd).into_response();
-                    set_cookie(&mut r, &state.sessions.cookie(&secret));
+                    set_cookie(&mut r, &state.sessions.cookie(&secret, &session));
                     r
                 }
                 Err(e) => store_error_page(site, &e),

@@ -17,7 +17,7 @@ use axum::Router;
 use maud::{html, Markup, DOCTYPE};
 
 use crate::front::api::ApiState;
-use crate::identity::session::{cookie_value, same_secret, Session, SESSION_COOKIE};
+use crate::identity::session::{same_secret, Session, SESSION_COOKIE};
 use crate::time::Timestamp;
 
 pub use auth::PRELOGIN_COOKIE;
@@ -121,17 +121,24 @@ impl FromRequestParts<Arc<ApiState>> for WebSession {
 
 /// The session secret from the `Cookie` headers, refusing duplicates.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    let mut found = None;
-    for value in headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        if let Some(v) = cookie_value(text, SESSION_COOKIE) {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(v);
-        }
+    match cookie_values(headers, SESSION_COOKIE).as_slice() {
+        [one] => Some(one),
+        _ => None,
     }
-    found
+}
+
+/// Every value of cookie `name` across the `Cookie` headers. A second cookie of one name can
+/// be planted by a sibling host, so callers take exactly one or refuse.
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .collect()
 }
 
 /// A form's CSRF token must be this session's. Cross-site posts are refused before that
@@ -232,4 +239,30 @@ pub fn error_page(site: &Site, status: StatusCode, title: &str, message: &str) -
             p { a href="/" { "Back to the start page" } }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(header::COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_session_cookie_is_read_once_and_only_once() {
+        assert_eq!(session_cookie(&headers(&["a=1; __Host-jitgate=abc; b=2"])), Some("abc"));
+        assert_eq!(session_cookie(&headers(&["a=1"])), None);
+        assert_eq!(session_cookie(&headers(&["__Host-jitgate=x; __Host-jitgate=y"])), None);
+        // Planted in a second header line: refused all the same.
+        assert_eq!(
+            session_cookie(&headers(&["__Host-jitgate=x", "__Host-jitgate=y"])),
+            None
+        );
+        assert_eq!(session_cookie(&headers(&["__host-jitgate=x"])), None);
+    }
 }
