@@ -213,6 +213,19 @@ async fn idp_groups_drive_policy_and_the_cli_logs_in_through_loopback_and_device
     alice.run(&["grants"], None).fails(1, "disabled");
 }
 
+/// The link of the page that asks whether a CLI login is the browser user's own.
+async fn continue_link(r: reqwest::Response) -> String {
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("Log in the jitgate CLI?"), "{body}");
+    let href = body
+        .split("id=\"continue\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no continue link: {body}"));
+    href.replace("&amp;", "&")
+}
+
 /// Runs `jitgate login` without --user and plays the browser for it.
 async fn cli_loopback_login(proxy: &Proxy, user: &User, email: &str) -> String {
     let mut child = Command::new(BIN)
@@ -239,15 +252,14 @@ async fn cli_loopback_login(proxy: &Proxy, user: &User, email: &str) -> String {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let callback = idp_login(&b, &location(&r), email, &idp_password(email)).await;
     let r = b.get(&callback).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::SEE_OTHER, "{}", r.text().await.unwrap());
-    let back = location(&r);
-    assert!(
-        back.starts_with("http://127.0.0.1:") && back.contains("code="),
-        "{back}"
-    );
     assert!(
         session_cookie(&r).is_none(),
         "a CLI login must not start a browser session"
+    );
+    let back = continue_link(r).await;
+    assert!(
+        back.starts_with("http://127.0.0.1:") && back.contains("code="),
+        "{back}"
     );
     let r = b.get(&back).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -492,19 +504,19 @@ async fn renewals_stop_after_the_session_lifetime() {
     let idp = TestIdp::start();
     let db = TestDb::new(Backend::Sqlite).await;
     let profiles = format!(
-        "{WALKTHROUGH_PROFILES}\n[auth]\nsession_lifetime = \"5s\"\n{}",
+        "{WALKTHROUGH_PROFILES}\n[auth]\nsession_lifetime = \"8s\"\n{}",
         idp.oidc_config("corp")
     );
-    let proxy = Proxy::start_with(db.dir.path(), &db.url, &profiles, "token_lifetime = \"4s\"");
+    let proxy = Proxy::start_with(db.dir.path(), &db.url, &profiles, "token_lifetime = \"6s\"");
     let alice = User {
         home: proxy.dir.join("home-alice"),
     };
     cli_loopback_login(&proxy, &alice, "alice@example.com").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let r = alice.run(&["grants"], None).success();
     assert!(!r.stderr.contains("could not renew"), "{}", r.stderr);
     assert!(session_file(&alice)["refreshable"] == true);
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(Duration::from_millis(4700)).await;
     let r = alice.run(&["grants"], None).success();
     assert!(r.stderr.contains("older than [auth] session_lifetime"), "{}", r.stderr);
 }
@@ -671,7 +683,7 @@ async fn a_cli_code_works_once_and_only_with_its_verifier() {
             )
             .await;
             let callback = idp_login(&b, &at_idp, "alice@example.com", &idp_password("alice@example.com")).await;
-            let back = location(&b.get(&callback).send().await.unwrap());
+            let back = continue_link(b.get(&callback).send().await.unwrap()).await;
             let url = url::Url::parse(&back).unwrap();
             assert_eq!(url.query_pairs().find(|(k, _)| k == "state").unwrap().1, "st");
             url.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
@@ -808,6 +820,9 @@ async fn an_idp_login_is_renewed_after_a_recheck_at_the_idp() {
         .success()
         .stdout
         .contains("\"login.refresh_failed\""));
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    // Once the last token's own expiry has passed (it is whole seconds), it is over.
+    let ends = jitgate::time::Timestamp::parse_rfc3339(session_file(&alice)["expires_at"].as_str().unwrap()).unwrap();
+    let left = jitgate::time::Timestamp::now().until(ends);
+    tokio::time::sleep(left + Duration::from_millis(1100)).await;
     alice.run(&["grants"], None).fails(1, "expired");
 }

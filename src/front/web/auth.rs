@@ -316,8 +316,30 @@ pub async fn callback(
         to.query_pairs_mut()
             .append_pair("code", &code)
             .append_pair("state", &cli.state);
-        tracing::info!(user = %grant.identity.user, idp = %pre.idp, "IdP login done; handing the CLI its code");
-        let mut r = Redirect::to(to.as_str()).into_response();
+        tracing::info!(user = %grant.identity.user, idp = %pre.idp, "IdP login done; asking before handing the CLI its code");
+        // Not a silent redirect: anyone can send a link that starts a CLI login for a port
+        // they listen on, and with single sign-on at the IdP it would complete unseen. The
+        // person at the browser says whether this terminal login is theirs.
+        let port = to.port().unwrap_or_default();
+        let mut r = page(
+            site,
+            StatusCode::OK,
+            "Log in the CLI",
+            None,
+            html! {
+                h1 { "Log in the jitgate CLI?" }
+                p {
+                    "A terminal on this computer (listening on 127.0.0.1:" (port) ") asks to log in as "
+                    strong { (grant.identity.user) } "."
+                }
+                p { "Continue only if you just ran " code { "jitgate login" } " yourself." }
+                p.actions {
+                    a.button #continue href=(to.as_str()) { "Continue" }
+                    " "
+                    a #cancel href="/" { "Cancel" }
+                }
+            },
+        );
         set_cookie(&mut r, &clear_cookie(PRELOGIN_COOKIE));
         return r;
     }
