@@ -408,6 +408,21 @@ async fn forged_replayed_and_crossed_callbacks_start_no_session() {
     let r = b.get(&mixed).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("another identity provider"));
+
+    // No issuer at all, from an IdP that always names itself.
+    let b = browser_for(&proxy);
+    let at_idp = start(&b, &proxy, "idp=corp").await;
+    let callback = idp_login(&b, &at_idp, "alice@example.com", &idp_password("alice@example.com")).await;
+    let mut url = url::Url::parse(&callback).unwrap();
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "iss")
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(kept);
+    let r = b.get(url.as_str()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("does not name its identity provider"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

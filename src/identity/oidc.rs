@@ -68,6 +68,8 @@ impl AdditionalClaims for ExtraClaims {}
 pub struct ExtraMetadata {
     end_session_endpoint: Option<EndSessionUrl>,
     device_authorization_endpoint: Option<DeviceAuthorizationUrl>,
+    /// RFC 9207: the IdP names itself (`iss`) in every authorization response.
+    authorization_response_iss_parameter_supported: Option<bool>,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -174,6 +176,7 @@ struct Discovered {
     end_session: Option<EndSessionUrl>,
     device_url: Option<DeviceAuthorizationUrl>,
     token_url: Option<String>,
+    sends_iss: bool,
     discovered_at: Instant,
     jwks_fetched_at: Instant,
 }
@@ -290,6 +293,7 @@ impl Provider {
             end_session: extra.end_session_endpoint,
             device_url: extra.device_authorization_endpoint,
             token_url,
+            sends_iss: extra.authorization_response_iss_parameter_supported == Some(true),
             discovered_at: Instant::now(),
             jwks_fetched_at: Instant::now(),
         });
@@ -324,6 +328,7 @@ impl Provider {
             end_session: current.end_session.clone(),
             device_url: current.device_url.clone(),
             token_url: current.token_url.clone(),
+            sends_iss: current.sends_iss,
             discovered_at: current.discovered_at,
             jwks_fetched_at: Instant::now(),
         });
@@ -557,6 +562,12 @@ impl Provider {
             groups,
             subject,
         })
+    }
+
+    /// Whether this IdP names itself in its authorization responses (RFC 9207), so that an
+    /// answer without `iss` is not from it.
+    pub async fn sends_iss(&self) -> bool {
+        self.discovered().await.is_ok_and(|d| d.sends_iss)
     }
 
     /// Where to send the browser after logout, if the IdP publishes an end_session_endpoint.

@@ -170,8 +170,10 @@ impl ApiState {
         };
         let ok = tokio::task::spawn_blocking({
             let record = record.clone();
+            // An IdP user's row has no password; it gets the same work as an unknown name, so
+            // timing does not tell which names belong to IdP users.
             move || match record {
-                Some(r) if !r.disabled => verify_password(&password, &r.password_hash),
+                Some(r) if !r.disabled && r.source() == "local" => verify_password(&password, &r.password_hash),
                 _ => {
                     burn_verify(&password);
                     false
@@ -493,17 +495,19 @@ pub async fn refresh(
         }
     };
     let identity = admit(&state, &c.idp, &login.who, &peer.ip().to_string()).await?;
-    // The renewed token replaces this one: a copy of the old one stops working now.
-    let replaced = AuditDraft::new("token.replaced", &c.sub, &c.idp).details(serde_json::json!({ "jti": c.jti }));
-    store.revoke_token(&c.jti, c.expires_at(), replaced).await?;
     let seed = RefreshSeed {
         subject: seed.subject,
         token: login.refresh_token.unwrap_or(seed.token),
         login_at: seed.login_at,
     };
-    Ok(Json(
-        state
-            .issue_token(identity, &c.idp, peer.ip(), "login.refreshed", Some(seed))
-            .await?,
-    ))
+    // The new token (with the rotated refresh token) is kept first: failing after this point
+    // leaves the user with the old token until it ends, never with none.
+    let renewed = state
+        .issue_token(identity, &c.idp, peer.ip(), "login.refreshed", Some(seed))
+        .await?;
+    // The renewed token replaces this one: a copy of the old one stops working now. If this
+    // fails, the CLI keeps the old token and the new one goes unused until it expires.
+    let replaced = AuditDraft::new("token.replaced", &c.sub, &c.idp).details(serde_json::json!({ "jti": c.jti }));
+    store.revoke_token(&c.jti, c.expires_at(), replaced).await?;
+    Ok(Json(renewed))
 }

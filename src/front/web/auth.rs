@@ -265,10 +265,14 @@ pub async fn callback(
         Ok(p) => Arc::clone(p),
         Err(e) => return restart(&e.to_string()),
     };
-    if let Some(iss) = &q.iss {
-        if iss.trim_end_matches('/') != provider.config.issuer.trim_end_matches('/') {
+    match &q.iss {
+        Some(iss) if iss.trim_end_matches('/') != provider.config.issuer.trim_end_matches('/') => {
             return restart("The answer names another identity provider as its issuer.");
         }
+        None if provider.sends_iss().await => {
+            return restart("The answer does not name its identity provider, which this one always does.");
+        }
+        _ => {}
     }
     let source = peer.ip().to_string();
     let (who, refresh_token) = match provider.finish(&code, &pre.pkce, &pre.nonce).await {
