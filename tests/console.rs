@@ -670,7 +670,7 @@ async fn the_login_page_offers_each_identity_provider_and_carries_the_way_back()
     // Nothing listens at these issuers: the login page only names the providers.
     let providers = "[auth]\nlocal_users = false\n\
         [[oidc]]\nname = \"corp\"\ndisplay_name = \"Corp <SSO>\"\nissuer = \"http://127.0.0.1:9/corp\"\nclient_id = \"jitgate\"\nclient_secret = \"s\"\n\
-        [[oidc]]\nname = \"partners\"\nissuer = \"http://127.0.0.1:9/partners\"\nclient_id = \"jitgate\"\nclient_secret = \"s\"\n";
+        [[oidc]]\nname = \"partners\"\ngroups_prefix = \"partners:\"\nissuer = \"http://127.0.0.1:9/partners\"\nclient_id = \"jitgate\"\nclient_secret = \"s\"\n";
     let proxy = Proxy::start(db.dir.path(), &db.url, &format!("{WALKTHROUGH_PROFILES}\n{providers}"));
     let anon = Browser::new(&proxy);
     let to = anon.get("/requests/req-abc?x=1&y=2").await.location.unwrap();
