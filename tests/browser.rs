@@ -56,47 +56,9 @@ fn spki_pin(pem: &Path) -> String {
         .next()
         .unwrap_or_else(|| panic!("no certificate in {}", pem.display()))
         .unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
-    let spki = spki_of(der.as_ref()).unwrap_or_else(|| panic!("cannot find the SPKI in {}", pem.display()));
-    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(spki))
-}
-
-/// One DER element at the start of `b`: (tag, header length, whole length).
-fn der_element(b: &[u8]) -> Option<(u8, usize, usize)> {
-    let tag = *b.first()?;
-    let first = *b.get(1)? as usize;
-    let (header, len) = if first < 0x80 {
-        (2, first)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let len = b.get(2..2 + n)?.iter().fold(0usize, |acc, &x| (acc << 8) | x as usize);
-        (2 + n, len)
-    };
-    (header + len <= b.len()).then_some((tag, header, header + len))
-}
-
-/// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
-/// signature, issuer, validity, subject, subjectPublicKeyInfo, … }, … }
-fn spki_of(cert: &[u8]) -> Option<&[u8]> {
-    let (tag, header, _) = der_element(cert)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, tbs_header, tbs_len) = der_element(&cert[header..])?;
-    if tag != 0x30 {
-        return None;
-    }
-    let mut rest = &cert[header + tbs_header..header + tbs_len];
-    if rest.first() == Some(&0xa0) {
-        rest = &rest[der_element(rest)?.2..];
-    }
-    for _ in 0..5 {
-        rest = &rest[der_element(rest)?.2..];
-    }
-    let (tag, _, len) = der_element(rest)?;
-    (tag == 0x30).then(|| &rest[..len])
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).unwrap_or_else(|e| panic!("{}: {e}", pem.display()));
+    base64::engine::general_purpose::STANDARD.encode(Sha256::digest(cert.public_key().raw))
 }
 
 /// Runs the browser script; its exit code, stdout and stderr (which name its screenshots).
@@ -241,7 +203,7 @@ fn two_people_in_real_browsers_request_approve_and_watch_the_grant_go_live() {
 
 #[test]
 fn the_spki_pin_is_the_server_keys() {
-    // The DER walk finds exactly the key's SubjectPublicKeyInfo, which is what Chromium hashes.
+    // The pin covers exactly the key's SubjectPublicKeyInfo, which is what Chromium hashes.
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])

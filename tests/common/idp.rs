@@ -460,129 +460,37 @@ impl Form {
     }
 }
 
-/// The forms of a page. Enough HTML for the IdP's own simple pages, not a general parser.
+/// The forms of a page, with the inputs a browser would send (buttons are added by `set`).
 fn forms(html: &str) -> Vec<Form> {
-    let mut out = Vec::new();
-    let mut rest = html;
-    while let Some(start) = find_tag(rest, "form") {
-        let (attrs, after) = tag_attrs(&rest[start + "<form".len()..]);
-        let end = after.find("</form").unwrap_or(after.len());
-        let body = &after[..end];
-        let mut fields = Vec::new();
-        let mut inputs = body;
-        while let Some(i) = find_tag(inputs, "input") {
-            let (a, next) = tag_attrs(&inputs[i + "<input".len()..]);
-            let kind = attr(&a, "type").unwrap_or_default().to_ascii_lowercase();
-            if let Some(name) = attr(&a, "name") {
-                if !matches!(kind.as_str(), "submit" | "button" | "image" | "reset") {
-                    fields.push((name, attr(&a, "value").unwrap_or_default()));
-                }
-            }
-            inputs = next;
-        }
-        out.push(Form {
-            action: attr(&attrs, "action").unwrap_or_default(),
-            fields,
-        });
-        rest = &after[end..];
-    }
-    out
-}
-
-/// Where `<NAME` opens a tag in `html` (followed by whitespace, `>` or `/`).
-fn find_tag(html: &str, name: &str) -> Option<usize> {
-    let open = format!("<{name}");
-    let lower = html.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(i) = lower[from..].find(&open) {
-        let at = from + i;
-        match lower[at + open.len()..].chars().next() {
-            Some(c) if c.is_whitespace() || c == '>' || c == '/' => return Some(at),
-            _ => from = at + open.len(),
-        }
-    }
-    None
-}
-
-/// The attributes of a tag whose name was just read, and the text after its `>`.
-fn tag_attrs(s: &str) -> (Vec<(String, String)>, &str) {
-    let mut attrs = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    loop {
-        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
-            i += 1;
-        }
-        if i >= b.len() {
-            return (attrs, "");
-        }
-        if b[i] == b'>' {
-            return (attrs, &s[i + 1..]);
-        }
-        let name_start = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'>' | b'/') {
-            i += 1;
-        }
-        let name = s[name_start..i].to_ascii_lowercase();
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let mut value = String::new();
-        if i < b.len() && b[i] == b'=' {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
-                let quote = b[i];
-                let v_start = i + 1;
-                i = v_start;
-                while i < b.len() && b[i] != quote {
-                    i += 1;
-                }
-                value = unescape(&s[v_start..i.min(b.len())]);
-                i += 1;
-            } else {
-                let v_start = i;
-                while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
-                    i += 1;
-                }
-                value = unescape(&s[v_start..i]);
-            }
-        }
-        attrs.push((name, value));
-    }
-}
-
-fn attr(attrs: &[(String, String)], name: &str) -> Option<String> {
-    attrs.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&#x27;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
+    let doc = scraper::Html::parse_document(html);
+    let form_sel = scraper::Selector::parse("form").expect("selector");
+    let input_sel = scraper::Selector::parse("input[name]").expect("selector");
+    doc.select(&form_sel)
+        .map(|form| Form {
+            action: form.value().attr("action").unwrap_or_default().to_owned(),
+            fields: form
+                .select(&input_sel)
+                .filter(|i| {
+                    let kind = i.value().attr("type").unwrap_or_default().to_ascii_lowercase();
+                    !matches!(kind.as_str(), "submit" | "button" | "image" | "reset")
+                })
+                .map(|i| {
+                    let v = i.value();
+                    (
+                        v.attr("name").unwrap_or_default().to_owned(),
+                        v.attr("value").unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// A page's text, briefly, for error messages.
 fn text_of(html: &str) -> String {
-    let mut out = String::new();
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => {
-                in_tag = true;
-                out.push(' ');
-            }
-            '>' => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    let text = unescape(&out.split_whitespace().collect::<Vec<_>>().join(" "));
+    let doc = scraper::Html::parse_document(html);
+    let text = doc.root_element().text().collect::<Vec<_>>().join(" ");
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     match text.char_indices().nth(500) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text,
