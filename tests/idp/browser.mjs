@@ -266,12 +266,15 @@ async function person(b, name) {
   return page;
 }
 
-/** From the console's login page: the corp button, the IdP's form, back to the proxy. */
+/** The `[[oidc]]` name of the test IdP at the proxy (IDP_NAME, default corp). */
+const IDP_NAME = env('IDP_NAME', 'corp');
+
+/** From the console's login page: the IdP's button, the IdP's form, back to the proxy. */
 async function logInAtIdp(page, who) {
   const { login, password } = ACCOUNTS[who];
-  step = `${who} follows the login for IdP corp`;
+  step = `${who} follows the login for IdP ${IDP_NAME}`;
   await page.waitForURL((u) => u.origin === origin && u.pathname === '/', { timeout: STEP_MS });
-  const button = page.locator('ul.providers a[href^="/auth/login?idp=corp"]');
+  const button = page.locator(`ul.providers a[href^="/auth/login?idp=${IDP_NAME}&"]`);
   await Promise.all([
     page.waitForURL((u) => u.origin !== origin, { timeout: STEP_MS }),
     button.click({ timeout: STEP_MS }),
