@@ -376,7 +376,7 @@ impl Provider {
         let token = response
             .id_token()
             .ok_or_else(|| OidcError::BadIdToken("the token response has no id_token".into()))?;
-        let who = self.verify(d, &token.to_string(), Some(nonce)).await?;
+        let who = self.verify_token(d, token, Some(nonce)).await?;
         Ok(IdpLogin {
             who,
             refresh_token: response.refresh_token().map(|t| t.secret().clone()),
@@ -408,7 +408,7 @@ impl Provider {
                 "the IdP's refresh answer has no id_token, so it cannot re-check the user; set [auth] token_refresh = false".into(),
             )
         })?;
-        let who = self.verify(d, &token.to_string(), None).await?;
+        let who = self.verify_token(d, token, None).await?;
         if who.subject != subject {
             return Err(OidcError::BadIdToken(format!(
                 "the refreshed ID token names subject {:?}, not {subject:?}",
@@ -425,14 +425,24 @@ impl Provider {
         })
     }
 
-    /// Checks a raw ID token (signature, algorithm, iss, aud, azp, exp, iat, nonce) and
-    /// maps its claims; an unknown `kid` refreshes the JWKS once and tries again.
+    /// Checks a raw ID token; see `verify_token`.
     async fn verify(&self, d: Arc<Discovered>, raw: &str, nonce: Option<&str>) -> Result<IdpIdentity, OidcError> {
         let token = IdpIdToken::from_str(raw).map_err(|e| OidcError::BadIdToken(format!("malformed: {e}")))?;
-        match self.check(&d, &token, nonce, Utc::now()) {
+        self.verify_token(d, &token, nonce).await
+    }
+
+    /// Checks an ID token (signature, algorithm, iss, aud, azp, exp, iat, nonce) and maps its
+    /// claims; an unknown `kid` refreshes the JWKS once and tries again.
+    async fn verify_token(
+        &self,
+        d: Arc<Discovered>,
+        token: &IdpIdToken,
+        nonce: Option<&str>,
+    ) -> Result<IdpIdentity, OidcError> {
+        match self.check(&d, token, nonce, Utc::now()) {
             Err(CheckError::UnknownKey) => {
                 let fresh = self.refresh_jwks(&d).await?;
-                match self.check(&fresh, &token, nonce, Utc::now()) {
+                match self.check(&fresh, token, nonce, Utc::now()) {
                     Err(CheckError::UnknownKey) => Err(OidcError::BadIdToken(
                         "it is signed with a key the IdP does not publish".into(),
                     )),
