@@ -243,16 +243,10 @@ pub async fn callback(
         return restart("The answer belongs to another login (its state does not match this browser's).");
     }
     // A state is spent with the session (or the CLI code) it yields, in one transaction, so
-    // a second callback with it is refused on every replica. Looking first turns a plain
-    // replay away before the code goes to the IdP again.
+    // a second callback with it is refused on every replica.
     let now = Timestamp::now();
     let state_key = flow_key("state", &pre.state);
     let spent_until = now.saturating_add(PRELOGIN_TTL);
-    match state.broker.store().peek_flow(&state_key, now).await {
-        Ok(None) => {}
-        Ok(Some(_)) => return restart("This login was already completed once."),
-        Err(e) => return store_error_page(site, &e),
-    }
     if let Some(err) = q.error {
         let detail = q.error_description.unwrap_or_default();
         tracing::warn!(idp = %pre.idp, %err, %detail, "the IdP returned an error to the callback");
@@ -275,7 +269,20 @@ pub async fn callback(
         _ => {}
     }
     let source = peer.ip().to_string();
-    let (who, refresh_token) = match provider.finish(&code, &pre.pkce, &pre.nonce).await {
+    // Whether the state was spent already is looked up while the code is redeemed: a replay
+    // gets a clear answer, and redeeming its code twice makes a careful IdP revoke what it
+    // issued for it.
+    let store = state.broker.store();
+    let (spent, finished) = tokio::join!(
+        store.peek_flow(&state_key, now),
+        provider.finish(&code, &pre.pkce, &pre.nonce)
+    );
+    match spent {
+        Ok(None) => {}
+        Ok(Some(_)) => return restart("This login was already completed once."),
+        Err(e) => return store_error_page(site, &e),
+    }
+    let (who, refresh_token) = match finished {
         Ok(login) => (login.who, login.refresh_token),
         Err(e) => {
             audit_failure(&state, &pre.idp, "?", &source, &e.to_string()).await;
