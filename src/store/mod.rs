@@ -5,6 +5,7 @@
 //! cannot miss a transition. Changes to requests and grants are compare-and-swap on a
 //! version column: two approvers racing lose nothing, one of them retries.
 
+mod rows;
 mod sql;
 
 use async_trait::async_trait;

@@ -93,7 +93,7 @@ async function main() {
     headless: true,
     chromiumSandbox: false,
     timeout: STEP_MS,
-    // Flags from /work/shared/notes/test-peers.md; `--headless` is added by playwright.
+    // The flags that keep Debian's Chromium quiet and headless in a closed network; `--headless` is added by playwright.
     args: [
       '--no-sandbox',
       '--disable-gpu',
