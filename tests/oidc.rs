@@ -226,24 +226,23 @@ async fn continue_link(r: reqwest::Response) -> String {
     href.replace("&amp;", "&")
 }
 
-/// Runs `jitgate login` without --user and plays the browser for it.
-async fn cli_loopback_login(proxy: &Proxy, user: &User, email: &str) -> String {
-    let mut child = Command::new(BIN)
-        .args([
-            "login",
-            "--proxy",
-            &proxy.url,
-            "--ca-cert",
-            proxy.ca.to_str().unwrap(),
-            "--no-browser",
-        ])
+/// `jitgate login` through the IdP, running, with its output piped.
+fn spawn_login(proxy: &Proxy, user: &User, how: &str) -> std::process::Child {
+    let ca = proxy.ca.to_str().unwrap();
+    Command::new(BIN)
+        .args(["login", "--proxy", &proxy.url, "--ca-cert", ca, how])
         .env("JITGATE_HOME", &user.home)
         .env_remove("JITGATE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `jitgate login` without --user and plays the browser for it.
+async fn cli_loopback_login(proxy: &Proxy, user: &User, email: &str) -> String {
+    let mut child = spawn_login(proxy, user, "--no-browser");
     let url = first_line_after(child.stderr.take().unwrap(), "open this URL in a browser:", true);
     assert!(url.starts_with(&format!("{}/auth/login?", proxy.url)), "{url}");
     assert!(url.contains("cli_redirect=http%3A%2F%2F127.0.0.1%3A"), "{url}");
@@ -267,22 +266,7 @@ async fn cli_loopback_login(proxy: &Proxy, user: &User, email: &str) -> String {
 }
 
 async fn cli_device_login(proxy: &Proxy, idp: &TestIdp, user: &User, email: &str) -> String {
-    let mut child = Command::new(BIN)
-        .args([
-            "login",
-            "--proxy",
-            &proxy.url,
-            "--ca-cert",
-            proxy.ca.to_str().unwrap(),
-            "--device",
-        ])
-        .env("JITGATE_HOME", &user.home)
-        .env_remove("JITGATE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_login(proxy, user, "--device");
     let line = first_line_after(child.stderr.take().unwrap(), "enter the code ", false);
     let code = line.rsplit("enter the code ").next().unwrap().trim().to_owned();
     complete_device(idp, &code, email, &idp_password(email)).await;
