@@ -59,6 +59,12 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
                 "local users are turned off here; log in through the identity provider",
             ));
         }
+        if claims.idp != "local" && state.idps.pick(Some(&claims.idp)).is_err() {
+            return Err(unauthorized(&format!(
+                "the identity provider {} is no longer configured here; log in again",
+                claims.idp
+            )));
+        }
         // Every login, local or from an IdP, has a users row: disabling the user ends its
         // power at once, not when the token expires.
         if store.user(&claims.sub).await?.is_none_or(|u| u.disabled) {
