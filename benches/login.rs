@@ -226,6 +226,10 @@ async fn run() {
         sessions: sessions.clone(),
         idps: Arc::new(Providers::new(&oidc, &format!("{PROXY}/auth/callback")).unwrap()),
         token_refresh: true,
+        ssh: jitgate::front::api::ssh::SshState {
+            cas: jitgate::ca::ssh::ensure(dir.path()).unwrap(),
+            hosts: Vec::new(),
+        },
         site: Site::new(PROXY, "localhost", true, std::slice::from_ref(&idp.issuer)).unwrap(),
     });
     let app = router(state);

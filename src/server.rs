@@ -46,6 +46,9 @@ const LOGIN_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let server = &config.server;
     let certs = x509::ensure(&server.certs_dir, &server.base_domain)?;
+    let ssh_cas = crate::ca::ssh::ensure(&server.certs_dir)?;
+    let mut generated = certs.generated.clone();
+    generated.extend(&ssh_cas.generated);
     let url = redact_url(&config.store.url);
     let store = store::open(&config.store.url)
         .await
@@ -95,6 +98,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         idps: Arc::new(idps),
         site,
         token_refresh: config.auth.token_refresh,
+        ssh: api::ssh::SshState {
+            hosts: config.ssh.hosts.iter().map(|h| h.name.clone()).collect(),
+            cas: ssh_cas,
+        },
     });
 
     println!("jitgate listening on {public_url}  (config: {})", config.source);
@@ -104,11 +111,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         certs.ca_cert.display(),
         certs.ca_fingerprint
     );
-    if !certs.generated.is_empty() {
+    if !generated.is_empty() {
         println!(
             "  generated on this start into {}: {}",
             certs.dir.display(),
-            certs.generated.join(", ")
+            generated.join(", ")
         );
     }
     let ca = certs.ca_cert.display();

@@ -72,13 +72,20 @@ fn first_start_generates_keys_and_later_starts_reuse_them() {
     assert!(first[2].starts_with("  CA:      certs/ca.pem  SHA-256 "), "{first:?}");
     assert_eq!(
         first[3],
-        "  generated on this start into certs: CA, server certificate, token-signing key"
+        "  generated on this start into certs: CA, server certificate, token-signing key, SSH client CA, SSH target CA, SSH host CA"
     );
     assert!(
         first.iter().any(|l| l.contains("jitgate users add alice")),
         "says how to create the first user: {first:?}"
     );
-    for secret in ["ca-key.pem", "server-key.pem", "token-signing-key.pem"] {
+    for secret in [
+        "ca-key.pem",
+        "server-key.pem",
+        "token-signing-key.pem",
+        "ssh-client-ca",
+        "ssh-target-ca",
+        "ssh-host-ca",
+    ] {
         let mode = std::fs::metadata(dir.path().join("certs").join(secret))
             .unwrap()
             .permissions()

@@ -32,7 +32,7 @@ pub struct CertError {
     why: String,
 }
 
-fn err(path: &Path, why: impl ToString) -> CertError {
+pub(super) fn err(path: &Path, why: impl ToString) -> CertError {
     CertError {
         path: path.display().to_string(),
         why: why.to_string(),
@@ -124,11 +124,11 @@ pub fn fingerprint(pem: &str) -> Result<String, String> {
     Ok(hash.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
 }
 
-fn write_secret(path: &Path, contents: &str) -> Result<(), CertError> {
+pub(super) fn write_secret(path: &Path, contents: &str) -> Result<(), CertError> {
     write_mode(path, contents, 0o600)
 }
 
-fn write_public(path: &Path, contents: &str) -> Result<(), CertError> {
+pub(super) fn write_public(path: &Path, contents: &str) -> Result<(), CertError> {
     write_mode(path, contents, 0o644)
 }
 

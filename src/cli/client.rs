@@ -199,6 +199,10 @@ impl Api {
                 let renewed = Session::from_login(&s.proxy, s.ca_pem.clone(), &resp)?;
                 renewed.save()?;
                 let api = Api::new(&renewed.proxy, renewed.ca_pem.as_deref(), Some(renewed.token.clone()))?;
+                // The SSH certificate lives as long as the token: renew it along.
+                if let Err(e) = super::ssh::renew_cert(&api).await {
+                    eprintln!("jitgate: could not renew the SSH certificate ({e})");
+                }
                 Ok((api, renewed))
             }
             Err((code, CliError::Refused(why) | CliError::Usage(why))) => {

@@ -105,18 +105,27 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
     };
     let session = Session::from_login(&proxy, ca_pem, &resp)?;
     let path = session.save()?;
+    let api = Api::new(&session.proxy, session.ca_pem.as_deref(), Some(session.token.clone()))?;
+    let (ssh, _) = super::ssh::renew_cert(&api).await?;
     match out {
-        Output::Json => table::json(
-            &json!({ "user": session.user, "groups": session.groups, "expires_at": session.expires_at, "proxy": session.proxy }),
-        ),
-        Output::Table | Output::Id => println!(
-            "Logged in to {} as {} (groups: {}); token valid until {}, saved in {}",
-            session.proxy,
-            session.user,
-            session.groups.join(", "),
-            session.expires_at,
-            path.display()
-        ),
+        Output::Json => table::json(&json!({
+            "user": session.user,
+            "groups": session.groups,
+            "expires_at": session.expires_at,
+            "proxy": session.proxy,
+            "ssh_certificate": ssh.cert,
+        })),
+        Output::Table | Output::Id => {
+            println!(
+                "Logged in to {} as {} (groups: {}); token valid until {}, saved in {}",
+                session.proxy,
+                session.user,
+                session.groups.join(", "),
+                session.expires_at,
+                path.display()
+            );
+            println!("SSH certificate for the proxy, valid as long: {}", ssh.cert.display());
+        }
     }
     Ok(())
 }

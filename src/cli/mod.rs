@@ -7,6 +7,7 @@ mod admin;
 mod client;
 mod commands;
 mod oidc_login;
+mod ssh;
 mod table;
 
 use std::path::PathBuf;
@@ -43,7 +44,7 @@ pub type CliResult = Result<(), CliError>;
 request a named access profile with a reason and a duration, someone else approves it, and only then \
 does the proxy let you through, until the grant expires or is revoked. Every step is audited.\n\n\
 Server side: serve, check-config, users, audit.  Client side: login, profiles, request, requests, \
-approve, deny, cancel, grants, revoke, status, logout."
+approve, deny, cancel, grants, revoke, status, ssh-config, logout."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -109,6 +110,12 @@ pub enum Command {
     Logout,
     /// Show who you are logged in as, and your active grants
     Status,
+    /// Print the ~/.ssh/config block and known_hosts line for the proxy's SSH hosts
+    SshConfig {
+        /// Print instead the line a target's sshd trusts (its TrustedUserCAKeys file)
+        #[arg(long)]
+        target_ca: bool,
+    },
     /// List the access profiles you can request or approve
     Profiles,
     /// Request an access profile for a while, with a reason
@@ -179,6 +186,7 @@ async fn dispatch(global: Global, command: Command) -> CliResult {
         Command::Login(args) => commands::login(args, out).await,
         Command::Logout => commands::logout(out).await,
         Command::Status => commands::status(out).await,
+        Command::SshConfig { target_ca } => ssh::ssh_config(target_ca, out).await,
         Command::Profiles => commands::profiles(out).await,
         Command::Request(args) => commands::request(args, out).await,
         Command::Requests { pending } => commands::requests(pending, out).await,

@@ -15,9 +15,12 @@ use crate::time::parse_duration;
 
 /// The configuration `jitgate serve` uses when given no file.
 mod auth;
+mod ssh;
 
 use auth::{validate_auth, validate_oidc, RawAuth, RawOidc};
 pub use auth::{AuthConfig, OidcConfig};
+use ssh::{validate_ssh, RawSshSection};
+pub use ssh::{HostKeyCheck, SshConfig, SshHost};
 
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/jitgate.example.toml");
 
@@ -27,6 +30,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub oidc: Vec<OidcConfig>,
+    pub ssh: SshConfig,
     pub policy: Policy,
     /// Where this configuration came from, for messages.
     pub source: String,
@@ -81,6 +85,8 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     oidc: Vec<RawOidc>,
+    #[serde(default)]
+    ssh: RawSshSection,
     #[serde(default)]
     admins: Vec<String>,
     #[serde(default)]
@@ -195,6 +201,7 @@ impl Config {
             store,
             auth,
             oidc,
+            ssh,
             admins,
             profiles,
         } = raw;
@@ -211,6 +218,7 @@ impl Config {
         let profiles = validate_profiles(profiles, errors);
         let auth = validate_auth(auth, errors);
         let oidc = validate_oidc(oidc, errors);
+        let ssh = validate_ssh(ssh, errors);
         if !auth.local_users && oidc.is_empty() {
             errors.push(
                 "auth.local_users: is false and no [[oidc]] provider is configured, so nobody could log in".into(),
@@ -221,6 +229,7 @@ impl Config {
             store: StoreConfig { url },
             auth,
             oidc,
+            ssh,
             policy: Policy::new(profiles, admins),
             source: source.to_owned(),
         }

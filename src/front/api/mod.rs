@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod ops;
+pub mod ssh;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,6 +44,7 @@ pub struct ApiState {
     pub site: Site,
     /// `[auth] token_refresh`: IdP logins' tokens may be renewed after a re-check at the IdP.
     pub token_refresh: bool,
+    pub ssh: ssh::SshState,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -68,6 +70,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/grants/{id}", get(access::get_grant))
         .route("/api/v1/grants/{id}/revoke", post(access::revoke))
         .route("/api/v1/audit", get(ops::audit))
+        .route("/api/v1/ssh/cert", post(ssh::cert))
+        .route("/api/v1/ssh/config", get(ssh::config))
         .route("/.well-known/jwks.json", get(ops::jwks))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

@@ -1,0 +1,348 @@
+//! The proxy's OpenSSH certificate authorities, checked with OpenSSH's own tools: the
+//! identity certificate `jitgate login` leaves, the `ssh-config` lines, and per-session
+//! certificates that a real sshd accepts through `TrustedUserCAKeys`.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Backend, Proxy, TestDb, WALKTHROUGH_PROFILES};
+
+const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHlQGJBmpb5NLlP9uADEd0lSIrwZuI7G9bxNWuYZLp5l";
+
+fn inventory() -> String {
+    format!(
+        "{WALKTHROUGH_PROFILES}\n[[ssh.hosts]]\nname = \"db-prod-1\"\naddress = \"127.0.0.1:22\"\nlabels = {{ env = \"prod\", role = \"db\" }}\nhost_key = \"{HOST_KEY}\"\n\
+         [[ssh.hosts]]\nname = \"db-prod-2\"\naddress = \"127.0.0.1:22\"\nlabels = {{ env = \"prod\", role = \"db\" }}\nhost_key = \"{HOST_KEY}\"\n"
+    )
+}
+
+/// `ssh-keygen` with `args`; its stdout, or a panic naming what it said.
+fn keygen(args: &[&str]) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .expect("ssh-keygen is not installed: run scripts/test, which installs openssh-client");
+    assert!(
+        out.status.success(),
+        "ssh-keygen {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The SHA256 fingerprint of a public key file, as ssh-keygen prints it.
+fn fingerprint(public: &std::path::Path) -> String {
+    keygen(&["-l", "-f", public.to_str().unwrap()])
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn login_leaves_an_identity_certificate_that_openssh_reads_as_intended() {
+    let db = TestDb::blocking(Backend::Sqlite);
+    let proxy = Proxy::start(db.dir.path(), &db.url, &inventory());
+    proxy.add_user("alice", &["dba"]);
+    let alice = proxy.login("alice");
+
+    let key = alice.home.join("ssh/id_ed25519");
+    let cert = alice.home.join("ssh/id_ed25519-cert.pub");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let shown = keygen(&["-L", "-f", cert.to_str().unwrap()]);
+    assert!(
+        shown.contains("ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{shown}"
+    );
+    let ca = fingerprint(&proxy.dir.join("certs/ssh-client-ca.pub"));
+    assert!(shown.contains(&format!("Signing CA: ED25519 {ca}")), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "Public key: ED25519-CERT {}",
+            fingerprint(&key.with_extension("pub"))
+        )),
+        "{shown}"
+    );
+    let principals: Vec<&str> = shown
+        .split("Principals:")
+        .nth(1)
+        .unwrap()
+        .split("Critical Options:")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(principals, ["alice"], "{shown}");
+    assert!(shown.contains("Critical Options: (none)"), "{shown}");
+    // Valid no longer than the token: its end is the token's expiry (UTC here).
+    let token_end = alice.json(&["status"])["identity"]["token_expires_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let valid = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("Valid:"))
+        .unwrap()
+        .to_owned();
+    let to = valid.rsplit(" to ").next().unwrap().trim().to_owned();
+    assert_eq!(
+        to,
+        token_end.trim_end_matches(".000Z").trim_end_matches('Z'),
+        "{valid} vs {token_end}"
+    );
+
+    // ssh-config: the block for the inventory and the host CA for known_hosts.
+    let config = alice.run(&["ssh-config"], None).success().stdout;
+    assert!(config.contains("Host db-prod-1 db-prod-2\n"), "{config}");
+    assert!(
+        config.contains("    ProxyCommand jitgate ssh-proxy %r %h %p\n"),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("    CertificateFile {}\n", cert.display())),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!("    IdentityFile {}\n", key.display())),
+        "{config}"
+    );
+    let host_ca = std::fs::read_to_string(proxy.dir.join("certs/ssh-host-ca.pub")).unwrap();
+    assert!(
+        config.contains(&format!(
+            "@cert-authority db-prod-1,db-prod-2 {} jitgate host CA",
+            host_ca.trim()
+        )),
+        "{config}"
+    );
+    let target = alice.run(&["ssh-config", "--target-ca"], None).success().stdout;
+    let target_ca = std::fs::read_to_string(proxy.dir.join("certs/ssh-target-ca.pub")).unwrap();
+    assert_eq!(target.trim(), format!("{} jitgate target CA", target_ca.trim()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_keys_and_missing_inventory_get_one_line_answers() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = Proxy::start(db.dir.path(), &db.url, WALKTHROUGH_PROFILES);
+    proxy.add_user("alice", &["dba"]);
+    let alice = proxy.login("alice");
+    alice
+        .run(&["ssh-config"], None)
+        .fails(1, "the proxy's inventory has no SSH hosts yet");
+
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&proxy.ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let post = |token: Option<String>, key: String| {
+        let mut r = client
+            .post(format!("{}/api/v1/ssh/cert", proxy.url))
+            .json(&serde_json::json!({ "public_key": key }));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = post(None, HOST_KEY.into()).await;
+    assert_eq!(status, 401, "{body}");
+    let token = alice.token();
+    let (status, body) = post(Some(token.clone()), "ssh-ed25519 not-base64!".into()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an OpenSSH public key line"), "{body}");
+    let (status, body) = post(Some(token.clone()), "A".repeat(20_000)).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post(Some(token), HOST_KEY.into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ssh-ed25519-cert-v01@openssh.com"), "{body}");
+}
+
+#[test]
+fn a_config_with_a_bad_inventory_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[[ssh.hosts]]\nname = \"db\"\naddress = \"10.0.0.1\"\n").unwrap();
+    let r = common::run(&["check-config", "--config", config.to_str().unwrap()], &[], None);
+    assert_eq!(r.code, 2, "{r:?}");
+    // check-config lists every error under a heading line.
+    assert!(
+        r.stderr.contains(
+            "  ssh.hosts[0]: needs host_key (the target's public host key) or host_ca; the proxy never trusts a host key on first use"
+        ),
+        "{r:?}"
+    );
+}
+
+/// A real sshd of the test's own (never the system's service), trusting `ca` for user
+/// certificates, on a free loopback port.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start(ca_public: &str) -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // sshd wants its privilege-separation directory; creating it is harmless.
+        std::fs::create_dir_all("/run/sshd").expect("create /run/sshd (the tests run as root)");
+        keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            d.join("host_ed25519").to_str().unwrap(),
+        ]);
+        std::fs::write(d.join("ca.pub"), format!("{ca_public}\n")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+             UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n\
+             AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nLogLevel VERBOSE\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args([
+                "-D",
+                "-f",
+                d.join("sshd_config").to_str().unwrap(),
+                "-E",
+                d.join("sshd.log").to_str().unwrap(),
+            ])
+            .spawn()
+            .expect("sshd is not installed: run scripts/test, which installs openssh-server");
+        let up = common::eventually(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "sshd did not start");
+        Sshd { child, port, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// `ssh -i key` with `cert` as `login`, running `true`; whether it got in.
+    fn login(&self, key: &std::path::Path, cert: &std::path::Path, login: &str) -> bool {
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-i",
+                key.to_str().unwrap(),
+                "-o",
+                &format!("CertificateFile={}", cert.display()),
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+                &self.port.to_string(),
+                &format!("{login}@127.0.0.1"),
+                "true",
+            ])
+            .status()
+            .unwrap()
+            .success()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_sshd_accepts_a_session_certificate_for_its_login_only_and_not_after_it_ends() {
+    use jitgate::ca::ssh::{session_cert, SessionCert};
+    use jitgate::time::Timestamp;
+    use ssh_key::{Algorithm, LineEnding, PrivateKey};
+
+    let certs = tempfile::tempdir().unwrap();
+    let cas = jitgate::ca::ssh::ensure(certs.path()).unwrap();
+    let sshd = Sshd::start(&cas.target.public_key().to_openssh().unwrap());
+
+    // The per-session key pair the proxy would hold in memory, written out for `ssh`.
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap();
+    let key_path = dir.path().join("session");
+    std::fs::write(&key_path, key.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cert_path = dir.path().join("session-cert.pub");
+    let write = |login: &str, now: Timestamp, valid_before: Timestamp| {
+        let s = SessionCert {
+            login,
+            user: "alice",
+            grant_id: "grant-1",
+            session_id: "s-1",
+            valid_before,
+            pty: true,
+            port_forwarding: false,
+        };
+        let cert = session_cert(&cas.target, key.public_key(), &s, now).unwrap();
+        std::fs::write(&cert_path, format!("{}\n", cert.to_openssh().unwrap())).unwrap();
+    };
+    let now = Timestamp::now();
+    let later = Timestamp::from_millis(now.as_millis() + 600_000);
+
+    // The approved login gets in (root: the one user every test machine has).
+    write("root", now, later);
+    assert!(sshd.login(&key_path, &cert_path, "root"), "{}", sshd.log());
+    assert!(
+        sshd.log()
+            .contains("Accepted certificate ID \"alice grant=grant-1 session=s-1\""),
+        "{}",
+        sshd.log()
+    );
+
+    // A certificate for another login does not open this one.
+    write("postgres", now, later);
+    assert!(!sshd.login(&key_path, &cert_path, "root"));
+    assert!(sshd.log().contains("not a listed principal"), "{}", sshd.log());
+
+    // Once the grant's end has passed, the certificate opens nothing.
+    let an_hour_ago = Timestamp::from_millis(now.as_millis() - 3_600_000);
+    write(
+        "root",
+        an_hour_ago,
+        Timestamp::from_millis(an_hour_ago.as_millis() + 1_000),
+    );
+    assert!(!sshd.login(&key_path, &cert_path, "root"));
+    assert!(sshd.log().contains("expired"), "{}", sshd.log());
+
+    // Signed by another CA: refused too.
+    let other = jitgate::ca::ssh::ensure(tempfile::tempdir().unwrap().path()).unwrap();
+    let s = SessionCert {
+        login: "root",
+        user: "mallory",
+        grant_id: "grant-x",
+        session_id: "s-x",
+        valid_before: later,
+        pty: true,
+        port_forwarding: false,
+    };
+    let forged = session_cert(&other.target, key.public_key(), &s, now).unwrap();
+    std::fs::write(&cert_path, format!("{}\n", forged.to_openssh().unwrap())).unwrap();
+    assert!(!sshd.login(&key_path, &cert_path, "root"));
+}
