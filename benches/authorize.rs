@@ -39,6 +39,7 @@ fn profile(i: usize) -> AccessProfile {
         require_reason: true,
         ssh: Some(SshScope {
             hosts: host_labels(i),
+            host_names: Vec::new(),
             logins: vec![format!("app{}", i % 10), "deploy".into()],
             port_forwarding: i.is_multiple_of(3),
         }),

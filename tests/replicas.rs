@@ -24,6 +24,7 @@ fn policy() -> Arc<Policy> {
         require_reason: false,
         ssh: Some(SshScope {
             hosts: BTreeMap::from([("env".into(), "staging".into())]),
+            host_names: Vec::new(),
             logins: vec!["ubuntu".into()],
             port_forwarding: false,
         }),

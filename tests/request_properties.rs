@@ -207,6 +207,7 @@ fn build_profile(k: usize, spec: &ProfileSpec) -> AccessProfile {
         require_reason: spec.require_reason,
         ssh: Some(SshScope {
             hosts: BTreeMap::from([("team".to_owned(), format!("t{k}"))]),
+            host_names: Vec::new(),
             logins: vec![format!("login{k}")],
             port_forwarding: spec.port_forwarding,
         }),

@@ -50,6 +50,7 @@ fn profile(name: &str, approvals_required: u32) -> AccessProfile {
         require_reason: true,
         ssh: Some(SshScope {
             hosts: BTreeMap::from([("env".into(), "prod".into())]),
+            host_names: Vec::new(),
             logins: vec!["postgres".into()],
             port_forwarding: false,
         }),

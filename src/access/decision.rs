@@ -167,13 +167,18 @@ pub fn authorize(
 
 fn allows(profile: &AccessProfile, resource: Resource<'_>, action: Action<'_>) -> bool {
     match (resource, action) {
-        (Resource::Ssh { labels, login, .. }, Action::SshLogin | Action::SshPortForward) => {
+        (Resource::Ssh { host, labels, login }, Action::SshLogin | Action::SshPortForward) => {
             let Some(ssh) = &profile.ssh else { return false };
-            let hosts_match = ssh
-                .hosts
-                .iter()
-                .all(|(k, v)| labels.get(k).is_some_and(|have| v == "*" || have == v));
-            hosts_match && listed(&ssh.logins, login) && (action == Action::SshLogin || ssh.port_forwarding)
+            let by_labels = !ssh.hosts.is_empty()
+                && ssh
+                    .hosts
+                    .iter()
+                    .all(|(k, v)| labels.get(k).is_some_and(|have| v == "*" || have == v));
+            let by_name = !ssh.host_names.is_empty() && listed(&ssh.host_names, host);
+            let unrestricted = ssh.hosts.is_empty() && ssh.host_names.is_empty();
+            (by_labels || by_name || unrestricted)
+                && listed(&ssh.logins, login)
+                && (action == Action::SshLogin || ssh.port_forwarding)
         }
         (
             Resource::Kube {
@@ -215,6 +220,7 @@ mod tests {
             require_reason: true,
             ssh: Some(SshScope {
                 hosts: BTreeMap::from([("env".into(), "prod".into()), ("role".into(), "db".into())]),
+                host_names: Vec::new(),
                 logins: vec!["postgres".into()],
                 port_forwarding: false,
             }),
@@ -249,6 +255,32 @@ mod tests {
         };
         let index = GrantIndex::build([&grant], &policy, now);
         (policy, index, alice, grant)
+    }
+
+    #[test]
+    fn ssh_hosts_are_in_scope_by_labels_by_name_or_all() {
+        let prod_db = BTreeMap::from([("env".into(), "prod".into()), ("role".into(), "db".into())]);
+        let bare = BTreeMap::new();
+        let ssh = |host, labels| Resource::Ssh {
+            host,
+            labels,
+            login: "postgres",
+        };
+        let mut p = db_patch();
+        assert!(allows(&p, ssh("any-name", &prod_db), Action::SshLogin));
+        assert!(!allows(&p, ssh("db-prod-1", &bare), Action::SshLogin));
+        // Named hosts are in scope whatever their labels; others still need the labels.
+        p.ssh.as_mut().unwrap().host_names = vec!["bastion-1".into()];
+        assert!(allows(&p, ssh("bastion-1", &bare), Action::SshLogin));
+        assert!(allows(&p, ssh("db-prod-1", &prod_db), Action::SshLogin));
+        assert!(!allows(&p, ssh("bastion-2", &bare), Action::SshLogin));
+        // Names only: exactly those hosts.
+        p.ssh.as_mut().unwrap().hosts.clear();
+        assert!(allows(&p, ssh("bastion-1", &bare), Action::SshLogin));
+        assert!(!allows(&p, ssh("db-prod-1", &prod_db), Action::SshLogin));
+        // Neither: every host.
+        p.ssh.as_mut().unwrap().host_names.clear();
+        assert!(allows(&p, ssh("anything", &bare), Action::SshLogin));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct AccessProfile {
 pub struct SshScope {
     /// Labels a host must carry, all of them, to be in scope.
     pub hosts: BTreeMap<String, String>,
+    /// Hosts in scope by inventory name, besides those the labels select. With neither
+    /// labels nor names, every host is in scope.
+    pub host_names: Vec<String>,
     pub logins: Vec<String>,
     pub port_forwarding: bool,
 }

@@ -142,6 +142,8 @@ fn yes() -> bool {
 struct RawSsh {
     #[serde(default)]
     hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    host_names: Vec<String>,
     logins: Vec<String>,
     #[serde(default)]
     port_forwarding: bool,
@@ -219,6 +221,7 @@ impl Config {
         let auth = validate_auth(auth, errors);
         let oidc = validate_oidc(oidc, errors);
         let ssh = validate_ssh(ssh, errors);
+        check_host_names(&profiles, &ssh, errors);
         if !auth.local_users && oidc.is_empty() {
             errors.push(
                 "auth.local_users: is false and no [[oidc]] provider is configured, so nobody could log in".into(),
@@ -359,6 +362,22 @@ fn principals(path: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Prin
         .collect()
 }
 
+/// Profiles that name hosts must name hosts the inventory has (once it has any).
+fn check_host_names(profiles: &[AccessProfile], ssh: &SshConfig, errors: &mut Vec<String>) {
+    if ssh.hosts.is_empty() {
+        return;
+    }
+    for (i, p) in profiles.iter().enumerate() {
+        for (j, name) in p.ssh.iter().flat_map(|s| s.host_names.iter()).enumerate() {
+            if name != "*" && !ssh.hosts.iter().any(|h| h.name == *name) {
+                errors.push(format!(
+                    "profiles[{i}].ssh.host_names[{j}]: no host {name:?} in [[ssh.hosts]]"
+                ));
+            }
+        }
+    }
+}
+
 fn non_empty_list(path: &str, list: &[String], errors: &mut Vec<String>) {
     if list.is_empty() {
         errors.push(format!("{path}: must not be empty (use [\"*\"] for any)"));
@@ -407,6 +426,7 @@ fn validate_profiles(raw: Vec<RawProfile>, errors: &mut Vec<String>) -> Vec<Acce
             non_empty_list(&format!("{at}.ssh.logins"), &s.logins, errors);
             SshScope {
                 hosts: s.hosts,
+                host_names: s.host_names,
                 logins: s.logins,
                 port_forwarding: s.port_forwarding,
             }

@@ -195,6 +195,18 @@ mod tests {
         );
         assert_eq!(errs.len(), expected.len() + 1, "{errs:#?}");
 
+        // A profile naming a host the inventory lacks.
+        let named = format!(
+            "[[profiles]]\nname = \"p\"\nmax_duration = \"1h\"\nrequesters = [\"group:dba\"]\napprovals_required = 0\n\
+             ssh = {{ host_names = [\"db-prod-1\", \"db-prod-9\"], logins = [\"postgres\"] }}\n\
+             [[ssh.hosts]]\nname = \"db-prod-1\"\naddress = \"10.0.0.5\"\nhost_key = \"{KEY}\"\n"
+        );
+        let errs = Config::parse(&named, "t.toml").unwrap_err().errors;
+        assert_eq!(
+            errs,
+            ["profiles[0].ssh.host_names[1]: no host \"db-prod-9\" in [[ssh.hosts]]"]
+        );
+
         let ok = format!("[[ssh.hosts]]\nname = \"db-prod-1\"\naddress = \"10.0.0.5\"\nhost_key = \"{KEY}\"\n");
         let c = Config::parse(&ok, "t.toml").unwrap();
         assert_eq!(c.ssh.hosts[0].address, "10.0.0.5:22");

@@ -184,9 +184,14 @@ pub(super) fn scope(p: &AccessProfile) -> Markup {
         ul.scope {
             @if let Some(ssh) = &p.ssh {
                 li {
-                    "SSH to hosts labelled "
-                    @if ssh.hosts.is_empty() { "(any)" }
-                    (ssh.hosts.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+                    @if ssh.hosts.is_empty() && ssh.host_names.is_empty() { "SSH to any host" }
+                    @if !ssh.hosts.is_empty() {
+                        "SSH to hosts labelled "
+                        (ssh.hosts.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+                    }
+                    @if !ssh.hosts.is_empty() && !ssh.host_names.is_empty() { " and to " }
+                    @else if !ssh.host_names.is_empty() { "SSH to " }
+                    (ssh.host_names.join(", "))
                     " as " (ssh.logins.join(", "))
                     @if ssh.port_forwarding { ", with port forwarding" }
                 }
