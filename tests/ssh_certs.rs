@@ -186,6 +186,12 @@ struct Sshd {
 
 impl Sshd {
     fn start(ca_public: &str) -> Sshd {
+        Sshd::start_with(ca_public, |_| String::new())
+    }
+
+    /// `extra` sees the test directory (with `host_ed25519[.pub]` in it) and returns more
+    /// config lines.
+    fn start_with(ca_public: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Sshd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // sshd wants its privilege-separation directory; creating it is harmless.
@@ -209,8 +215,9 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
              UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nLogLevel VERBOSE\n",
-            d = d.display()
+             KbdInteractiveAuthentication no\nLogLevel VERBOSE\n{extra}",
+            d = d.display(),
+            extra = extra(d)
         );
         std::fs::write(d.join("sshd_config"), config).unwrap();
         let child = Command::new("/usr/sbin/sshd")
@@ -345,4 +352,88 @@ fn a_real_sshd_accepts_a_session_certificate_for_its_login_only_and_not_after_it
     let forged = session_cert(&other.target, key.public_key(), &s, now).unwrap();
     std::fs::write(&cert_path, format!("{}\n", forged.to_openssh().unwrap())).unwrap();
     assert!(!sshd.login(&key_path, &cert_path, "root"));
+}
+
+#[test]
+fn stock_ssh_trusts_a_host_certificate_through_the_printed_known_hosts_line() {
+    use jitgate::ca::ssh::{host_cert, session_cert, SessionCert};
+    use jitgate::time::Timestamp;
+    use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
+
+    let certs = tempfile::tempdir().unwrap();
+    let cas = jitgate::ca::ssh::ensure(certs.path()).unwrap();
+    let now = Timestamp::now();
+    let later = Timestamp::from_millis(now.as_millis() + 600_000);
+    // The host presents a certificate for "db-prod-1" from the proxy's host CA.
+    let sshd = Sshd::start_with(&cas.target.public_key().to_openssh().unwrap(), |d| {
+        let host = std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
+        let host = PublicKey::from_openssh(host.trim()).unwrap();
+        let cert = host_cert(&cas.host, &host, "db-prod-1", later, now).unwrap();
+        std::fs::write(
+            d.join("host_ed25519-cert.pub"),
+            format!("{}\n", cert.to_openssh().unwrap()),
+        )
+        .unwrap();
+        format!("HostCertificate {}/host_ed25519-cert.pub\n", d.display())
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap();
+    let key_path = dir.path().join("session");
+    std::fs::write(&key_path, key.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cert_path = dir.path().join("session-cert.pub");
+    let s = SessionCert {
+        login: "root",
+        user: "alice",
+        grant_id: "grant-1",
+        session_id: "s-1",
+        valid_before: later,
+        pty: false,
+        port_forwarding: false,
+    };
+    let cert = session_cert(&cas.target, key.public_key(), &s, now).unwrap();
+    std::fs::write(&cert_path, format!("{}\n", cert.to_openssh().unwrap())).unwrap();
+
+    // The known_hosts line exactly as `jitgate ssh-config` prints it.
+    let known = dir.path().join("known_hosts");
+    let host_ca = cas.host.public_key().to_openssh().unwrap();
+    std::fs::write(
+        &known,
+        format!("@cert-authority db-prod-1,db-prod-2 {host_ca} jitgate host CA\n"),
+    )
+    .unwrap();
+    let ssh = |alias: &str, known: &std::path::Path| {
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-i", key_path.to_str().unwrap()])
+            .args(["-o", &format!("CertificateFile={}", cert_path.display())])
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .args(["-o", &format!("UserKnownHostsFile={}", known.display())])
+            .args(["-o", &format!("HostKeyAlias={alias}"), "-o", "LogLevel=ERROR"])
+            .args(["-p", &sshd.port.to_string(), "root@127.0.0.1", "true"])
+            .output()
+            .unwrap()
+    };
+    let ok = ssh("db-prod-1", &known);
+    assert!(
+        ok.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&ok.stderr),
+        sshd.log()
+    );
+    // For a name the certificate does not carry, strict checking refuses the host.
+    let other = ssh("db-prod-2", &known);
+    assert!(!other.status.success());
+    // And without the @cert-authority line nothing is trusted.
+    let empty = dir.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    assert!(!ssh("db-prod-1", &empty).status.success());
 }

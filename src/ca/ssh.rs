@@ -111,6 +111,23 @@ pub fn client_cert(
     b.sign(ca)
 }
 
+/// A host certificate for `name`: what the proxy presents when a client asks for that
+/// host, so that `@cert-authority` in the client's known_hosts accepts it with no prompt.
+pub fn host_cert(
+    ca: &PrivateKey,
+    host_key: &PublicKey,
+    name: &str,
+    valid_before: Timestamp,
+    now: Timestamp,
+) -> Result<Certificate, ssh_key::Error> {
+    let mut b = builder(host_key, now, valid_before)?;
+    b.serial(serial())?
+        .cert_type(CertType::Host)?
+        .key_id(format!("jitgate host {name}"))?
+        .valid_principal(name)?;
+    b.sign(ca)
+}
+
 /// A per-session certificate for one target: the approved login as its only principal,
 /// the grant and session in its key id, and only the extensions the profile allows. Agent
 /// and X11 forwarding are never granted, and there are no critical options to widen it.
@@ -202,6 +219,25 @@ mod tests {
         let cert = session_cert(&ca, subject.public_key(), &fwd, now).unwrap();
         let ext: Vec<&String> = cert.extensions().keys().collect();
         assert_eq!(ext, ["permit-port-forwarding"]);
+    }
+
+    #[test]
+    fn host_certificates_name_exactly_the_host() {
+        let (ca, host) = (key(), key());
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        let cert = host_cert(
+            &ca,
+            host.public_key(),
+            "db-prod-1",
+            Timestamp::from_millis(1_700_000_600_000),
+            now,
+        )
+        .unwrap();
+        assert_eq!(cert.cert_type(), CertType::Host);
+        assert_eq!(cert.valid_principals(), ["db-prod-1"]);
+        assert!(cert.extensions().is_empty() && cert.critical_options().is_empty());
+        let fp = ca.public_key().fingerprint(Default::default());
+        cert.validate_at(1_700_000_100, [&fp]).unwrap();
     }
 
     #[test]
