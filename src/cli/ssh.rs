@@ -45,9 +45,14 @@ fn write(path: &PathBuf, text: &str, mode: u32) -> Result<(), CliError> {
 /// The client's SSH key, made on first use. It never leaves this machine; only its
 /// public half goes to the proxy to be certified.
 fn ensure_key(f: &SshFiles) -> Result<PrivateKey, CliError> {
-    if let Ok(text) = fs::read_to_string(&f.key) {
-        return PrivateKey::from_openssh(&text)
-            .map_err(|e| CliError::Refused(format!("{} is not an OpenSSH private key: {e}", f.key.display())));
+    match fs::read_to_string(&f.key) {
+        Ok(text) => {
+            return PrivateKey::from_openssh(&text)
+                .map_err(|e| CliError::Refused(format!("{} is not an OpenSSH private key: {e}", f.key.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Unreadable is not absent: a key that is there is never replaced.
+        Err(e) => return Err(CliError::Refused(format!("cannot read {}: {e}", f.key.display()))),
     }
     let dir = f.key.parent().expect("the key lives in a directory");
     fs::create_dir_all(dir).map_err(|e| CliError::Refused(format!("cannot create {}: {e}", dir.display())))?;
