@@ -101,11 +101,11 @@ fn login_leaves_an_identity_certificate_that_openssh_reads_as_intended() {
         "{config}"
     );
     assert!(
-        config.contains(&format!("    CertificateFile {}\n", cert.display())),
+        config.contains(&format!("    CertificateFile \"{}\"\n", cert.display())),
         "{config}"
     );
     assert!(
-        config.contains(&format!("    IdentityFile {}\n", key.display())),
+        config.contains(&format!("    IdentityFile \"{}\"\n", key.display())),
         "{config}"
     );
     let host_ca = std::fs::read_to_string(proxy.dir.join("certs/ssh-host-ca.pub")).unwrap();
@@ -119,6 +119,10 @@ fn login_leaves_an_identity_certificate_that_openssh_reads_as_intended() {
     let target = alice.run(&["ssh-config", "--target-ca"], None).success().stdout;
     let target_ca = std::fs::read_to_string(proxy.dir.join("certs/ssh-target-ca.pub")).unwrap();
     assert_eq!(target.trim(), format!("{} jitgate target CA", target_ca.trim()));
+
+    // Logout takes the certificate along with the token; the key stays for the next login.
+    alice.run(&["logout"], None).success();
+    assert!(!cert.exists() && key.exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]

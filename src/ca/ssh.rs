@@ -97,13 +97,16 @@ pub fn client_cert(
     ca: &PrivateKey,
     subject: &PublicKey,
     user: &str,
+    token_jti: &str,
     valid_before: Timestamp,
     now: Timestamp,
 ) -> Result<Certificate, ssh_key::Error> {
     let mut b = builder(subject, now, valid_before)?;
+    // The token's jti rides along, so the SSH side can refuse the certificate of a token
+    // that was revoked (logout, renewal) before it expires.
     b.serial(serial())?
         .cert_type(CertType::User)?
-        .key_id(format!("{user} jitgate-login"))?
+        .key_id(format!("{user} jitgate-login jti={token_jti}"))?
         .valid_principal(user)?
         // OpenSSH clients ask for a pty on the proxy's behalf; nothing else is needed.
         .extension("permit-pty", "")?
@@ -244,6 +247,6 @@ mod tests {
     fn an_expiry_before_now_is_refused() {
         let now = Timestamp::from_millis(1_700_000_000_000);
         let past = Timestamp::from_millis(1_600_000_000_000);
-        assert!(client_cert(&key(), key().public_key(), "alice", past, now).is_err());
+        assert!(client_cert(&key(), key().public_key(), "alice", "jti-1", past, now).is_err());
     }
 }

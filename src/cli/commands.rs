@@ -106,14 +106,21 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
     let session = Session::from_login(&proxy, ca_pem, &resp)?;
     let path = session.save()?;
     let api = Api::new(&session.proxy, session.ca_pem.as_deref(), Some(session.token.clone()))?;
-    let (ssh, _) = super::ssh::renew_cert(&api).await?;
+    // Logged in either way: an SSH certificate that could not be had is worth a warning.
+    let ssh = match super::ssh::renew_cert(&api).await {
+        Ok((files, _)) => Some(files.cert),
+        Err(e) => {
+            eprintln!("jitgate: logged in, but got no SSH certificate ({e})");
+            None
+        }
+    };
     match out {
         Output::Json => table::json(&json!({
             "user": session.user,
             "groups": session.groups,
             "expires_at": session.expires_at,
             "proxy": session.proxy,
-            "ssh_certificate": ssh.cert,
+            "ssh_certificate": ssh,
         })),
         Output::Table | Output::Id => {
             println!(
@@ -124,7 +131,9 @@ pub async fn login(args: LoginArgs, out: Output) -> CliResult {
                 session.expires_at,
                 path.display()
             );
-            println!("SSH certificate for the proxy, valid as long: {}", ssh.cert.display());
+            if let Some(cert) = &ssh {
+                println!("SSH certificate for the proxy, valid as long: {}", cert.display());
+            }
         }
     }
     Ok(())
@@ -136,6 +145,7 @@ pub async fn logout(out: Output) -> CliResult {
     // proxy unreachable, its store down) can be tried again.
     api.logout().await?;
     Session::forget()?;
+    super::ssh::forget_cert()?;
     match out {
         Output::Json => table::json(&json!({ "logged_out": true, "user": session.user })),
         Output::Table | Output::Id => {

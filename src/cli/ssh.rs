@@ -30,10 +30,11 @@ pub fn files() -> Result<SshFiles, CliError> {
 fn write(path: &PathBuf, text: &str, mode: u32) -> Result<(), CliError> {
     let fail = |e: std::io::Error| CliError::Refused(format!("cannot write {}: {e}", path.display()));
     let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    // A fresh file, so `mode` applies: a leftover one would keep its own permissions.
+    let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .map_err(fail)?;
@@ -90,6 +91,16 @@ pub async fn renew_cert(api: &Api) -> Result<(SshFiles, String), CliError> {
     Ok((f, until))
 }
 
+/// Removes the SSH certificate at logout; the key stays for the next login.
+pub fn forget_cert() -> Result<(), CliError> {
+    let f = files()?;
+    match fs::remove_file(&f.cert) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CliError::Refused(format!("cannot remove {}: {e}", f.cert.display()))),
+    }
+}
+
 /// `jitgate ssh-config`: the `~/.ssh/config` block and known_hosts line for the proxy's
 /// inventory, or with `--target-ca` the line a target's sshd trusts.
 pub async fn ssh_config(target_ca: bool, out: Output) -> CliResult {
@@ -115,11 +126,12 @@ pub async fn ssh_config(target_ca: bool, out: Output) -> CliResult {
         ));
     }
     let f = files()?;
+    eprintln!("jitgate: note: this version has no SSH relay yet (`jitgate ssh-proxy`); the block is ready for it");
     println!("# ~/.ssh/config: reach these hosts through jitgate");
     println!("Host {}", hosts.join(" "));
     println!("    ProxyCommand jitgate ssh-proxy %r %h %p");
-    println!("    IdentityFile {}", f.key.display());
-    println!("    CertificateFile {}", f.cert.display());
+    println!("    IdentityFile \"{}\"", f.key.display());
+    println!("    CertificateFile \"{}\"", f.cert.display());
     println!("    IdentitiesOnly yes");
     println!();
     println!("# ~/.ssh/known_hosts: the proxy answers for these hosts with certificates from its host CA");

@@ -362,14 +362,16 @@ fn principals(path: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Prin
         .collect()
 }
 
-/// Profiles that name hosts must name hosts the inventory has (once it has any).
+/// Profiles that name hosts must name hosts the inventory has. `"*"` is no name: it would
+/// quietly undo the profile's label restriction (with neither, every host is in scope).
 fn check_host_names(profiles: &[AccessProfile], ssh: &SshConfig, errors: &mut Vec<String>) {
-    if ssh.hosts.is_empty() {
-        return;
-    }
     for (i, p) in profiles.iter().enumerate() {
         for (j, name) in p.ssh.iter().flat_map(|s| s.host_names.iter()).enumerate() {
-            if name != "*" && !ssh.hosts.iter().any(|h| h.name == *name) {
+            if name == "*" {
+                errors.push(format!(
+                    "profiles[{i}].ssh.host_names[{j}]: \"*\" is not a host name; leave out hosts and host_names for every host"
+                ));
+            } else if !ssh.hosts.iter().any(|h| h.name == *name) {
                 errors.push(format!(
                     "profiles[{i}].ssh.host_names[{j}]: no host {name:?} in [[ssh.hosts]]"
                 ));

@@ -98,9 +98,13 @@ pub(super) fn validate_ssh(raw: RawSshSection, errors: &mut Vec<String>) -> SshC
         if !seen.insert(name.clone()) {
             errors.push(format!("{at}.name: duplicate host {name:?}"));
         }
+        // HOST, HOST:PORT, or [V6]:PORT; a bare IPv6 address would read as HOST:PORT.
+        let host_ok = |h: &str| {
+            !h.is_empty() && (h.starts_with('[') && h.ends_with(']') || !h.contains([':', '/', ' ', '[', ']']))
+        };
         let address = match address.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => address,
-            None if !address.is_empty() && !address.contains(['/', ' ']) => format!("{address}:22"),
+            Some((host, port)) if host_ok(host) && port.parse::<u16>().is_ok_and(|p| p > 0) => address,
+            None if host_ok(&address) => format!("{address}:22"),
             _ => {
                 errors.push(format!("{at}.address: {address:?} is not HOST or HOST:PORT"));
                 address
@@ -206,6 +210,22 @@ mod tests {
             errs,
             ["profiles[0].ssh.host_names[1]: no host \"db-prod-9\" in [[ssh.hosts]]"]
         );
+        let star = named.replace("\"db-prod-9\"", "\"*\"");
+        let errs = Config::parse(&star, "t.toml").unwrap_err().errors;
+        assert_eq!(
+            errs,
+            ["profiles[0].ssh.host_names[1]: \"*\" is not a host name; leave out hosts and host_names for every host"]
+        );
+        // Addresses: a bare IPv6 address is not HOST:PORT; a bracketed one with a port is.
+        for (address, ok) in [
+            ("::1", false),
+            ("[::1]:22", true),
+            ("a b:22", false),
+            ("db.example.com", true),
+        ] {
+            let text = format!("[[ssh.hosts]]\nname = \"h\"\naddress = \"{address}\"\nhost_key = \"{KEY}\"\n");
+            assert_eq!(Config::parse(&text, "t.toml").is_ok(), ok, "{address}");
+        }
 
         let ok = format!("[[ssh.hosts]]\nname = \"db-prod-1\"\naddress = \"10.0.0.5\"\nhost_key = \"{KEY}\"\n");
         let c = Config::parse(&ok, "t.toml").unwrap();

@@ -514,6 +514,10 @@ pub async fn refresh(
     // The renewed token replaces this one: a copy of the old one stops working now. If this
     // fails, the CLI keeps the old token and the new one goes unused until it expires.
     let replaced = AuditDraft::new("token.replaced", &c.sub, &c.idp).details(serde_json::json!({ "jti": c.jti }));
-    store.revoke_token(&c.jti, c.expires_at(), replaced).await?;
+    if let Err(e) = store.revoke_token(&c.jti, c.expires_at(), replaced).await {
+        // The renewed token already carries the rotated refresh token: failing now would
+        // strand the CLI on the old one. The old token then ends at its own expiry.
+        tracing::error!(error = %e, user = %c.sub, jti = %c.jti, "cannot revoke a renewed token");
+    }
     Ok(Json(renewed))
 }

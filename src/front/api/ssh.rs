@@ -45,6 +45,7 @@ pub async fn cert(
         &state.ssh.cas.client,
         &key,
         &caller.identity.user,
+        &caller.claims.jti,
         valid_before,
         Timestamp::now(),
     )

@@ -331,7 +331,11 @@ pub async fn callback(
         // Not a silent redirect: anyone can send a link that starts a CLI login for a port
         // they listen on, and with single sign-on at the IdP it would complete unseen. The
         // person at the browser says whether this terminal login is theirs.
-        let port = to.port().unwrap_or_default();
+        let listener = format!(
+            "{}:{}",
+            to.host_str().unwrap_or("?"),
+            to.port_or_known_default().unwrap_or_default()
+        );
         let mut r = page(
             site,
             StatusCode::OK,
@@ -340,7 +344,7 @@ pub async fn callback(
             html! {
                 h1 { "Log in the jitgate CLI?" }
                 p {
-                    "A terminal on this computer (listening on 127.0.0.1:" (port) ") asks to log in as "
+                    "A terminal on this computer (listening on " (listener) ") asks to log in as "
                     strong { (grant.identity.user) } "."
                 }
                 p { "Continue only if you just ran " code { "jitgate login" } " yourself." }
