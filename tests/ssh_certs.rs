@@ -180,6 +180,16 @@ fn a_config_with_a_bad_inventory_does_not_start() {
     );
 }
 
+/// The per-session key pair the proxy would hold in memory, written out (0600) for `ssh`.
+fn session_key(dir: &std::path::Path) -> (ssh_key::PrivateKey, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+    let path = dir.join("session");
+    std::fs::write(&path, key.to_openssh(ssh_key::LineEnding::LF).unwrap().as_bytes()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, path)
+}
+
 /// A real sshd of the test's own (never the system's service), trusting `ca` for user
 /// certificates, on a free loopback port.
 struct Sshd {
@@ -287,19 +297,13 @@ impl Drop for Sshd {
 fn a_real_sshd_accepts_a_session_certificate_for_its_login_only_and_not_after_it_ends() {
     use jitgate::ca::ssh::{session_cert, SessionCert};
     use jitgate::time::Timestamp;
-    use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
     let certs = tempfile::tempdir().unwrap();
     let cas = jitgate::ca::ssh::ensure(certs.path()).unwrap();
     let sshd = Sshd::start(&cas.target.public_key().to_openssh().unwrap());
 
-    // The per-session key pair the proxy would hold in memory, written out for `ssh`.
     let dir = tempfile::tempdir().unwrap();
-    let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap();
-    let key_path = dir.path().join("session");
-    std::fs::write(&key_path, key.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (key, key_path) = session_key(dir.path());
     let cert_path = dir.path().join("session-cert.pub");
     let write = |login: &str, now: Timestamp, valid_before: Timestamp| {
         let s = SessionCert {
@@ -362,7 +366,7 @@ fn a_real_sshd_accepts_a_session_certificate_for_its_login_only_and_not_after_it
 fn stock_ssh_trusts_a_host_certificate_through_the_printed_known_hosts_line() {
     use jitgate::ca::ssh::{host_cert, session_cert, SessionCert};
     use jitgate::time::Timestamp;
-    use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
+    use ssh_key::PublicKey;
 
     let certs = tempfile::tempdir().unwrap();
     let cas = jitgate::ca::ssh::ensure(certs.path()).unwrap();
@@ -382,11 +386,7 @@ fn stock_ssh_trusts_a_host_certificate_through_the_printed_known_hosts_line() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap();
-    let key_path = dir.path().join("session");
-    std::fs::write(&key_path, key.to_openssh(LineEnding::LF).unwrap().as_bytes()).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (key, key_path) = session_key(dir.path());
     let cert_path = dir.path().join("session-cert.pub");
     let s = SessionCert {
         login: "root",

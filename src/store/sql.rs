@@ -110,6 +110,23 @@ impl SqlStore {
         .map_err(store_error)
     }
 
+    /// Runs an UPDATE of one row and, if it changed a row, records `event` with it; false
+    /// when nothing matched (and nothing is recorded).
+    async fn change_one<'q>(
+        &self,
+        update: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+        event: AuditDraft,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = update.execute(&mut *tx).await.map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.seal_events(&mut tx, vec![event]).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
     async fn seal_events(&self, tx: &mut Transaction<'static, Any>, events: Vec<AuditDraft>) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
@@ -257,19 +274,10 @@ impl Store for SqlStore {
     }
 
     async fn set_user_disabled(&self, name: &str, disabled: bool, event: AuditDraft) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
+        let q = sqlx::query("UPDATE users SET disabled = $1 WHERE name = $2")
             .bind(i64::from(disabled))
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        self.seal_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
+            .bind(name);
+        self.change_one(q, event).await
     }
 
     async fn upsert_idp_user(
@@ -390,19 +398,10 @@ impl Store for SqlStore {
     }
 
     async fn end_session(&self, id_hash: &str, at: Timestamp, event: AuditDraft) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query("UPDATE sessions SET ended_at = $1 WHERE id_hash = $2 AND ended_at IS NULL")
+        let q = sqlx::query("UPDATE sessions SET ended_at = $1 WHERE id_hash = $2 AND ended_at IS NULL")
             .bind(at.as_millis())
-            .bind(id_hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        self.seal_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
+            .bind(id_hash);
+        self.change_one(q, event).await
     }
 
     async fn put_flows(&self, flows: &[(&str, &str, Timestamp)]) -> Result<(), StoreError> {
