@@ -213,13 +213,23 @@ async fn run() {
         vec!["bench".into()],
     );
     let oidc = config.oidc.clone();
+    let broker = Arc::new(Broker::new(
+        Arc::new(config.policy),
+        Arc::clone(&store),
+        Live::new(),
+        Duration::from_secs(3600),
+    ));
+    let cas = Arc::new(jitgate::ca::ssh::ensure(dir.path()).unwrap());
+    let jump = jitgate::front::ssh::JumpAddress::new("127.0.0.1:2222".parse().unwrap(), PROXY);
+    let front = Arc::new(jitgate::front::ssh::SshFront::new(
+        Arc::clone(&broker),
+        Arc::clone(&cas),
+        &config.ssh,
+        vec!["bench".into()],
+        jump.names.clone(),
+    ));
     let state = Arc::new(ApiState {
-        broker: Arc::new(Broker::new(
-            Arc::new(config.policy),
-            Arc::clone(&store),
-            Live::new(),
-            Duration::from_secs(3600),
-        )),
+        broker,
         tokens: Arc::new(tokens),
         limiter: LoginLimiter::new(5, 20, Duration::from_secs(300)),
         metrics: jitgate::server::metrics_handle(),
@@ -227,8 +237,10 @@ async fn run() {
         idps: Arc::new(Providers::new(&oidc, &format!("{PROXY}/auth/callback")).unwrap()),
         token_refresh: true,
         ssh: jitgate::front::api::ssh::SshState {
-            cas: jitgate::ca::ssh::ensure(dir.path()).unwrap(),
+            cas,
             hosts: Vec::new(),
+            front,
+            jump,
         },
         site: Site::new(PROXY, "localhost", true, std::slice::from_ref(&idp.issuer)).unwrap(),
     });

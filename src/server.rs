@@ -12,6 +12,7 @@ use crate::broker::Broker;
 use crate::ca::x509;
 use crate::config::{redact_url, Config};
 use crate::front::api::{self, ApiState, LoginLimiter};
+use crate::front::ssh::{self, SshFront};
 use crate::front::tls;
 use crate::front::web::Site;
 use crate::identity::oidc::Providers;
@@ -63,6 +64,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             source,
         })?;
     let addr = listener.local_addr().map_err(|e| ServeError::Setup(e.to_string()))?;
+    let ssh_listener = TcpListener::bind(config.ssh.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.ssh.listen,
+            source,
+        })?;
+    let ssh_addr = ssh_listener
+        .local_addr()
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
     let public_url = server.public_url.clone().unwrap_or_else(|| format!("https://{addr}"));
     let tokens = TokenIssuer::new(
         &certs.token_key_pem,
@@ -89,6 +99,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         sources,
     );
     let broker = Arc::new(Broker::new(policy, store, Live::new(), server.request_ttl));
+    let ssh_cas = Arc::new(ssh_cas);
+    let jump = ssh::JumpAddress::new(ssh_addr, &public_url);
+    let ssh_front = Arc::new(SshFront::new(
+        Arc::clone(&broker),
+        Arc::clone(&ssh_cas),
+        &config.ssh,
+        sessions.sources().to_vec(),
+        jump.names.clone(),
+    ));
     let state = Arc::new(ApiState {
         broker: Arc::clone(&broker),
         tokens: Arc::new(tokens),
@@ -101,11 +120,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         ssh: api::ssh::SshState {
             hosts: config.ssh.hosts.iter().map(|h| h.name.clone()).collect(),
             cas: ssh_cas,
+            front: Arc::clone(&ssh_front),
+            jump: jump.clone(),
         },
     });
 
     println!("jitgate listening on {public_url}  (config: {})", config.source);
     println!("  store:   {url}");
+    println!(
+        "  ssh:     {ssh_addr}  (ssh -J USER@{} LOGIN@HOST, or the ProxyCommand `jitgate ssh-config` prints)",
+        jump.address
+    );
     println!(
         "  CA:      {}  SHA-256 {}",
         certs.ca_cert.display(),
@@ -134,6 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tracing::info!(%public_url, store = %url, "serving");
 
     tokio::spawn(sweep_forever(Arc::clone(&broker), shutdown.clone()));
+    tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
     tls::serve(listener, tls_config, api::router(state), shutdown).await;
     Ok(())
 }

@@ -12,6 +12,9 @@ fn serve_once(dir: &std::path::Path) -> Vec<String> {
     if std::net::TcpListener::bind("127.0.0.1:8443").is_err() {
         panic!("127.0.0.1:8443 is in use; the embedded default listens there, so stop whatever holds it");
     }
+    if std::net::TcpListener::bind("127.0.0.1:2222").is_err() {
+        panic!("127.0.0.1:2222 is in use; the embedded default's SSH listener is there, so stop whatever holds it");
+    }
     let mut child = Command::new(common::BIN)
         .arg("serve")
         .current_dir(dir)
@@ -69,9 +72,13 @@ fn first_start_generates_keys_and_later_starts_reuse_them() {
         "jitgate listening on https://127.0.0.1:8443  (config: embedded default config)"
     );
     assert_eq!(first[1], "  store:   sqlite://jitgate-data/jitgate.db");
-    assert!(first[2].starts_with("  CA:      certs/ca.pem  SHA-256 "), "{first:?}");
     assert_eq!(
-        first[3],
+        first[2],
+        "  ssh:     127.0.0.1:2222  (ssh -J USER@127.0.0.1:2222 LOGIN@HOST, or the ProxyCommand `jitgate ssh-config` prints)"
+    );
+    assert!(first[3].starts_with("  CA:      certs/ca.pem  SHA-256 "), "{first:?}");
+    assert_eq!(
+        first[4],
         "  generated on this start into certs: CA, server certificate, token-signing key, SSH client CA, SSH target CA, SSH host CA"
     );
     assert!(
@@ -95,7 +102,7 @@ fn first_start_generates_keys_and_later_starts_reuse_them() {
     assert!(dir.path().join("jitgate-data/jitgate.db").exists());
 
     let second = serve_once(dir.path());
-    assert_eq!(second[2], first[2], "the same CA and fingerprint");
+    assert_eq!(second[3], first[3], "the same CA and fingerprint");
     assert!(
         !second.iter().any(|l| l.contains("generated")),
         "nothing regenerated: {second:?}"

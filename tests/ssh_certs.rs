@@ -6,6 +6,7 @@ mod common;
 
 use std::process::Command;
 
+use common::sshd::{keygen, Sshd};
 use common::{Backend, Proxy, TestDb, WALKTHROUGH_PROFILES};
 
 const HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHlQGJBmpb5NLlP9uADEd0lSIrwZuI7G9bxNWuYZLp5l";
@@ -15,20 +16,6 @@ fn inventory() -> String {
         "{WALKTHROUGH_PROFILES}\n[[ssh.hosts]]\nname = \"db-prod-1\"\naddress = \"127.0.0.1:22\"\nlabels = {{ env = \"prod\", role = \"db\" }}\nhost_key = \"{HOST_KEY}\"\n\
          [[ssh.hosts]]\nname = \"db-prod-2\"\naddress = \"127.0.0.1:22\"\nlabels = {{ env = \"prod\", role = \"db\" }}\nhost_key = \"{HOST_KEY}\"\n"
     )
-}
-
-/// `ssh-keygen` with `args`; its stdout, or a panic naming what it said.
-fn keygen(args: &[&str]) -> String {
-    let out = Command::new("ssh-keygen")
-        .args(args)
-        .output()
-        .expect("ssh-keygen is not installed: run scripts/test, which installs openssh-client");
-    assert!(
-        out.status.success(),
-        "ssh-keygen {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The SHA256 fingerprint of a public key file, as ssh-keygen prints it.
@@ -97,7 +84,7 @@ fn login_leaves_an_identity_certificate_that_openssh_reads_as_intended() {
     let config = alice.run(&["ssh-config"], None).success().stdout;
     assert!(config.contains("Host db-prod-1 db-prod-2\n"), "{config}");
     assert!(
-        config.contains("    ProxyCommand jitgate ssh-proxy %r %h %p\n"),
+        config.contains(&format!("    ProxyCommand \"{}\" ssh-proxy %r %h %p\n", common::BIN)),
         "{config}"
     );
     assert!(
@@ -108,17 +95,24 @@ fn login_leaves_an_identity_certificate_that_openssh_reads_as_intended() {
         config.contains(&format!("    IdentityFile \"{}\"\n", key.display())),
         "{config}"
     );
-    let host_ca = std::fs::read_to_string(proxy.dir.join("certs/ssh-host-ca.pub")).unwrap();
+    let bare = |file: &str| {
+        let text = std::fs::read_to_string(proxy.dir.join("certs").join(file)).unwrap();
+        text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    };
+    // The inventory's names, then the jump listener's as `[host]:port`.
+    let port = proxy.ssh.rsplit_once(':').unwrap().1;
     assert!(
         config.contains(&format!(
-            "@cert-authority db-prod-1,db-prod-2 {} jitgate host CA",
-            host_ca.trim()
+            "@cert-authority db-prod-1,db-prod-2,[127.0.0.1]:{port},[localhost]:{port} {} jitgate host CA\n",
+            bare("ssh-host-ca.pub")
         )),
         "{config}"
     );
     let target = alice.run(&["ssh-config", "--target-ca"], None).success().stdout;
-    let target_ca = std::fs::read_to_string(proxy.dir.join("certs/ssh-target-ca.pub")).unwrap();
-    assert_eq!(target.trim(), format!("{} jitgate target CA", target_ca.trim()));
+    assert_eq!(
+        target.trim(),
+        format!("{} jitgate target CA", bare("ssh-target-ca.pub"))
+    );
 
     // Logout takes the certificate along with the token; the key stays for the next login.
     alice.run(&["logout"], None).success();
@@ -181,116 +175,17 @@ fn a_config_with_a_bad_inventory_does_not_start() {
 }
 
 /// The per-session key pair the proxy would hold in memory, written out (0600) for `ssh`.
-fn session_key(dir: &std::path::Path) -> (ssh_key::PrivateKey, std::path::PathBuf) {
+fn session_key(dir: &std::path::Path) -> (russh::keys::ssh_key::PrivateKey, std::path::PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+    let key = jitgate::ca::ssh::random_ed25519();
     let path = dir.join("session");
-    std::fs::write(&path, key.to_openssh(ssh_key::LineEnding::LF).unwrap().as_bytes()).unwrap();
+    std::fs::write(
+        &path,
+        key.to_openssh(russh::keys::ssh_key::LineEnding::LF).unwrap().as_bytes(),
+    )
+    .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     (key, path)
-}
-
-/// A real sshd of the test's own (never the system's service), trusting `ca` for user
-/// certificates, on a free loopback port.
-struct Sshd {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Sshd {
-    fn start(ca_public: &str) -> Sshd {
-        Sshd::start_with(ca_public, |_| String::new())
-    }
-
-    /// `extra` sees the test directory (with `host_ed25519[.pub]` in it) and returns more
-    /// config lines.
-    fn start_with(ca_public: &str, extra: impl FnOnce(&std::path::Path) -> String) -> Sshd {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        // sshd wants its privilege-separation directory; creating it is harmless.
-        std::fs::create_dir_all("/run/sshd").expect("create /run/sshd (the tests run as root)");
-        keygen(&[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            d.join("host_ed25519").to_str().unwrap(),
-        ]);
-        std::fs::write(d.join("ca.pub"), format!("{ca_public}\n")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
-             UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n\
-             AuthorizedKeysFile none\nTrustedUserCAKeys {d}/ca.pub\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nLogLevel VERBOSE\n{extra}",
-            d = d.display(),
-            extra = extra(d)
-        );
-        std::fs::write(d.join("sshd_config"), config).unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .args([
-                "-D",
-                "-f",
-                d.join("sshd_config").to_str().unwrap(),
-                "-E",
-                d.join("sshd.log").to_str().unwrap(),
-            ])
-            .spawn()
-            .expect("sshd is not installed: run scripts/test, which installs openssh-server");
-        let up = common::eventually(std::time::Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
-        assert!(up.is_some(), "sshd did not start");
-        Sshd { child, port, dir }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
-    }
-
-    /// `ssh -i key` with `cert` as `login`, running `true`; whether it got in.
-    fn login(&self, key: &std::path::Path, cert: &std::path::Path, login: &str) -> bool {
-        Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-i",
-                key.to_str().unwrap(),
-                "-o",
-                &format!("CertificateFile={}", cert.display()),
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-                &self.port.to_string(),
-                &format!("{login}@127.0.0.1"),
-                "true",
-            ])
-            .status()
-            .unwrap()
-            .success()
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -366,7 +261,7 @@ fn a_real_sshd_accepts_a_session_certificate_for_its_login_only_and_not_after_it
 fn stock_ssh_trusts_a_host_certificate_through_the_printed_known_hosts_line() {
     use jitgate::ca::ssh::{host_cert, session_cert, SessionCert};
     use jitgate::time::Timestamp;
-    use ssh_key::PublicKey;
+    use russh::keys::ssh_key::PublicKey;
 
     let certs = tempfile::tempdir().unwrap();
     let cas = jitgate::ca::ssh::ensure(certs.path()).unwrap();
@@ -376,7 +271,7 @@ fn stock_ssh_trusts_a_host_certificate_through_the_printed_known_hosts_line() {
     let sshd = Sshd::start_with(&cas.target.public_key().to_openssh().unwrap(), |d| {
         let host = std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap();
         let host = PublicKey::from_openssh(host.trim()).unwrap();
-        let cert = host_cert(&cas.host, &host, "db-prod-1", later, now).unwrap();
+        let cert = host_cert(&cas.host, &host, &["db-prod-1"], later, now).unwrap();
         std::fs::write(
             d.join("host_ed25519-cert.pub"),
             format!("{}\n", cert.to_openssh().unwrap()),

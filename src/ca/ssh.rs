@@ -11,8 +11,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ssh_key::certificate::{Builder, CertType, Certificate};
-use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
+use russh::keys::ssh_key::certificate::{Builder, CertType, Certificate};
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::{LineEnding, PrivateKey, PublicKey};
 
 use super::x509::{err, write_public, write_secret, CertError};
 use crate::time::Timestamp;
@@ -38,7 +39,7 @@ pub fn ensure(dir: &Path) -> Result<SshCas, CertError> {
             let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e))?;
             return PrivateKey::from_openssh(&text).map_err(|e| err(&path, format!("not an OpenSSH private key: {e}")));
         }
-        let mut key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).map_err(|e| err(&path, e))?;
+        let mut key = random_ed25519();
         key.set_comment(format!("jitgate {label}"));
         let text = key.to_openssh(LineEnding::LF).map_err(|e| err(&path, e))?;
         write_secret(&path, &text)?;
@@ -75,14 +76,31 @@ fn unix_secs(t: Timestamp) -> u64 {
     u64::try_from(t.as_millis().div_euclid(1000)).unwrap_or(0)
 }
 
-fn builder(subject: &PublicKey, now: Timestamp, valid_before: Timestamp) -> Result<Builder, ssh_key::Error> {
+fn builder(
+    subject: &PublicKey,
+    now: Timestamp,
+    valid_before: Timestamp,
+) -> Result<Builder, russh::keys::ssh_key::Error> {
     let valid_after = Timestamp::from_millis(now.as_millis() - BACKDATE.as_millis() as i64);
-    Builder::new_with_random_nonce(
-        &mut rand::rngs::OsRng,
+    Builder::new(
+        random_bytes::<32>(),
         subject.key_data().clone(),
         unix_secs(valid_after),
         unix_secs(valid_before),
     )
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand::RngCore;
+    let mut bytes = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// A fresh ed25519 key from the OS's randomness. ssh-key's own generator wants a newer
+/// `rand_core` than the rest of the crate uses; a seed sidesteps the mismatch.
+pub fn random_ed25519() -> PrivateKey {
+    PrivateKey::from(Ed25519Keypair::from_seed(&random_bytes::<32>()))
 }
 
 fn serial() -> u64 {
@@ -100,7 +118,7 @@ pub fn client_cert(
     token_jti: &str,
     valid_before: Timestamp,
     now: Timestamp,
-) -> Result<Certificate, ssh_key::Error> {
+) -> Result<Certificate, russh::keys::ssh_key::Error> {
     let mut b = builder(subject, now, valid_before)?;
     // The token's jti rides along, so the SSH side can refuse the certificate of a token
     // that was revoked (logout, renewal) before it expires.
@@ -114,20 +132,22 @@ pub fn client_cert(
     b.sign(ca)
 }
 
-/// A host certificate for `name`: what the proxy presents when a client asks for that
+/// A host certificate for `names`: what the proxy presents when a client asks for that
 /// host, so that `@cert-authority` in the client's known_hosts accepts it with no prompt.
 pub fn host_cert(
     ca: &PrivateKey,
     host_key: &PublicKey,
-    name: &str,
+    names: &[&str],
     valid_before: Timestamp,
     now: Timestamp,
-) -> Result<Certificate, ssh_key::Error> {
+) -> Result<Certificate, russh::keys::ssh_key::Error> {
     let mut b = builder(host_key, now, valid_before)?;
     b.serial(serial())?
         .cert_type(CertType::Host)?
-        .key_id(format!("jitgate host {name}"))?
-        .valid_principal(name)?;
+        .key_id(format!("jitgate host {}", names.join(",")))?;
+    for name in names {
+        b.valid_principal(*name)?;
+    }
     b.sign(ca)
 }
 
@@ -139,7 +159,7 @@ pub fn session_cert(
     subject: &PublicKey,
     s: &SessionCert<'_>,
     now: Timestamp,
-) -> Result<Certificate, ssh_key::Error> {
+) -> Result<Certificate, russh::keys::ssh_key::Error> {
     let mut b = builder(subject, now, s.valid_before)?;
     b.serial(serial())?
         .cert_type(CertType::User)?
@@ -159,7 +179,7 @@ mod tests {
     use super::*;
 
     fn key() -> PrivateKey {
-        PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap()
+        random_ed25519()
     }
 
     #[test]
@@ -231,7 +251,7 @@ mod tests {
         let cert = host_cert(
             &ca,
             host.public_key(),
-            "db-prod-1",
+            &["db-prod-1"],
             Timestamp::from_millis(1_700_000_600_000),
             now,
         )

@@ -141,6 +141,27 @@ impl Session {
     }
 }
 
+/// An HTTPS client that trusts exactly the proxy's CA when one is given. `total` bounds a
+/// whole exchange; a stream that lives as long as an SSH session takes none.
+pub fn http_client(ca_pem: Option<&str>, total: Option<Duration>) -> Result<reqwest::Client, CliError> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("jitgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(total) = total {
+        builder = builder.timeout(total);
+    }
+    if let Some(pem) = ca_pem {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| CliError::Usage(format!("the CA certificate is not valid PEM: {e}")))?;
+        // Trust exactly the proxy's CA, not every public root besides.
+        builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| CliError::Refused(format!("cannot set up HTTPS: {e}")))
+}
+
 pub struct Api {
     http: reqwest::Client,
     proxy: String,
@@ -159,20 +180,7 @@ impl Api {
         if !proxy.starts_with("https://") {
             return Err(CliError::Usage(format!("--proxy {proxy:?} must be an https:// URL")));
         }
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("jitgate/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = ca_pem {
-            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| CliError::Usage(format!("the CA certificate is not valid PEM: {e}")))?;
-            // Trust exactly the proxy's CA, not every public root besides.
-            builder = builder.tls_built_in_root_certs(false).add_root_certificate(cert);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| CliError::Refused(format!("cannot set up HTTPS: {e}")))?;
+        let http = http_client(ca_pem, Some(Duration::from_secs(30)))?;
         Ok(Api { http, proxy, token })
     }
 

@@ -116,6 +116,16 @@ pub enum Command {
         #[arg(long)]
         target_ca: bool,
     },
+    /// Carry one SSH session to the proxy over HTTPS (the ProxyCommand ssh-config prints)
+    SshProxy {
+        /// The login on the target (%r)
+        login: String,
+        /// The inventory name of the target (%h)
+        host: String,
+        /// The port ssh was asked for (%p); the inventory decides the real one
+        #[arg(default_value_t = 22)]
+        port: u16,
+    },
     /// List the access profiles you can request or approve
     Profiles,
     /// Request an access profile for a while, with a reason
@@ -187,6 +197,7 @@ async fn dispatch(global: Global, command: Command) -> CliResult {
         Command::Logout => commands::logout(out).await,
         Command::Status => commands::status(out).await,
         Command::SshConfig { target_ca } => ssh::ssh_config(target_ca, out).await,
+        Command::SshProxy { login, host, port } => ssh::ssh_proxy(&login, &host, port).await,
         Command::Profiles => commands::profiles(out).await,
         Command::Request(args) => commands::request(args, out).await,
         Command::Requests { pending } => commands::requests(pending, out).await,

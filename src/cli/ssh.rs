@@ -6,8 +6,11 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
+use russh::keys::ssh_key::{LineEnding, PrivateKey};
 use serde_json::{json, Value};
-use ssh_key::{Algorithm, LineEnding, PrivateKey};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
 
 use super::client::{home, Api};
 use super::{CliError, CliResult, Output};
@@ -59,8 +62,7 @@ fn ensure_key(f: &SshFiles) -> Result<PrivateKey, CliError> {
     fs::create_dir_all(dir).map_err(|e| CliError::Refused(format!("cannot create {}: {e}", dir.display())))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| CliError::Refused(format!("cannot protect {}: {e}", dir.display())))?;
-    let mut key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
-        .map_err(|e| CliError::Refused(format!("cannot make an SSH key: {e}")))?;
+    let mut key = crate::ca::ssh::random_ed25519();
     key.set_comment("jitgate");
     let text = key
         .to_openssh(LineEnding::LF)
@@ -110,10 +112,19 @@ pub async fn ssh_config(target_ca: bool, out: Output) -> CliResult {
         super::table::json(&c);
         return Ok(());
     }
-    let text = |field: &str| c[field].as_str().unwrap_or_default().to_owned();
+    // The key without the proxy's comment, which the line's own comment replaces.
+    let key = |field: &str| {
+        c[field]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     if target_ca {
         // One line for the file sshd's TrustedUserCAKeys names.
-        println!("{} jitgate target CA", text("target_ca"));
+        println!("{} jitgate target CA", key("target_ca"));
         return Ok(());
     }
     let hosts: Vec<&str> = c["hosts"]
@@ -126,19 +137,103 @@ pub async fn ssh_config(target_ca: bool, out: Output) -> CliResult {
         ));
     }
     let f = files()?;
-    eprintln!("jitgate: note: this version has no SSH relay yet (`jitgate ssh-proxy`); the block is ready for it");
+    // The absolute path, so the block works whatever PATH ssh runs with.
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "jitgate".into());
+    let jump = &c["jump"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let jump_names = strings(&jump["names"]);
+    let mut patterns: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    patterns.extend(strings(&jump["known_hosts"]));
     println!("# ~/.ssh/config: reach these hosts through jitgate");
     println!("Host {}", hosts.join(" "));
-    println!("    ProxyCommand jitgate ssh-proxy %r %h %p");
+    println!("    ProxyCommand \"{exe}\" ssh-proxy %r %h %p");
     println!("    IdentityFile \"{}\"", f.key.display());
     println!("    CertificateFile \"{}\"", f.cert.display());
     println!("    IdentitiesOnly yes");
+    if !jump_names.is_empty() {
+        println!();
+        println!(
+            "# or through the jump listener: ssh -J USER@{} LOGIN@HOST",
+            jump["address"].as_str().unwrap_or_default()
+        );
+        println!("Host {}", jump_names.join(" "));
+        println!("    IdentityFile \"{}\"", f.key.display());
+        println!("    CertificateFile \"{}\"", f.cert.display());
+    }
     println!();
     println!("# ~/.ssh/known_hosts: the proxy answers for these hosts with certificates from its host CA");
     println!(
         "@cert-authority {} {} jitgate host CA",
-        hosts.join(","),
-        text("host_ca")
+        patterns.join(","),
+        key("host_ca")
     );
     Ok(())
+}
+
+/// `jitgate ssh-proxy LOGIN HOST PORT`, the ProxyCommand: opens an HTTPS connection to
+/// the proxy, upgrades it to carry one SSH session for HOST, and pipes stdio through it.
+/// The proxy terminates that session itself; LOGIN and PORT are only checked here.
+pub async fn ssh_proxy(login: &str, host: &str, port: u16) -> CliResult {
+    let (api, session) = Api::from_session().await?;
+    if port != 22 {
+        eprintln!("jitgate: note: the proxy connects {host} on the port its inventory names; port {port} is ignored");
+    }
+    // The target login travels inside the SSH session, where the proxy decides on it.
+    let _ = login;
+    let http = super::client::http_client(session.ca_pem.as_deref(), None)?;
+    let mut url = reqwest::Url::parse(api.proxy())
+        .map_err(|e| CliError::Refused(format!("the saved proxy URL is not valid: {e}")))?;
+    url.set_path("/ssh/connect");
+    url.query_pairs_mut().append_pair("host", host);
+    let resp = http
+        .get(url)
+        .bearer_auth(&session.token)
+        .header(reqwest::header::CONNECTION, "Upgrade")
+        .header(reqwest::header::UPGRADE, "jitgate-ssh")
+        .send()
+        .await
+        .map_err(|e| CliError::Refused(format!("cannot reach the proxy at {}: {e}", api.proxy())))?;
+    if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or_default();
+        let reason = body["reason"].as_str().unwrap_or("no reason given");
+        return Err(CliError::Refused(format!(
+            "the proxy refused the SSH connection ({status}): {reason}"
+        )));
+    }
+    let upgraded = resp
+        .upgrade()
+        .await
+        .map_err(|e| CliError::Refused(format!("the proxy did not switch to SSH: {e}")))?;
+    let (mut from_proxy, mut to_proxy) = tokio::io::split(upgraded);
+    let up = async {
+        let mut stdin = tokio::io::stdin();
+        let _ = tokio::io::copy(&mut stdin, &mut to_proxy).await;
+        let _ = to_proxy.shutdown().await;
+    };
+    let down = async {
+        let mut stdout = tokio::io::stdout();
+        let copied = tokio::io::copy(&mut from_proxy, &mut stdout).await;
+        let _ = stdout.flush().await;
+        copied
+    };
+    // ssh closes our stdin only when it is done; the proxy closing the stream ends the
+    // session either way, so that direction decides when this process exits.
+    tokio::pin!(down);
+    let copied = tokio::select! {
+        copied = &mut down => copied,
+        _ = up => match tokio::time::timeout(Duration::from_secs(5), &mut down).await {
+            Ok(copied) => copied,
+            Err(_) => Ok(0),
+        },
+    };
+    copied
+        .map(|_| ())
+        .map_err(|e| CliError::Refused(format!("the SSH stream broke: {e}")))
 }

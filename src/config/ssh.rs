@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use russh::keys::ssh_key::PublicKey;
 use serde::Deserialize;
-use ssh_key::PublicKey;
 
 use super::duration_field;
 
@@ -16,6 +16,8 @@ pub struct SshConfig {
     pub listen: SocketAddr,
     /// The longest a per-session certificate lives, whatever the grant's expiry.
     pub session_ttl: Duration,
+    /// How long before a grant's expiry an interactive session is warned; zero for never.
+    pub expiry_warning: Duration,
     pub hosts: Vec<SshHost>,
 }
 
@@ -42,6 +44,7 @@ pub enum HostKeyCheck {
 pub(super) struct RawSshSection {
     listen: Option<String>,
     session_ttl: Option<String>,
+    expiry_warning: Option<String>,
     #[serde(default)]
     hosts: Vec<RawHost>,
 }
@@ -77,6 +80,12 @@ pub(super) fn validate_ssh(raw: RawSshSection, errors: &mut Vec<String>) -> SshC
         "ssh.session_ttl",
         raw.session_ttl.as_deref(),
         Duration::from_secs(8 * 3600),
+        errors,
+    );
+    let expiry_warning = duration_field(
+        "ssh.expiry_warning",
+        raw.expiry_warning.as_deref(),
+        Duration::from_secs(5 * 60),
         errors,
     );
     let mut seen = HashSet::new();
@@ -145,6 +154,7 @@ pub(super) fn validate_ssh(raw: RawSshSection, errors: &mut Vec<String>) -> SshC
     SshConfig {
         listen,
         session_ttl,
+        expiry_warning,
         hosts,
     }
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod idp;
+pub mod sshd;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 
@@ -103,6 +104,8 @@ pub fn random_suffix() -> String {
 pub struct Proxy {
     child: Child,
     pub url: String,
+    /// The SSH jump listener, `127.0.0.1:PORT`.
+    pub ssh: String,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub ca: PathBuf,
@@ -147,7 +150,7 @@ impl Proxy {
     pub fn start_with(dir: &Path, store_url: &str, profiles: &str, server: &str) -> Proxy {
         let config = dir.join("jitgate.toml");
         let text = format!(
-            "{profiles}\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\ncerts_dir = \"{d}/certs\"\nrequest_ttl = \"1h\"\n{server}\n\n[store]\nurl = \"{store_url}\"\n",
+            "ssh.listen = \"127.0.0.1:0\"\n{profiles}\n[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{d}/data\"\ncerts_dir = \"{d}/certs\"\nrequest_ttl = \"1h\"\n{server}\n\n[store]\nurl = \"{store_url}\"\n",
             d = dir.display()
         );
         std::fs::write(&config, text).unwrap();
@@ -162,14 +165,20 @@ impl Proxy {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut url = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let word = |rest: &str| rest.split_whitespace().next().unwrap_or_default().to_owned();
                 if let Some(rest) = line.strip_prefix("jitgate listening on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                    url = Some(word(rest));
+                } else if let Some(rest) = line.trim_start().strip_prefix("ssh:") {
+                    if let Some(url) = url.take() {
+                        let _ = tx.send((url, word(rest)));
+                    }
                 }
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => url,
+        let (url, ssh) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(found) => found,
             Err(_) => {
                 let _ = child.kill();
                 let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
@@ -179,6 +188,7 @@ impl Proxy {
         Proxy {
             child,
             url,
+            ssh,
             dir: dir.to_owned(),
             config,
             ca: dir.join("certs/ca.pem"),
@@ -187,6 +197,17 @@ impl Proxy {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+
+    /// The proxy's resident memory now, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Runs a server-side command (`users`, `audit`) against this proxy's config.

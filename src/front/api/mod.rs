@@ -72,6 +72,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/audit", get(ops::audit))
         .route("/api/v1/ssh/cert", post(ssh::cert))
         .route("/api/v1/ssh/config", get(ssh::config))
+        .route("/ssh/connect", get(ssh::connect))
         .route("/.well-known/jwks.json", get(ops::jwks))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))

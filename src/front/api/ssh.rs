@@ -3,22 +3,83 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
 use axum::Json;
+use hyper_util::rt::TokioIo;
+use russh::keys::ssh_key::PublicKey;
 use serde::Deserialize;
-use ssh_key::PublicKey;
 
 use super::auth::Caller;
 use super::{ApiError, ApiJson, ApiState};
 use crate::ca::ssh::{client_cert, SshCas};
+use crate::front::ssh::{serve_session, JumpAddress, SshFront};
 use crate::time::Timestamp;
 
 /// The SSH side of the proxy as the API describes it.
 pub struct SshState {
-    pub cas: SshCas,
+    pub cas: Arc<SshCas>,
     /// Inventory names, for the `Host` line of the client config.
     pub hosts: Vec<String>,
+    pub front: Arc<SshFront>,
+    pub jump: JumpAddress,
+}
+
+/// The `Upgrade` protocol name `jitgate ssh-proxy` asks for.
+pub const UPGRADE_PROTOCOL: &str = "jitgate-ssh";
+
+#[derive(Deserialize)]
+pub struct ConnectQuery {
+    host: String,
+}
+
+/// `GET /ssh/connect?host=NAME` with `Upgrade: jitgate-ssh`: after `101 Switching
+/// Protocols` the connection carries one SSH session for that host, terminated here. The
+/// bearer token says who may speak on it; the SSH certificate inside must name the same
+/// user.
+pub async fn connect(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Query(q): Query<ConnectQuery>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let wants = |name: header::HeaderName, value: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(value)))
+        })
+    };
+    if !wants(header::CONNECTION, "upgrade") || !wants(header::UPGRADE, UPGRADE_PROTOCOL) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("/ssh/connect carries SSH for `jitgate ssh-proxy`: it needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}` over HTTP/1.1"),
+        ));
+    }
+    let host = state.ssh.front.host(&q.host).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no host {:?} in the proxy's SSH inventory", q.host),
+        )
+    })?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let front = Arc::clone(&state.ssh.front);
+    let user = caller.identity.user;
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => serve_session(front, host, TokioIo::new(io), Some(user)).await,
+            Err(e) => tracing::debug!(error = %e, "SSH upgrade failed"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, UPGRADE_PROTOCOL)
+        .body(Body::empty())
+        .expect("a fixed response is valid"))
 }
 
 #[derive(Deserialize)]
@@ -59,7 +120,7 @@ pub async fn cert(
 /// The public halves a client trusts: the host CA (known_hosts), and for operators the
 /// target CA (a target's `TrustedUserCAKeys`), with the inventory's names.
 pub async fn config(State(state): State<Arc<ApiState>>, _caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
-    let public = |k: &ssh_key::PrivateKey| {
+    let public = |k: &russh::keys::ssh_key::PrivateKey| {
         k.public_key()
             .to_openssh()
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
@@ -68,5 +129,10 @@ pub async fn config(State(state): State<Arc<ApiState>>, _caller: Caller) -> Resu
         "host_ca": public(&state.ssh.cas.host)?,
         "target_ca": public(&state.ssh.cas.target)?,
         "hosts": state.ssh.hosts,
+        "jump": {
+            "address": state.ssh.jump.address,
+            "names": state.ssh.jump.names,
+            "known_hosts": state.ssh.jump.known_hosts,
+        },
     })))
 }

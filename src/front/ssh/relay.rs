@@ -1,0 +1,260 @@
+//! Moves one session channel's traffic between the client and the target. Each direction
+//! runs on its own, so a side that stops reading holds up only the bytes meant for it:
+//! russh's channel windows and bounded queues carry that back to the sender, and nothing
+//! here buffers more than one message.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use russh::{Channel, ChannelMsg};
+
+use super::session::{Open, Shared};
+use crate::audit::AuditDraft;
+use crate::store::Store;
+
+/// Environment variables a client may pass through: locale and time zone, nothing that
+/// changes what a program loads or runs.
+pub(super) fn env_allowed(name: &str) -> bool {
+    matches!(name, "LANG" | "LANGUAGE" | "TZ" | "COLORTERM") || name.starts_with("LC_") && name.len() <= 32
+}
+
+/// sftp is the only subsystem passed on; scp and rsync run as commands.
+pub(super) fn subsystem_allowed(name: &str) -> bool {
+    name == "sftp"
+}
+
+/// A request forwarded to the target, waiting for its answer.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    Pty,
+    Shell,
+    Exec,
+    Subsystem,
+}
+
+impl Asked {
+    fn starts_program(self) -> bool {
+        !matches!(self, Asked::Pty)
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Asked::Pty => "a terminal",
+            Asked::Shell => "a shell",
+            Asked::Exec => "the command",
+            Asked::Subsystem => "the subsystem",
+        }
+    }
+}
+
+/// Answers every program request on a channel of a refused session with `message` on
+/// stderr and exit status 1, so that `ssh`, `scp` and `sftp` all show it and stop.
+pub(super) async fn refuse(mut channel: Channel<russh::server::Msg>, message: String) {
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. } => {
+                let _ = channel
+                    .extended_data_bytes(1, format!("{message}\r\n").into_bytes())
+                    .await;
+                let _ = channel.exit_status(1).await;
+                let _ = channel.eof().await;
+                let _ = channel.close().await;
+                return;
+            }
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    }
+}
+
+/// Relays one channel until both sides have closed it.
+pub(super) async fn run(
+    client: Channel<russh::server::Msg>,
+    target: Channel<russh::client::Msg>,
+    client_handle: russh::server::Handle,
+    open: Arc<Open>,
+    shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+) {
+    let id = client.id();
+    let (mut from_client, to_client) = client.split();
+    let (mut from_target, to_target) = target.split();
+    let asked: Mutex<VecDeque<Asked>> = Mutex::new(VecDeque::new());
+    let ask = |a: Asked| asked.lock().unwrap_or_else(|e| e.into_inner()).push_back(a);
+    let host = &shared.host.name;
+
+    let up = async {
+        while let Some(msg) = from_client.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    shared.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    to_target.data_bytes(data).await
+                }
+                ChannelMsg::Eof => to_target.eof().await,
+                ChannelMsg::Close => break,
+                ChannelMsg::RequestPty {
+                    term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    terminal_modes,
+                    ..
+                } => {
+                    ask(Asked::Pty);
+                    if let Some(pty) = shared.channels.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
+                        *pty = true;
+                    }
+                    to_target
+                        .request_pty(
+                            true,
+                            &term,
+                            col_width,
+                            row_height,
+                            pix_width,
+                            pix_height,
+                            &terminal_modes,
+                        )
+                        .await
+                }
+                ChannelMsg::SetEnv {
+                    variable_name,
+                    variable_value,
+                    ..
+                } if env_allowed(&variable_name) => to_target.set_env(false, variable_name, variable_value).await,
+                ChannelMsg::RequestShell { .. } => {
+                    ask(Asked::Shell);
+                    to_target.request_shell(true).await
+                }
+                ChannelMsg::Exec { command, .. } => {
+                    let text = String::from_utf8_lossy(&command).into_owned();
+                    let event = AuditDraft::new("ssh.exec", &shared.user(), &shared.target())
+                        .grant(open.auth.grant_id())
+                        .details(serde_json::json!({ "session": shared.session_id, "command": text }));
+                    if let Err(e) = store.append_audit(vec![event]).await {
+                        // A command the audit log cannot show does not run.
+                        let _ = to_client
+                            .extended_data_bytes(
+                                1,
+                                format!("jitgate: cannot record this command ({e})\r\n").into_bytes(),
+                            )
+                            .await;
+                        let _ = to_client.exit_status(1).await;
+                        let _ = to_client.close().await;
+                        break;
+                    }
+                    ask(Asked::Exec);
+                    to_target.exec(true, command).await
+                }
+                ChannelMsg::RequestSubsystem { name, .. } if subsystem_allowed(&name) => {
+                    ask(Asked::Subsystem);
+                    to_target.request_subsystem(true, name).await
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    to_target
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await
+                }
+                ChannelMsg::Signal { signal } => to_target.signal(signal).await,
+                // Refused where they arrived (the handler answered): X11, agent
+                // forwarding, unlisted variables and subsystems.
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        let _ = to_target.close().await;
+    };
+
+    let down = async {
+        while let Some(msg) = from_target.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    shared.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    to_client.data_bytes(data).await
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    shared.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    to_client.extended_data_bytes(ext, data).await
+                }
+                ChannelMsg::Eof => to_client.eof().await,
+                ChannelMsg::Close => break,
+                ChannelMsg::ExitStatus { exit_status } => to_client.exit_status(exit_status).await,
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => {
+                    // The channel's own sender, so it lands after the data before it.
+                    let _ = client_handle
+                        .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                        .await;
+                    Ok(())
+                }
+                ChannelMsg::Success => {
+                    asked.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    Ok(())
+                }
+                ChannelMsg::Failure => {
+                    let what = asked.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    match what {
+                        Some(a) if a.starts_program() => {
+                            let _ = to_client
+                                .extended_data_bytes(
+                                    1,
+                                    format!("jitgate: {host} refused to start {}\r\n", a.what()).into_bytes(),
+                                )
+                                .await;
+                            let _ = to_client.exit_status(1).await;
+                            break;
+                        }
+                        Some(a) => {
+                            to_client
+                                .extended_data_bytes(
+                                    1,
+                                    format!("jitgate: {host} refused {}\r\n", a.what()).into_bytes(),
+                                )
+                                .await
+                        }
+                        None => Ok(()),
+                    }
+                }
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        let _ = to_client.close().await;
+    };
+
+    tokio::join!(up, down);
+    shared.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+}
+
+/// Relays a forwarded TCP connection's bytes both ways until either side ends.
+pub(super) async fn bytes(
+    client: Channel<russh::server::Msg>,
+    target: Channel<russh::client::Msg>,
+    shared: Arc<Shared>,
+) {
+    let mut client = client.into_stream();
+    let mut target = target.into_stream();
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => {
+            if let Ok((up, down)) = copied {
+                shared.bytes_up.fetch_add(up, Ordering::Relaxed);
+                shared.bytes_down.fetch_add(down, Ordering::Relaxed);
+            }
+        }
+        _ = shared.done.cancelled() => {}
+    }
+}

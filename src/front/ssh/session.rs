@@ -1,0 +1,581 @@
+//! One SSH session for one target, terminated here: authentication by identity
+//! certificate, the decision for host + login, the connection to the target, and the
+//! watch that cuts the session when its grant ends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::Certificate;
+use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::relay;
+use super::target::{self, Target};
+use super::{run_server, SshFront, MAX_CHANNELS};
+use crate::access::{Action, Authorized, Identity, Resource};
+use crate::audit::AuditDraft;
+use crate::ca::ssh::SessionCert;
+use crate::config::SshHost;
+use crate::live::LiveHandle;
+use crate::time::Timestamp;
+
+/// What the relays and the watch share about a session, and what its end event reports.
+pub(super) struct Shared {
+    pub host: Arc<SshHost>,
+    pub user: Mutex<Option<String>>,
+    pub login: Mutex<Option<String>>,
+    pub grant: Mutex<Option<(String, String)>>,
+    pub session_id: String,
+    pub started: Timestamp,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    /// Open client channels, and whether each has a terminal (the warning goes there).
+    pub channels: Mutex<HashMap<ChannelId, bool>>,
+    /// Why the session was ended by the proxy, if it was.
+    pub cut: Mutex<Option<String>>,
+    /// Cancelled when the session is over, for whichever task outlives it.
+    pub done: CancellationToken,
+}
+
+impl Shared {
+    pub fn target(&self) -> String {
+        let login = self.login.lock().unwrap_or_else(|e| e.into_inner());
+        format!("ssh:{}@{}", login.as_deref().unwrap_or("?"), self.host.name)
+    }
+
+    pub fn user(&self) -> String {
+        self.user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    pub fn grant_id(&self) -> Option<String> {
+        self.grant
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(g, _)| g.clone())
+    }
+}
+
+/// The decided session, once the client has authenticated.
+enum Admission {
+    /// No grant, or the target could not be reached: every channel prints this and ends.
+    Refused(String),
+    Open(Arc<Open>),
+}
+
+pub(super) struct Open {
+    pub target: Target,
+    pub auth: Authorized,
+    pub identity: Identity,
+    pub live: LiveHandle,
+}
+
+struct TargetSession {
+    front: Arc<SshFront>,
+    shared: Arc<Shared>,
+    /// The user the HTTPS upgrade already authenticated, when the session came that way:
+    /// the certificate must name the same user.
+    bound_user: Option<String>,
+    authenticated: Arc<AtomicBool>,
+    admission: Option<Admission>,
+}
+
+/// Serves one SSH session for `host` on `stream` until it ends, then records its end.
+pub async fn serve_session<S>(front: Arc<SshFront>, host: Arc<SshHost>, stream: S, bound_user: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = match front.server_config(&[&host.name]) {
+        Ok(c) => c,
+        Err(e) => return tracing::error!(error = %e, "cannot serve an SSH session"),
+    };
+    let shared = Arc::new(Shared {
+        host,
+        user: Mutex::new(None),
+        login: Mutex::new(None),
+        grant: Mutex::new(None),
+        session_id: crate::identity::token::random_id("ssh-"),
+        started: Timestamp::now(),
+        bytes_up: AtomicU64::new(0),
+        bytes_down: AtomicU64::new(0),
+        channels: Mutex::new(HashMap::new()),
+        cut: Mutex::new(None),
+        done: CancellationToken::new(),
+    });
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let handler = TargetSession {
+        front: Arc::clone(&front),
+        shared: Arc::clone(&shared),
+        bound_user,
+        authenticated: Arc::clone(&authenticated),
+        admission: None,
+    };
+    run_server(config, stream, handler, authenticated, shared.done.clone()).await;
+    shared.done.cancel();
+    let grant = shared.grant_id();
+    if let Some(grant) = grant {
+        let cut = shared.cut.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let event = AuditDraft::new("ssh.session.end", &shared.user(), &shared.target())
+            .grant(&grant)
+            .details(serde_json::json!({
+                "session": shared.session_id,
+                "started_at": shared.started,
+                "bytes_up": shared.bytes_up.load(Ordering::Relaxed),
+                "bytes_down": shared.bytes_down.load(Ordering::Relaxed),
+                "cut": cut,
+            }));
+        if let Err(e) = front.broker().store().append_audit(vec![event]).await {
+            tracing::error!(error = %e, session = %shared.session_id, "cannot record the end of an SSH session");
+        }
+    }
+}
+
+/// A login name as sshd would take it: no empty, huge or control-laden names reach policy
+/// or a certificate.
+fn plausible_login(login: &str) -> bool {
+    !login.is_empty()
+        && login.len() <= 64
+        && login
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'$'))
+        && !login.starts_with('-')
+}
+
+impl TargetSession {
+    /// Decides the session and, when allowed, opens the target connection.
+    async fn admit(&mut self, identity: Identity, login: &str) -> Admission {
+        let host = Arc::clone(&self.shared.host);
+        let broker = self.front.broker();
+        let now = Timestamp::now();
+        let resource = Resource::Ssh {
+            host: &host.name,
+            labels: &host.labels,
+            login,
+        };
+        let auth = match broker.authorize(&identity, resource, Action::SshLogin, now).await {
+            Err(e) => {
+                tracing::error!(error = %e, "cannot decide an SSH session");
+                return Admission::Refused(format!(
+                    "jitgate: cannot decide {login}@{} right now ({e}); try again shortly",
+                    host.name
+                ));
+            }
+            Ok(Err(denied)) => return Admission::Refused(refusal(login, &host.name, &denied.requestable)),
+            Ok(Ok(auth)) => auth,
+        };
+        let scope = auth.profile().ssh.as_ref();
+        let session_end = std::cmp::min(auth.expires_at(), now.saturating_add(self.front.session_ttl));
+        let cert = SessionCert {
+            login,
+            user: &identity.user,
+            grant_id: auth.grant_id(),
+            session_id: &self.shared.session_id,
+            valid_before: session_end,
+            pty: true,
+            port_forwarding: scope.is_some_and(|s| s.port_forwarding),
+        };
+        *self.shared.grant.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((auth.grant_id().to_owned(), auth.profile().name.clone()));
+        let target = match target::connect(Arc::clone(&host), &self.front.cas.target, &cert).await {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!(user = %identity.user, host = %host.name, %why, "cannot open SSH target");
+                let event = AuditDraft::new(
+                    "ssh.session.failed",
+                    &identity.user,
+                    &format!("ssh:{login}@{}", host.name),
+                )
+                .grant(auth.grant_id())
+                .reason(Some(&why));
+                let _ = broker.store().append_audit(vec![event]).await;
+                *self.shared.grant.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return Admission::Refused(format!("jitgate: {why}"));
+            }
+        };
+        let event = AuditDraft::new(
+            "ssh.session.start",
+            &identity.user,
+            &format!("ssh:{login}@{}", host.name),
+        )
+        .grant(auth.grant_id())
+        .details(serde_json::json!({
+            "session": self.shared.session_id,
+            "certificate_valid_before": session_end,
+        }));
+        if let Err(e) = broker.store().append_audit(vec![event]).await {
+            // Nothing is opened that the audit log does not show.
+            *self.shared.grant.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return Admission::Refused(format!("jitgate: cannot record this session ({e}); try again shortly"));
+        }
+        tracing::info!(user = %identity.user, %login, host = %host.name, grant = auth.grant_id(),
+            session = %self.shared.session_id, "SSH session opened");
+        let live = broker.live().register(&auth);
+        Admission::Open(Arc::new(Open {
+            target,
+            auth,
+            identity,
+            live,
+        }))
+    }
+}
+
+fn forwarding_refused(open: &Open) -> String {
+    format!(
+        "jitgate: port forwarding is not allowed by grant {} (profile {})",
+        open.auth.grant_id(),
+        open.auth.profile().name
+    )
+}
+
+/// The one message a session without a grant gets.
+fn refusal(login: &str, host: &str, requestable: &[String]) -> String {
+    if requestable.is_empty() {
+        format!("jitgate: no active grant allows {login}@{host}, and no profile you may request would; ask an admin")
+    } else {
+        let first = &requestable[0];
+        format!(
+            "jitgate: no active grant allows {login}@{host}. Profiles that would: {}. \
+             Request one with: jitgate request {first} --reason \"...\"",
+            requestable.join(", ")
+        )
+    }
+}
+
+impl russh::server::Handler for TargetSession {
+    type Error = russh::Error;
+
+    async fn auth_publickey(&mut self, _user: &str, _key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        // Only the identity certificate from `jitgate login` says who someone is.
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(&mut self, login: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
+        if self.admission.is_some() {
+            return Ok(Auth::reject());
+        }
+        let identity = match self.front.identify(cert, Timestamp::now()).await {
+            Ok(i) => i,
+            Err(why) => {
+                tracing::info!(host = %self.shared.host.name, %login, %why, "SSH identity certificate refused");
+                return Ok(Auth::reject());
+            }
+        };
+        if self.bound_user.as_ref().is_some_and(|u| *u != identity.user) {
+            tracing::info!(cert_user = %identity.user, "SSH certificate and HTTPS token name different users");
+            return Ok(Auth::reject());
+        }
+        if !plausible_login(login) {
+            return Ok(Auth::reject());
+        }
+        *self.shared.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity.user.clone());
+        *self.shared.login.lock().unwrap_or_else(|e| e.into_inner()) = Some(login.to_owned());
+        let admission = self.admit(identity, login).await;
+        self.admission = Some(admission);
+        self.authenticated.store(true, Ordering::Release);
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(Admission::Open(open)) = &self.admission {
+            tokio::spawn(watch(
+                Arc::clone(open),
+                Arc::clone(&self.shared),
+                session.handle(),
+                self.front.expiry_warning,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.shared.channels.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_CHANNELS {
+            reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        match &self.admission {
+            None => {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await
+            }
+            Some(Admission::Refused(message)) => {
+                reply.accept().await;
+                tokio::spawn(relay::refuse(channel, message.clone()));
+            }
+            Some(Admission::Open(open)) => match open.target.channel_open_session().await {
+                Ok(to_target) => {
+                    self.shared
+                        .channels
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(channel.id(), false);
+                    reply.accept().await;
+                    tokio::spawn(relay::run(
+                        channel,
+                        to_target,
+                        session.handle(),
+                        Arc::clone(open),
+                        Arc::clone(&self.shared),
+                        self.front.broker().store().clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, host = %self.shared.host.name, "target refused a session channel");
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if relay::env_allowed(name) {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if relay::subsystem_allowed(name) {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    /// `ssh -L` and `-W`: a TCP connection from the target onwards, only where the grant's
+    /// profile allows port forwarding.
+    #[allow(clippy::too_many_arguments)]
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(Admission::Open(open)) = &self.admission else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let allowed = open.auth.profile().ssh.as_ref().is_some_and(|s| s.port_forwarding);
+        let target = format!("{host_to_connect}:{port_to_connect}");
+        let event = AuditDraft::new(
+            if allowed { "ssh.forward" } else { "ssh.forward.denied" },
+            &open.identity.user,
+            &self.shared.target(),
+        )
+        .grant(open.auth.grant_id())
+        .details(serde_json::json!({ "session": self.shared.session_id, "to": target }));
+        if !allowed {
+            let _ = self.front.broker().store().append_audit(vec![event]).await;
+            session.debug(true, &forwarding_refused(open), "")?;
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        if let Err(e) = self.front.broker().store().append_audit(vec![event]).await {
+            session.debug(true, &format!("jitgate: cannot record this forward ({e})"), "")?;
+            reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        match open
+            .target
+            .channel_open_direct_tcpip(host_to_connect, port_to_connect, originator_address, originator_port)
+            .await
+        {
+            Ok(onward) => {
+                reply.accept().await;
+                tokio::spawn(relay::bytes(channel, onward, Arc::clone(&self.shared)));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, %target, "target refused a forward");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// `ssh -R`: not relayed by this version; refused with the reason.
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(Admission::Open(open)) = &self.admission {
+            let event = AuditDraft::new("ssh.forward.denied", &open.identity.user, &self.shared.target())
+                .grant(open.auth.grant_id())
+                .details(serde_json::json!({
+                    "session": self.shared.session_id,
+                    "remote_listen": format!("{address}:{port}"),
+                }));
+            if let Err(e) = self.front.broker().store().append_audit(vec![event]).await {
+                tracing::error!(error = %e, "cannot record a refused remote forward");
+            }
+        }
+        let message = match &self.admission {
+            Some(Admission::Open(open)) if open.auth.profile().ssh.as_ref().is_some_and(|s| s.port_forwarding) => {
+                "jitgate: remote port forwarding (-R) is not supported through the proxy; use -L".to_owned()
+            }
+            Some(Admission::Open(open)) => forwarding_refused(open),
+            _ => "jitgate: no active grant for this session".to_owned(),
+        };
+        session.debug(true, &message, "")?;
+        Ok(false)
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.shared
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&channel);
+        Ok(())
+    }
+}
+
+/// How long the cut waits for a polite close before it drops the connection outright.
+const CUT_GRACE: Duration = Duration::from_millis(40);
+
+/// Watches the session's grant: warns interactive channels before it expires, and when
+/// it ends, tells every channel why and closes the connection.
+async fn watch(open: Arc<Open>, shared: Arc<Shared>, client: Handle, warn_before: Duration) {
+    let expires = open.auth.expires_at();
+    let grant = open.auth.grant_id().to_owned();
+    let profile = open.auth.profile().name.clone();
+    let warn_at = Timestamp::from_millis(expires.as_millis() - warn_before.as_millis() as i64);
+    let until_warning = Timestamp::now().until(warn_at);
+    if !warn_before.is_zero() && !until_warning.is_zero() {
+        tokio::select! {
+            _ = shared.done.cancelled() => return,
+            _ = open.live.cancelled() => {}
+            _ = tokio::time::sleep(until_warning) => {
+                let line = format!(
+                    "\r\njitgate: grant {grant} expires at {expires} (in {}); request again with: jitgate request {profile}\r\n",
+                    crate::time::format_duration(Timestamp::now().until(expires).max(Duration::from_secs(1))),
+                );
+                let ptys: Vec<ChannelId> = shared.channels.lock().unwrap_or_else(|e| e.into_inner())
+                    .iter().filter(|(_, pty)| **pty).map(|(id, _)| *id).collect();
+                for id in ptys {
+                    let _ = tokio::time::timeout(CUT_GRACE, client.extended_data(id, 1, line.clone().into_bytes())).await;
+                }
+            }
+        }
+    }
+    tokio::select! {
+        _ = shared.done.cancelled() => return,
+        _ = open.live.cancelled() => {}
+    }
+    let now = Timestamp::now();
+    let what = if now >= expires {
+        format!("expired at {expires}")
+    } else {
+        format!("was revoked at {now}")
+    };
+    let line = format!("jitgate: grant {grant} {what}; request again with: jitgate request {profile}");
+    tracing::info!(%grant, session = %shared.session_id, user = %open.identity.user, "cutting SSH session: grant {what}");
+    *shared.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("grant {what}"));
+    let ids: Vec<ChannelId> = shared
+        .channels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    let deadline = tokio::time::Instant::now() + CUT_GRACE;
+    for id in ids {
+        let text = format!("\r\n{line}\r\n").into_bytes();
+        let _ = tokio::time::timeout_at(deadline, client.extended_data(id, 1, text)).await;
+    }
+    let _ = tokio::time::timeout_at(
+        deadline,
+        client.disconnect(russh::Disconnect::ByApplication, line, String::new()),
+    )
+    .await;
+    let _ = open
+        .target
+        .disconnect(russh::Disconnect::ByApplication, "grant ended", "")
+        .await;
+    // A client that does not read (a full window) would hold the polite close up; past
+    // the grace, the connection is dropped under it.
+    if tokio::time::timeout(CUT_GRACE, shared.done.cancelled()).await.is_err() {
+        shared.done.cancel();
+    }
+}
