@@ -225,6 +225,7 @@ async fn run() {
         Arc::clone(&broker),
         Arc::clone(&cas),
         &config.ssh,
+        dir.path().join("recordings"),
         vec!["bench".into()],
         jump.names.clone(),
     ));

@@ -263,6 +263,15 @@ pub fn evidence(events: &[AuditEvent], grant_id: &str) -> Option<String> {
                 ended = Some(format!("expired at {}", e.time));
                 "the grant expired".to_owned()
             }
+            "ssh.session.start" => format!("{} opened SSH session {} to {}", e.actor, d("session"), e.target),
+            "ssh.session.end" => {
+                let cut = details["cut"]
+                    .as_str()
+                    .map(|c| format!(", cut: {c}"))
+                    .unwrap_or_default();
+                format!("SSH session {} to {} ended{cut}", d("session"), e.target)
+            }
+            "ssh.exec" => format!("{} ran {:?} on {}", e.actor, d("command"), e.target),
             other => format!("{other} by {} on {}{reason}", e.actor, e.target),
         };
         out.push_str(&format!("  #{:<5} {}  {line}\n", e.seq, e.time));
@@ -272,6 +281,55 @@ pub fn evidence(events: &[AuditEvent], grant_id: &str) -> Option<String> {
         None => "Access has not ended: the grant is still active.\n".to_owned(),
     });
     Some(out)
+}
+
+/// SSH sessions as the audit log records them, oldest first: who, where, under which
+/// grant, from when to when, how many bytes each way, and the recordings with their hashes.
+/// A session with no end event yet is still open (or the proxy stopped under it).
+pub fn ssh_sessions(events: &[AuditEvent]) -> Vec<serde_json::Value> {
+    use serde_json::{json, Value};
+    let mut sessions: Vec<Value> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for e in events {
+        let details: Value = serde_json::from_str(&e.details).unwrap_or_default();
+        let Some(id) = details["session"].as_str() else {
+            continue;
+        };
+        match e.action.as_str() {
+            "ssh.session.start" => {
+                let (login, host) = e
+                    .target
+                    .strip_prefix("ssh:")
+                    .and_then(|t| t.split_once('@'))
+                    .unwrap_or(("?", &e.target));
+                index.insert(id.to_owned(), sessions.len());
+                sessions.push(json!({
+                    "session": id,
+                    "user": e.actor,
+                    "host": host,
+                    "login": login,
+                    "grant": e.grant_id,
+                    "start": e.time,
+                    "end": null,
+                    "bytes_up": null,
+                    "bytes_down": null,
+                    "cut": null,
+                    "recordings": [],
+                }));
+            }
+            "ssh.session.end" => {
+                if let Some(s) = index.get(id).and_then(|&i| sessions.get_mut(i)) {
+                    s["end"] = json!(e.time);
+                    s["bytes_up"] = details["bytes_up"].clone();
+                    s["bytes_down"] = details["bytes_down"].clone();
+                    s["cut"] = details["cut"].clone();
+                    s["recordings"] = details["recordings"].clone();
+                }
+            }
+            _ => {}
+        }
+    }
+    sessions
 }
 
 #[cfg(test)]

@@ -101,10 +101,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let broker = Arc::new(Broker::new(policy, store, Live::new(), server.request_ttl));
     let ssh_cas = Arc::new(ssh_cas);
     let jump = ssh::JumpAddress::new(ssh_addr, &public_url);
+    let recordings = server.data_dir.join("recordings");
+    create_private_dir(&recordings)?;
     let ssh_front = Arc::new(SshFront::new(
         Arc::clone(&broker),
         Arc::clone(&ssh_cas),
         &config.ssh,
+        recordings,
         sessions.sources().to_vec(),
         jump.names.clone(),
     ));
@@ -162,6 +165,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
     tls::serve(listener, tls_config, api::router(state), shutdown).await;
     Ok(())
+}
+
+/// Session recordings are for auditors only: the directory is the proxy user's alone.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |e: std::io::Error| ServeError::Setup(format!("cannot create {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
 }
 
 /// Ends grants and pending requests when they fall due, waking early when grants change.

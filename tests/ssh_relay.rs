@@ -48,6 +48,11 @@ struct Stand {
 }
 
 fn stand() -> Stand {
+    stand_with("")
+}
+
+/// The same, with more `ssh.…` settings (dotted keys, before any table).
+fn stand_with(ssh_settings: &str) -> Stand {
     let db = TestDb::blocking(Backend::Sqlite);
     // The CAs exist before the proxy starts, so the target can trust the target CA first.
     let certs = db.dir.path().join("certs");
@@ -57,7 +62,7 @@ fn stand() -> Stand {
     let host_key = std::fs::read_to_string(sshd.dir.path().join("host_ed25519.pub")).unwrap();
     let wrong = jitgate::ca::ssh::random_ed25519().public_key().to_openssh().unwrap();
     let inventory = format!(
-        "{PROFILES}\n[[ssh.hosts]]\nname = \"db-prod-1\"\naddress = \"127.0.0.1:{port}\"\n\
+        "{ssh_settings}\n{PROFILES}\n[[ssh.hosts]]\nname = \"db-prod-1\"\naddress = \"127.0.0.1:{port}\"\n\
          labels = {{ env = \"prod\", role = \"db\" }}\nhost_key = \"{key}\"\n\
          [[ssh.hosts]]\nname = \"db-prod-9\"\naddress = \"127.0.0.1:{port}\"\n\
          labels = {{ env = \"prod\", role = \"db\" }}\nhost_key = \"{wrong}\"\n",
@@ -288,6 +293,10 @@ fn scp_sftp_and_rsync_move_files_both_ways_intact() {
     assert!(out.status.success(), "sftp: {}", text(&out.stderr));
     assert!(text(&out.stdout).contains("put.txt"), "{}", text(&out.stdout));
     assert_eq!(std::fs::read_to_string(dest.join("put.txt")).unwrap(), "hello sftp\n");
+    // File operations are in the audit log.
+    let audit = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+    let written = format!("\"file\":{{\"op\":\"write\",\"path\":\"{}/put.txt\"}}", dest.display());
+    assert!(audit.contains(&written), "{audit}");
 
     // rsync over the same ssh.
     let synced = work.path().join("synced.bin");
@@ -351,6 +360,46 @@ fn an_interactive_shell_gets_a_terminal() {
     assert!(shown.contains("answer=42"), "{shown}");
     assert!(shown.contains("/dev/pts/"), "no terminal on the target: {shown}");
     assert_eq!(out.status.code(), Some(3), "{shown}");
+
+    // Recorded as asciicast v2: output only, its hash in the session's end event.
+    let sessions = eventually(Duration::from_secs(5), || {
+        let s = stand.proxy.json_admin(&["audit", "sessions"]);
+        (s[0]["end"].is_string()).then_some(s)
+    })
+    .expect("the session ended in the audit log");
+    let s = &sessions[0];
+    assert_eq!(
+        (s["user"].as_str(), s["host"].as_str(), s["login"].as_str()),
+        (Some("alice"), Some("db-prod-1"), Some("root"))
+    );
+    let rec = &s["recordings"][0];
+    let file = PathBuf::from(rec["file"].as_str().unwrap_or_else(|| panic!("{s}")));
+    assert!(
+        file.starts_with(stand.proxy.dir.join("data/recordings")),
+        "{}",
+        file.display()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(rec["sha256"].as_str().unwrap(), sha256(&file));
+    let cast = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = cast.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["version"], 2);
+    assert!(lines[0]["width"].as_u64().unwrap() > 0);
+    let output: String = lines[1..]
+        .iter()
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap())
+        .collect();
+    assert!(output.contains("answer=42"), "{output}");
+    assert!(
+        lines[1..].iter().all(|e| e[1] != "i"),
+        "input recorded without record_input"
+    );
+    // The table names the recording too.
+    let table = stand.proxy.admin(&["audit", "sessions"], None).success().stdout;
+    assert!(table.starts_with("USER"), "{table}");
+    assert!(table.contains(&file.display().to_string()), "{table}");
 }
 
 /// Starts `ssh … sleep 60` and waits until the remote command runs.
@@ -383,10 +432,15 @@ fn long_session(alice: &Client, sshd: &Sshd) -> std::process::Child {
 /// Waits for `child` to exit; how long after `since` it did (a panic if before), with its
 /// output.
 fn exit_after(mut child: std::process::Child, since: Instant) -> (Duration, Output) {
-    let ended = eventually(Duration::from_secs(15), || {
-        child.try_wait().unwrap().map(|_| Instant::now())
-    })
-    .expect("ssh was not cut");
+    // Polled every millisecond: the measurement must not be coarser than what it checks.
+    let limit = Instant::now() + Duration::from_secs(15);
+    let ended = loop {
+        if child.try_wait().unwrap().is_some() {
+            break Instant::now();
+        }
+        assert!(Instant::now() < limit, "ssh was not cut");
+        std::thread::sleep(Duration::from_millis(1));
+    };
     let out = child.wait_with_output().unwrap();
     // Timestamps carry milliseconds: allow that much rounding, no more.
     assert!(
@@ -421,7 +475,65 @@ fn revoking_the_grant_cuts_the_session_at_once() {
 }
 
 #[test]
-fn the_session_is_cut_when_the_grant_expires() {
+fn an_interactive_session_is_warned_then_cut_when_the_grant_expires() {
+    use std::io::BufRead;
+    let stand = stand_with("ssh.expiry_warning = \"3s\"");
+    let alice = Client::new(&stand, "alice");
+    let grant = alice.request("db-root", "5s");
+    let expires = alice.user.json(&["grants"])[0]["expires_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expires = jitgate::time::Timestamp::parse_rfc3339(&expires).unwrap();
+    // A terminal session, as a person at their keyboard has.
+    let ssh = format!(
+        "ssh -F {} -tt root@db-prod-1 'echo started; sleep 60'",
+        alice.config.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &ssh, "/dev/null"])
+        .env("JITGATE_HOME", &alice.user.home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line.trim().to_owned());
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(15)).as_deref(), Ok("started"));
+    let at_expiry = Instant::now() + jitgate::time::Timestamp::now().until(expires);
+    let (took, _) = exit_after(child, at_expiry);
+    let shown: Vec<String> = rx.try_iter().collect();
+    eprintln!("ssh ended {took:?} after the grant's expiry");
+    assert!(took < Duration::from_millis(100), "cut {took:?} after the expiry");
+    let warned = shown
+        .iter()
+        .position(|l| l.starts_with(&format!("jitgate: grant {grant} expires at")))
+        .unwrap_or_else(|| panic!("no warning in {shown:?}"));
+    assert!(
+        shown[warned].contains("request again with: jitgate request db-root"),
+        "{shown:?}"
+    );
+    let cut = shown
+        .iter()
+        .position(|l| l.starts_with(&format!("jitgate: grant {grant} expired at")))
+        .unwrap_or_else(|| panic!("no cut line in {shown:?}"));
+    assert!(warned < cut);
+    // The end event says the session was cut, and why.
+    let ended = eventually(Duration::from_secs(5), || {
+        let sessions = stand.proxy.json_admin(&["audit", "sessions"]);
+        sessions[0]["cut"].as_str().map(str::to_owned)
+    });
+    assert!(ended.is_some_and(|c| c.starts_with("grant expired at")));
+}
+
+#[test]
+fn a_transfer_in_full_flow_is_cut_when_the_grant_expires() {
     let stand = stand();
     let alice = Client::new(&stand, "alice");
     let grant = alice.request("db-root", "4s");
@@ -430,14 +542,27 @@ fn the_session_is_cut_when_the_grant_expires() {
         .unwrap()
         .to_owned();
     let expires = jitgate::time::Timestamp::parse_rfc3339(&expires).unwrap();
-    let child = long_session(&alice, &stand.sshd);
-    let until = jitgate::time::Timestamp::now().until(expires);
-    let at_expiry = Instant::now() + until;
+    // An upload that never ends: every window along the way is full when the cut comes.
+    let child = alice
+        .command("ssh")
+        .args(["root@db-prod-1", "cat > /dev/null"])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let at_expiry = Instant::now() + jitgate::time::Timestamp::now().until(expires);
     let (took, out) = exit_after(child, at_expiry);
-    let err = text(&out.stderr);
-    eprintln!("ssh ended {took:?} after the grant's expiry");
+    eprintln!("the upload ended {took:?} after the grant's expiry");
     assert!(took < Duration::from_millis(100), "cut {took:?} after the expiry");
+    let err = text(&out.stderr);
     assert!(err.contains(&format!("jitgate: grant {grant} expired at")), "{err}");
+    let moved = eventually(Duration::from_secs(5), || {
+        let s = stand.proxy.json_admin(&["audit", "sessions"]);
+        s[0]["bytes_up"].as_u64()
+    })
+    .expect("the session's end is recorded");
+    assert!(moved > 1 << 20, "only {moved} bytes moved before the cut");
 }
 
 // ---- bad input ----

@@ -62,6 +62,14 @@ pub enum AuditCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// List SSH sessions: user, host, login, grant, start, end, bytes and recording
+    Sessions {
+        /// Only sessions that started at or after this time (RFC 3339)
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Tell the story of one grant: who asked, why, who approved, what was accessed, how it ended
     Evidence {
         grant_id: String,
@@ -234,8 +242,67 @@ async fn verified_chain(store: &dyn Store) -> Result<(Vec<AuditEvent>, u64), Cli
     Ok((events, n))
 }
 
-pub async fn audit(cmd: AuditCommand) -> CliResult {
+pub async fn audit(cmd: AuditCommand, out: Output) -> CliResult {
     match cmd {
+        AuditCommand::Sessions { since, config } => {
+            let since = since
+                .as_deref()
+                .map(Timestamp::parse_rfc3339)
+                .transpose()
+                .map_err(|e| CliError::Usage(format!("--since: {e}")))?;
+            let config = load_config(config.config.as_deref())?;
+            let store = open_store(&config).await?;
+            let sessions = audit::ssh_sessions(&all_events(&*store, since).await?);
+            if table::machine(out, &sessions, "session") {
+                return Ok(());
+            }
+            if sessions.is_empty() {
+                println!("no SSH sessions recorded");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = sessions
+                .iter()
+                .map(|s| {
+                    let bytes = match (s["bytes_up"].as_u64(), s["bytes_down"].as_u64()) {
+                        (Some(up), Some(down)) => format!("{up}↑ {down}↓"),
+                        _ => "-".into(),
+                    };
+                    let end = match (s["end"].as_str(), s["cut"].as_str()) {
+                        (Some(end), Some(_)) => format!("{end} (cut)"),
+                        (Some(end), None) => end.to_owned(),
+                        (None, _) => "open".into(),
+                    };
+                    let recording = s["recordings"]
+                        .as_array()
+                        .map(|r| {
+                            r.iter()
+                                .map(|r| match (r["file"].as_str(), r["sha256"].as_str()) {
+                                    (Some(f), Some(h)) => format!("{f} sha256:{}", &h[..h.len().min(16)]),
+                                    _ => table::field(r, "error"),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .filter(|r| !r.is_empty())
+                        .unwrap_or_else(|| "-".into());
+                    vec![
+                        table::field(s, "user"),
+                        table::field(s, "host"),
+                        table::field(s, "login"),
+                        table::field(s, "grant"),
+                        table::field(s, "start"),
+                        end,
+                        bytes,
+                        recording,
+                    ]
+                })
+                .collect();
+            table::print(
+                &["USER", "HOST", "LOGIN", "GRANT", "START", "END", "BYTES", "RECORDING"],
+                &rows,
+            );
+            Ok(())
+        }
         AuditCommand::Verify { config } => {
             let config = load_config(config.config.as_deref())?;
             let store = open_store(&config).await?;

@@ -192,7 +192,7 @@ async fn dispatch(global: Global, command: Command) -> CliResult {
         Command::Serve(c) => admin::serve(c).await,
         Command::CheckConfig { config } => admin::check_config(&config),
         Command::Users(cmd) => admin::users(cmd, out).await,
-        Command::Audit(cmd) => admin::audit(cmd).await,
+        Command::Audit(cmd) => admin::audit(cmd, out).await,
         Command::Login(args) => commands::login(args, out).await,
         Command::Logout => commands::logout(out).await,
         Command::Status => commands::status(out).await,

@@ -176,6 +176,36 @@ pub async fn ssh_config(target_ca: bool, out: Output) -> CliResult {
     Ok(())
 }
 
+/// Big enough for a few SSH packets per system call.
+const COPY_BUFFER: usize = 256 * 1024;
+
+type Reader = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
+/// Standard input and output for the relay. ssh hands a ProxyCommand pipes; read and
+/// written non-blocking through the reactor they cost one system call per chunk, where
+/// tokio's general stdio would hand every chunk to a blocking thread.
+fn stdio() -> (Reader, Writer) {
+    use std::os::fd::AsFd;
+    let stdin: Reader = match std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)
+    {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdin()),
+    };
+    let stdout: Writer = match std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(tokio::net::unix::pipe::Sender::from_owned_fd)
+    {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdout()),
+    };
+    (stdin, stdout)
+}
+
 /// `jitgate ssh-proxy LOGIN HOST PORT`, the ProxyCommand: opens an HTTPS connection to
 /// the proxy, upgrades it to carry one SSH session for HOST, and pipes stdio through it.
 /// The proxy terminates that session itself; LOGIN and PORT are only checked here.
@@ -211,15 +241,16 @@ pub async fn ssh_proxy(login: &str, host: &str, port: u16) -> CliResult {
         .upgrade()
         .await
         .map_err(|e| CliError::Refused(format!("the proxy did not switch to SSH: {e}")))?;
-    let (mut from_proxy, mut to_proxy) = tokio::io::split(upgraded);
+    let (from_proxy, mut to_proxy) = tokio::io::split(upgraded);
+    let (stdin, mut stdout) = stdio();
     let up = async {
-        let mut stdin = tokio::io::stdin();
-        let _ = tokio::io::copy(&mut stdin, &mut to_proxy).await;
+        let mut stdin = tokio::io::BufReader::with_capacity(COPY_BUFFER, stdin);
+        let _ = tokio::io::copy_buf(&mut stdin, &mut to_proxy).await;
         let _ = to_proxy.shutdown().await;
     };
     let down = async {
-        let mut stdout = tokio::io::stdout();
-        let copied = tokio::io::copy(&mut from_proxy, &mut stdout).await;
+        let mut from_proxy = tokio::io::BufReader::with_capacity(COPY_BUFFER, from_proxy);
+        let copied = tokio::io::copy_buf(&mut from_proxy, &mut stdout).await;
         let _ = stdout.flush().await;
         copied
     };

@@ -18,6 +18,8 @@ pub struct SshConfig {
     pub session_ttl: Duration,
     /// How long before a grant's expiry an interactive session is warned; zero for never.
     pub expiry_warning: Duration,
+    /// Whether terminal recordings keep what the user typed too (passwords included).
+    pub record_input: bool,
     pub hosts: Vec<SshHost>,
 }
 
@@ -45,6 +47,8 @@ pub(super) struct RawSshSection {
     listen: Option<String>,
     session_ttl: Option<String>,
     expiry_warning: Option<String>,
+    #[serde(default)]
+    record_input: bool,
     #[serde(default)]
     hosts: Vec<RawHost>,
 }
@@ -155,6 +159,7 @@ pub(super) fn validate_ssh(raw: RawSshSection, errors: &mut Vec<String>) -> SshC
         listen,
         session_ttl,
         expiry_warning,
+        record_input: raw.record_input,
         hosts,
     }
 }

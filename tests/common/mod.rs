@@ -219,6 +219,14 @@ impl Proxy {
         run(&full, &[], stdin)
     }
 
+    /// A server-side command with `-o json`, parsed.
+    pub fn json_admin(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let out = self.admin(&full, None).success().stdout;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     pub fn add_user(&self, name: &str, groups: &[&str]) {
         let mut args = vec!["users", "add", name, "--password-stdin"];
         for g in groups {

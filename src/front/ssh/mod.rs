@@ -28,8 +28,10 @@
 //! handler checks each one itself, so a key offered without a signature never gets in.
 
 mod jump;
+mod record;
 mod relay;
 mod session;
+mod sftp;
 mod target;
 
 use std::collections::HashMap;
@@ -128,6 +130,9 @@ pub struct SshFront {
     host_key: PrivateKey,
     session_ttl: Duration,
     expiry_warning: Duration,
+    /// Where terminal sessions are recorded (`data_dir/recordings`).
+    recordings: std::path::PathBuf,
+    record_input: bool,
     /// Where logins come from that are still configured ("local" and IdP names): an
     /// identity certificate from a source since removed no longer works.
     sources: Vec<String>,
@@ -140,6 +145,7 @@ impl SshFront {
         broker: Arc<Broker>,
         cas: Arc<SshCas>,
         config: &SshConfig,
+        recordings: std::path::PathBuf,
         sources: Vec<String>,
         jump_names: Vec<String>,
     ) -> Self {
@@ -156,6 +162,8 @@ impl SshFront {
             host_key: random_ed25519(),
             session_ttl: config.session_ttl,
             expiry_warning: config.expiry_warning,
+            recordings,
+            record_input: config.record_input,
             sources,
             jump_names,
         }

@@ -9,9 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use russh::{Channel, ChannelMsg};
 
-use super::session::{Open, Shared};
+use super::record::{Recorder, Terminal};
+use super::session::{expiry_warning, inside_warning, Open, Shared};
+use super::sftp::SftpWatch;
+use super::SshFront;
 use crate::audit::AuditDraft;
-use crate::store::Store;
+use crate::time::Timestamp;
 
 /// Environment variables a client may pass through: locale and time zone, nothing that
 /// changes what a program loads or runs.
@@ -75,20 +78,56 @@ pub(super) async fn run(
     client_handle: russh::server::Handle,
     open: Arc<Open>,
     shared: Arc<Shared>,
-    store: Arc<dyn Store>,
+    front: Arc<SshFront>,
 ) {
+    let store = front.broker().store();
     let id = client.id();
     let (mut from_client, to_client) = client.split();
     let (mut from_target, to_target) = target.split();
     let asked: Mutex<VecDeque<Asked>> = Mutex::new(VecDeque::new());
     let ask = |a: Asked| asked.lock().unwrap_or_else(|e| e.into_inner()).push_back(a);
     let host = &shared.host.name;
+    // Set once the channel starts a program on a terminal; the other direction reads it.
+    let recorder: std::sync::OnceLock<Recorder> = std::sync::OnceLock::new();
+    let refuse = |why: String| {
+        let to_client = &to_client;
+        async move {
+            let _ = to_client
+                .extended_data_bytes(1, format!("{why}\r\n").into_bytes())
+                .await;
+            let _ = to_client.exit_status(1).await;
+            let _ = to_client.close().await;
+        }
+    };
 
     let up = async {
+        let mut terminal: Option<(String, u32, u32)> = None;
+        let mut sftp: Option<SftpWatch> = None;
         while let Some(msg) = from_client.wait().await {
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     shared.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = recorder.get() {
+                        r.input(&data).await;
+                    }
+                    if let Some(watch) = sftp.as_mut() {
+                        let ops = watch.feed(&data);
+                        if !ops.is_empty() {
+                            let events = ops
+                                .into_iter()
+                                .map(|op| {
+                                    AuditDraft::new("ssh.sftp", &shared.user(), &shared.target())
+                                        .grant(open.auth.grant_id())
+                                        .details(serde_json::json!({ "session": shared.session_id, "file": op }))
+                                })
+                                .collect();
+                            if let Err(e) = store.append_audit(events).await {
+                                // A file operation the audit log cannot show does not happen.
+                                refuse(format!("jitgate: cannot record this file operation ({e})")).await;
+                                break;
+                            }
+                        }
+                    }
                     to_target.data_bytes(data).await
                 }
                 ChannelMsg::Eof => to_target.eof().await,
@@ -106,6 +145,7 @@ pub(super) async fn run(
                     if let Some(pty) = shared.channels.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
                         *pty = true;
                     }
+                    terminal = Some((term.clone(), col_width, row_height));
                     to_target
                         .request_pty(
                             true,
@@ -124,8 +164,17 @@ pub(super) async fn run(
                     ..
                 } if env_allowed(&variable_name) => to_target.set_env(false, variable_name, variable_value).await,
                 ChannelMsg::RequestShell { .. } => {
+                    if let Err(why) = record(&front, &shared, id, terminal.as_ref(), "shell", &recorder).await {
+                        refuse(why).await;
+                        break;
+                    }
                     ask(Asked::Shell);
-                    to_target.request_shell(true).await
+                    let sent = to_target.request_shell(true).await;
+                    if terminal.is_some() && inside_warning(&open.auth, front.expiry_warning, Timestamp::now()) {
+                        let line = expiry_warning(&open.auth, Timestamp::now());
+                        let _ = to_client.extended_data_bytes(1, line.into_bytes()).await;
+                    }
+                    sent
                 }
                 ChannelMsg::Exec { command, .. } => {
                     let text = String::from_utf8_lossy(&command).into_owned();
@@ -148,6 +197,7 @@ pub(super) async fn run(
                     to_target.exec(true, command).await
                 }
                 ChannelMsg::RequestSubsystem { name, .. } if subsystem_allowed(&name) => {
+                    sftp = Some(SftpWatch::default());
                     ask(Asked::Subsystem);
                     to_target.request_subsystem(true, name).await
                 }
@@ -157,6 +207,9 @@ pub(super) async fn run(
                     pix_width,
                     pix_height,
                 } => {
+                    if let Some(r) = recorder.get() {
+                        r.resize(col_width, row_height).await;
+                    }
                     to_target
                         .window_change(col_width, row_height, pix_width, pix_height)
                         .await
@@ -178,10 +231,16 @@ pub(super) async fn run(
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     shared.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = recorder.get() {
+                        r.output(&data).await;
+                    }
                     to_client.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
                     shared.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(r) = recorder.get() {
+                        r.output(&data).await;
+                    }
                     to_client.extended_data_bytes(ext, data).await
                 }
                 ChannelMsg::Eof => to_client.eof().await,
@@ -237,7 +296,41 @@ pub(super) async fn run(
     };
 
     tokio::join!(up, down);
+    // Dropping the recorder ends its file; the session's end event waits for the hash.
+    drop(recorder);
     shared.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+}
+
+/// Starts recording a channel that runs `what` on a terminal; no terminal, no recording.
+async fn record(
+    front: &SshFront,
+    shared: &Shared,
+    id: russh::ChannelId,
+    terminal: Option<&(String, u32, u32)>,
+    what: &str,
+    recorder: &std::sync::OnceLock<Recorder>,
+) -> Result<(), String> {
+    let Some((term, width, height)) = terminal else {
+        return Ok(());
+    };
+    if recorder.get().is_some() {
+        return Ok(());
+    }
+    let title = format!("{} {} ({what})", shared.user(), shared.target());
+    let name = format!("{}-{id}", shared.session_id);
+    let t = Terminal {
+        term,
+        width: *width,
+        height: *height,
+    };
+    let (rec, done) = Recorder::start(&front.recordings, &name, t, &title, front.record_input)
+        .await
+        .map_err(|e| {
+            format!("jitgate: cannot record this session ({e}); the proxy does not open unrecorded terminals")
+        })?;
+    let _ = recorder.set(rec);
+    shared.recordings.lock().unwrap_or_else(|e| e.into_inner()).push(done);
+    Ok(())
 }
 
 /// Relays a forwarded TCP connection's bytes both ways until either side ends.

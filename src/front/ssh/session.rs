@@ -37,6 +37,8 @@ pub(super) struct Shared {
     pub channels: Mutex<HashMap<ChannelId, bool>>,
     /// Why the session was ended by the proxy, if it was.
     pub cut: Mutex<Option<String>>,
+    /// The writers of this session's terminal recordings; each ends with its file's hash.
+    pub recordings: Mutex<Vec<tokio::task::JoinHandle<Result<super::record::Summary, String>>>>,
     /// Cancelled when the session is over, for whichever task outlives it.
     pub done: CancellationToken,
 }
@@ -108,6 +110,7 @@ where
         bytes_down: AtomicU64::new(0),
         channels: Mutex::new(HashMap::new()),
         cut: Mutex::new(None),
+        recordings: Mutex::new(Vec::new()),
         done: CancellationToken::new(),
     });
     let authenticated = Arc::new(AtomicBool::new(false));
@@ -123,6 +126,17 @@ where
     let grant = shared.grant_id();
     if let Some(grant) = grant {
         let cut = shared.cut.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let writers: Vec<_> = std::mem::take(&mut *shared.recordings.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut recordings = Vec::new();
+        for writer in writers {
+            // A relay still draining its last bytes finishes within moments.
+            recordings.push(match tokio::time::timeout(Duration::from_secs(10), writer).await {
+                Ok(Ok(Ok(summary))) => serde_json::json!(summary),
+                Ok(Ok(Err(why))) => serde_json::json!({ "error": why }),
+                Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+                Err(_) => serde_json::json!({ "error": "the recording did not finish in time" }),
+            });
+        }
         let event = AuditDraft::new("ssh.session.end", &shared.user(), &shared.target())
             .grant(&grant)
             .details(serde_json::json!({
@@ -131,6 +145,7 @@ where
                 "bytes_up": shared.bytes_up.load(Ordering::Relaxed),
                 "bytes_down": shared.bytes_down.load(Ordering::Relaxed),
                 "cut": cut,
+                "recordings": recordings,
             }));
         if let Err(e) = front.broker().store().append_audit(vec![event]).await {
             tracing::error!(error = %e, session = %shared.session_id, "cannot record the end of an SSH session");
@@ -329,7 +344,7 @@ impl russh::server::Handler for TargetSession {
                         session.handle(),
                         Arc::clone(open),
                         Arc::clone(&self.shared),
-                        self.front.broker().store().clone(),
+                        Arc::clone(&self.front),
                     ));
                 }
                 Err(e) => {
@@ -511,8 +526,25 @@ impl russh::server::Handler for TargetSession {
     }
 }
 
+/// The one-line warning a terminal gets before its grant ends.
+pub(super) fn expiry_warning(auth: &Authorized, now: Timestamp) -> String {
+    let expires = auth.expires_at();
+    format!(
+        "\r\njitgate: grant {} expires at {expires} (in {}); request again with: jitgate request {}\r\n",
+        auth.grant_id(),
+        crate::time::format_duration(now.until(expires).max(Duration::from_secs(1))),
+        auth.profile().name,
+    )
+}
+
+/// Whether a terminal opened now is already inside the warning window, so it is warned
+/// at once rather than never.
+pub(super) fn inside_warning(auth: &Authorized, warn_before: Duration, now: Timestamp) -> bool {
+    !warn_before.is_zero() && now.until(auth.expires_at()) <= warn_before
+}
+
 /// How long the cut waits for a polite close before it drops the connection outright.
-const CUT_GRACE: Duration = Duration::from_millis(40);
+const CUT_GRACE: Duration = Duration::from_millis(30);
 
 /// Watches the session's grant: warns interactive channels before it expires, and when
 /// it ends, tells every channel why and closes the connection.
@@ -527,10 +559,7 @@ async fn watch(open: Arc<Open>, shared: Arc<Shared>, client: Handle, warn_before
             _ = shared.done.cancelled() => return,
             _ = open.live.cancelled() => {}
             _ = tokio::time::sleep(until_warning) => {
-                let line = format!(
-                    "\r\njitgate: grant {grant} expires at {expires} (in {}); request again with: jitgate request {profile}\r\n",
-                    crate::time::format_duration(Timestamp::now().until(expires).max(Duration::from_secs(1))),
-                );
+                let line = expiry_warning(&open.auth, Timestamp::now());
                 let ptys: Vec<ChannelId> = shared.channels.lock().unwrap_or_else(|e| e.into_inner())
                     .iter().filter(|(_, pty)| **pty).map(|(id, _)| *id).collect();
                 for id in ptys {
@@ -559,23 +588,33 @@ async fn watch(open: Arc<Open>, shared: Arc<Shared>, client: Handle, warn_before
         .keys()
         .copied()
         .collect();
+    // Each channel gets the line and is closed, so the client prints it and leaves on its
+    // own; OpenSSH may drop output that arrives together with a disconnect.
     let deadline = tokio::time::Instant::now() + CUT_GRACE;
     for id in ids {
         let text = format!("\r\n{line}\r\n").into_bytes();
-        let _ = tokio::time::timeout_at(deadline, client.extended_data(id, 1, text)).await;
+        let _ = tokio::time::timeout_at(deadline, async {
+            let _ = client.extended_data(id, 1, text).await;
+            let _ = client.eof(id).await;
+            let _ = client.close(id).await;
+        })
+        .await;
     }
-    let _ = tokio::time::timeout_at(
-        deadline,
-        client.disconnect(russh::Disconnect::ByApplication, line, String::new()),
-    )
-    .await;
     let _ = open
         .target
         .disconnect(russh::Disconnect::ByApplication, "grant ended", "")
         .await;
     // A client that does not read (a full window) would hold the polite close up; past
-    // the grace, the connection is dropped under it.
-    if tokio::time::timeout(CUT_GRACE, shared.done.cancelled()).await.is_err() {
+    // the grace, the connection is told why and dropped under it.
+    if tokio::time::timeout_at(deadline + CUT_GRACE, shared.done.cancelled())
+        .await
+        .is_err()
+    {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(5),
+            client.disconnect(russh::Disconnect::ByApplication, line, String::new()),
+        )
+        .await;
         shared.done.cancel();
     }
 }
