@@ -396,6 +396,16 @@ fn an_interactive_shell_gets_a_terminal() {
         lines[1..].iter().all(|e| e[1] != "i"),
         "input recorded without record_input"
     );
+    // A command run with a terminal is recorded too.
+    let out = alice.ssh(&["-tt", "root@db-prod-1", "echo recorded-exec"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sessions = eventually(Duration::from_secs(5), || {
+        let s = stand.proxy.json_admin(&["audit", "sessions"]);
+        s[1]["end"].is_string().then_some(s)
+    })
+    .expect("the second session ended");
+    let cast = std::fs::read_to_string(sessions[1]["recordings"][0]["file"].as_str().unwrap()).unwrap();
+    assert!(cast.contains("recorded-exec"), "{cast}");
     // The table names the recording too.
     let table = stand.proxy.admin(&["audit", "sessions"], None).success().stdout;
     assert!(table.starts_with("USER"), "{table}");
@@ -626,6 +636,21 @@ fn channel_requests_the_profile_does_not_allow_are_refused() {
         text(&out.stdout),
         text(&out.stderr)
     );
+    // And -R: the target listens, and what connects there comes back through the client.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = tina.ssh(&[
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-R",
+        &format!("127.0.0.1:{port}:127.0.0.1:{}", stand.sshd.port),
+        "root@db-prod-1",
+        &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; head -c 7 <&3"),
+    ]);
+    assert_eq!(text(&out.stdout), "SSH-2.0", "{}", text(&out.stderr));
     // X11 and agent forwarding are never passed on, and the session still works.
     let out = alice.ssh(&[
         "-o",
@@ -649,7 +674,7 @@ fn a_client_that_stops_reading_holds_up_only_itself() {
         .command("ssh")
         .args(["root@db-prod-1", "cat /dev/zero"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
@@ -670,9 +695,14 @@ fn a_client_that_stops_reading_holds_up_only_itself() {
     assert!(after < 64 * 1024, "proxy RSS {after} KiB");
     assert!(after < before + 8 * 1024, "RSS grew from {before} to {after} KiB");
 
-    let mut stuck = stuck;
-    stuck.kill().unwrap();
-    stuck.wait().unwrap();
+    // Revoking the grant cuts even the session whose client reads nothing: the proxy drops
+    // its socket rather than wait for a polite close that cannot get through.
+    let grant = alice.user.json(&["grants"])[0]["id"].as_str().unwrap().to_owned();
+    stand.proxy.add_user("sam", &["security"]);
+    stand.proxy.login("sam").run(&["revoke", &grant], None).success();
+    let (took, _) = exit_after(stuck, Instant::now());
+    eprintln!("the stalled session ended {took:?} after the revocation returned");
+    assert!(took < Duration::from_millis(100), "cut {took:?} after the revocation");
     // Every session that started has its end in the audit log.
     let balanced = eventually(Duration::from_secs(10), || {
         let audit = stand.proxy.admin(&["audit", "export"], None).success().stdout;
@@ -685,6 +715,29 @@ fn a_client_that_stops_reading_holds_up_only_itself() {
         "{}",
         stand.proxy.admin(&["audit", "export"], None).stdout
     );
+}
+
+#[test]
+fn a_client_that_does_not_authenticate_in_time_is_dropped() {
+    use std::io::{Read, Write};
+    let stand = stand_with("ssh.login_grace = \"2s\"");
+    for send in [&b""[..], b"SSH-2.0-slow\r\n"] {
+        let mut tcp = std::net::TcpStream::connect(&stand.proxy.ssh).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tcp.write_all(send).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match tcp.read(&mut buf) {
+                Ok(0) | Err(_) => break started.elapsed(),
+                Ok(_) => continue,
+            }
+        };
+        assert!(
+            closed >= Duration::from_millis(1500) && closed < Duration::from_secs(5),
+            "dropped after {closed:?}"
+        );
+    }
 }
 
 /// What the jump listener does with raw bytes: reads until it closes, or times out.

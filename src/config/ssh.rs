@@ -20,6 +20,8 @@ pub struct SshConfig {
     pub expiry_warning: Duration,
     /// Whether terminal recordings keep what the user typed too (passwords included).
     pub record_input: bool,
+    /// How long a client may take to authenticate (OpenSSH's LoginGraceTime).
+    pub login_grace: Duration,
     pub hosts: Vec<SshHost>,
 }
 
@@ -49,6 +51,7 @@ pub(super) struct RawSshSection {
     expiry_warning: Option<String>,
     #[serde(default)]
     record_input: bool,
+    login_grace: Option<String>,
     #[serde(default)]
     hosts: Vec<RawHost>,
 }
@@ -92,6 +95,15 @@ pub(super) fn validate_ssh(raw: RawSshSection, errors: &mut Vec<String>) -> SshC
         Duration::from_secs(5 * 60),
         errors,
     );
+    let login_grace = duration_field(
+        "ssh.login_grace",
+        raw.login_grace.as_deref(),
+        Duration::from_secs(30),
+        errors,
+    );
+    if login_grace.is_zero() {
+        errors.push("ssh.login_grace: must be longer than 0s".into());
+    }
     let mut seen = HashSet::new();
     let mut hosts = Vec::with_capacity(raw.hosts.len());
     for (i, h) in raw.hosts.into_iter().enumerate() {
@@ -160,6 +172,7 @@ pub(super) fn validate_ssh(raw: RawSshSection, errors: &mut Vec<String>) -> SshC
         session_ttl,
         expiry_warning,
         record_input: raw.record_input,
+        login_grace,
         hosts,
     }
 }

@@ -46,14 +46,14 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// `idp_lifetime` caps sessions from an identity provider: the IdP is asked about the
-    /// user again at the next login, so a user disabled there keeps a browser session no
-    /// longer than a CLI token.
     /// Where logins may come from: "local" when local users are on, and each IdP's name.
     pub fn sources(&self) -> &[String] {
         &self.sources
     }
 
+    /// `idp_lifetime` caps sessions from an identity provider: the IdP is asked about the
+    /// user again at the next login, so a user disabled there keeps a browser session no
+    /// longer than a CLI token.
     pub fn new(store: Arc<dyn Store>, lifetime: Duration, idp_lifetime: Duration, sources: Vec<String>) -> Sessions {
         Sessions {
             store,

@@ -21,9 +21,18 @@ struct JumpSession {
     peer: SocketAddr,
     authenticated: Arc<AtomicBool>,
     user: Option<String>,
+    /// Held until the client authenticates.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Nested sessions open through this connection.
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-pub(super) async fn serve(front: Arc<SshFront>, tcp: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve(
+    front: Arc<SshFront>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let names: Vec<&str> = front.jump_names.iter().map(String::as_str).collect();
     let config = match front.server_config(&names) {
         Ok(c) => c,
@@ -35,8 +44,18 @@ pub(super) async fn serve(front: Arc<SshFront>, tcp: TcpStream, peer: SocketAddr
         peer,
         authenticated: Arc::clone(&authenticated),
         user: None,
+        slot: Some(slot),
+        open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
     };
-    run_server(config, tcp, handler, authenticated, CancellationToken::new()).await;
+    run_server(
+        config,
+        tcp,
+        handler,
+        authenticated,
+        front.login_grace,
+        CancellationToken::new(),
+    )
+    .await;
 }
 
 impl russh::server::Handler for JumpSession {
@@ -52,6 +71,7 @@ impl russh::server::Handler for JumpSession {
                 tracing::debug!(peer = %self.peer, user = %identity.user, "jump client authenticated");
                 self.user = Some(identity.user);
                 self.authenticated.store(true, Ordering::Release);
+                self.slot = None;
                 Ok(Auth::Accept)
             }
             Err(why) => {
@@ -96,10 +116,19 @@ impl russh::server::Handler for JumpSession {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
+        if self.open.fetch_add(1, Ordering::AcqRel) >= super::MAX_CHANNELS {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         tracing::debug!(%user, host = %host.name, port = port_to_connect, "jump channel opened");
         reply.accept().await;
         let front = Arc::clone(&self.front);
-        tokio::spawn(serve_session(front, host, channel.into_stream(), Some(user)));
+        let open = Arc::clone(&self.open);
+        tokio::spawn(async move {
+            serve_session(front, host, channel.into_stream(), Some(user)).await;
+            open.fetch_sub(1, Ordering::AcqRel);
+        });
         Ok(())
     }
 }

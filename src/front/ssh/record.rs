@@ -29,6 +29,10 @@ pub struct Summary {
     pub bytes: u64,
 }
 
+/// The recording's writer has stopped; its error is in the session's end event.
+#[derive(Debug)]
+pub struct Stopped;
+
 /// The relay's side of a recording.
 pub struct Recorder {
     tx: mpsc::Sender<Event>,
@@ -70,18 +74,21 @@ impl Recorder {
         Ok((Recorder { tx, input }, writer))
     }
 
-    pub async fn output(&self, data: &Bytes) {
-        let _ = self.tx.send(Event::Output(data.clone())).await;
+    /// Each call fails once the writer has stopped (a full disk, say): the caller ends
+    /// the terminal rather than let it run unrecorded.
+    pub async fn output(&self, data: &Bytes) -> Result<(), Stopped> {
+        self.tx.send(Event::Output(data.clone())).await.map_err(|_| Stopped)
     }
 
-    pub async fn input(&self, data: &Bytes) {
-        if self.input {
-            let _ = self.tx.send(Event::Input(data.clone())).await;
+    pub async fn input(&self, data: &Bytes) -> Result<(), Stopped> {
+        if !self.input {
+            return Ok(());
         }
+        self.tx.send(Event::Input(data.clone())).await.map_err(|_| Stopped)
     }
 
-    pub async fn resize(&self, width: u32, height: u32) {
-        let _ = self.tx.send(Event::Resize(width, height)).await;
+    pub async fn resize(&self, width: u32, height: u32) -> Result<(), Stopped> {
+        self.tx.send(Event::Resize(width, height)).await.map_err(|_| Stopped)
     }
 }
 
@@ -190,9 +197,9 @@ mod tests {
         let (rec, done) = Recorder::start(dir.path(), "s1", t, "alice root@db", false)
             .await
             .unwrap();
-        rec.output(&Bytes::from_static(b"hello\r\n")).await;
-        rec.input(&Bytes::from_static(b"secret")).await;
-        rec.resize(100, 30).await;
+        rec.output(&Bytes::from_static(b"hello\r\n")).await.unwrap();
+        rec.input(&Bytes::from_static(b"secret")).await.unwrap();
+        rec.resize(100, 30).await.unwrap();
         drop(rec);
         let summary = done.await.unwrap().unwrap();
         let text = std::fs::read_to_string(&summary.file).unwrap();

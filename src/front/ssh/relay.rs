@@ -1,7 +1,8 @@
 //! Moves one session channel's traffic between the client and the target. Each direction
 //! runs on its own, so a side that stops reading holds up only the bytes meant for it:
-//! russh's channel windows and bounded queues carry that back to the sender, and nothing
-//! here buffers more than one message.
+//! russh's channel windows and bounded queues carry that back to the sender. What is held
+//! here is bounded too: one message per direction, the recorder's queue, and at most one
+//! sftp packet header or request.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -108,10 +109,21 @@ pub(super) async fn run(
                 ChannelMsg::Data { data } => {
                     shared.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(r) = recorder.get() {
-                        r.input(&data).await;
+                        if r.input(&data).await.is_err() {
+                            refuse(RECORDING_STOPPED.into()).await;
+                            break;
+                        }
                     }
                     if let Some(watch) = sftp.as_mut() {
-                        let ops = watch.feed(&data);
+                        let ops = match watch.feed(&data) {
+                            Ok(ops) => ops,
+                            Err(why) => {
+                                // What cannot be audited does not pass.
+                                tracing::warn!(session = %shared.session_id, %why, "sftp stream not auditable; closing it");
+                                refuse(format!("jitgate: {why}; the proxy passes only sftp it can audit")).await;
+                                break;
+                            }
+                        };
                         if !ops.is_empty() {
                             let events = ops
                                 .into_iter()
@@ -164,6 +176,9 @@ pub(super) async fn run(
                     ..
                 } if env_allowed(&variable_name) => to_target.set_env(false, variable_name, variable_value).await,
                 ChannelMsg::RequestShell { .. } => {
+                    if open.live.is_cut() {
+                        break;
+                    }
                     if let Err(why) = record(&front, &shared, id, terminal.as_ref(), "shell", &recorder).await {
                         refuse(why).await;
                         break;
@@ -183,20 +198,24 @@ pub(super) async fn run(
                         .details(serde_json::json!({ "session": shared.session_id, "command": text }));
                     if let Err(e) = store.append_audit(vec![event]).await {
                         // A command the audit log cannot show does not run.
-                        let _ = to_client
-                            .extended_data_bytes(
-                                1,
-                                format!("jitgate: cannot record this command ({e})\r\n").into_bytes(),
-                            )
-                            .await;
-                        let _ = to_client.exit_status(1).await;
-                        let _ = to_client.close().await;
+                        refuse(format!("jitgate: cannot record this command ({e})")).await;
+                        break;
+                    }
+                    if open.live.is_cut() {
+                        break;
+                    }
+                    if let Err(why) = record(&front, &shared, id, terminal.as_ref(), &text, &recorder).await {
+                        refuse(why).await;
                         break;
                     }
                     ask(Asked::Exec);
                     to_target.exec(true, command).await
                 }
                 ChannelMsg::RequestSubsystem { name, .. } if subsystem_allowed(&name) => {
+                    if let Err(why) = record(&front, &shared, id, terminal.as_ref(), &name, &recorder).await {
+                        refuse(why).await;
+                        break;
+                    }
                     sftp = Some(SftpWatch::default());
                     ask(Asked::Subsystem);
                     to_target.request_subsystem(true, name).await
@@ -208,7 +227,10 @@ pub(super) async fn run(
                     pix_height,
                 } => {
                     if let Some(r) = recorder.get() {
-                        r.resize(col_width, row_height).await;
+                        if r.resize(col_width, row_height).await.is_err() {
+                            refuse(RECORDING_STOPPED.into()).await;
+                            break;
+                        }
                     }
                     to_target
                         .window_change(col_width, row_height, pix_width, pix_height)
@@ -232,14 +254,20 @@ pub(super) async fn run(
                 ChannelMsg::Data { data } => {
                     shared.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(r) = recorder.get() {
-                        r.output(&data).await;
+                        if r.output(&data).await.is_err() {
+                            refuse(RECORDING_STOPPED.into()).await;
+                            break;
+                        }
                     }
                     to_client.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
                     shared.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if let Some(r) = recorder.get() {
-                        r.output(&data).await;
+                        if r.output(&data).await.is_err() {
+                            refuse(RECORDING_STOPPED.into()).await;
+                            break;
+                        }
                     }
                     to_client.extended_data_bytes(ext, data).await
                 }
@@ -295,11 +323,18 @@ pub(super) async fn run(
         let _ = to_client.close().await;
     };
 
-    tokio::join!(up, down);
+    // Both directions end with the session, whatever they wait for.
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        _ = shared.done.cancelled() => {}
+    }
     // Dropping the recorder ends its file; the session's end event waits for the hash.
     drop(recorder);
     shared.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
 }
+
+const RECORDING_STOPPED: &str =
+    "jitgate: the recording of this terminal failed; the proxy does not keep unrecorded terminals open";
 
 /// Starts recording a channel that runs `what` on a terminal; no terminal, no recording.
 async fn record(

@@ -41,6 +41,27 @@ pub(super) struct Shared {
     pub recordings: Mutex<Vec<tokio::task::JoinHandle<Result<super::record::Summary, String>>>>,
     /// Cancelled when the session is over, for whichever task outlives it.
     pub done: CancellationToken,
+    /// Channels open now, of every kind.
+    pub open_channels: std::sync::atomic::AtomicUsize,
+}
+
+/// One of a session's [`MAX_CHANNELS`] channel slots, given back when dropped.
+pub(super) struct ChannelSlot(Arc<Shared>);
+
+impl ChannelSlot {
+    pub fn take(shared: &Arc<Shared>) -> Option<ChannelSlot> {
+        if shared.open_channels.fetch_add(1, Ordering::AcqRel) >= MAX_CHANNELS {
+            shared.open_channels.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ChannelSlot(Arc::clone(shared)))
+    }
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.0.open_channels.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -78,6 +99,7 @@ pub(super) struct Open {
     pub auth: Authorized,
     pub identity: Identity,
     pub live: LiveHandle,
+    pub reverse: Arc<target::Reverse>,
 }
 
 struct TargetSession {
@@ -112,6 +134,7 @@ where
         cut: Mutex::new(None),
         recordings: Mutex::new(Vec::new()),
         done: CancellationToken::new(),
+        open_channels: std::sync::atomic::AtomicUsize::new(0),
     });
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = TargetSession {
@@ -121,7 +144,15 @@ where
         authenticated: Arc::clone(&authenticated),
         admission: None,
     };
-    run_server(config, stream, handler, authenticated, shared.done.clone()).await;
+    run_server(
+        config,
+        stream,
+        handler,
+        authenticated,
+        front.login_grace,
+        shared.done.clone(),
+    )
+    .await;
     shared.done.cancel();
     let grant = shared.grant_id();
     if let Some(grant) = grant {
@@ -199,7 +230,16 @@ impl TargetSession {
         };
         *self.shared.grant.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((auth.grant_id().to_owned(), auth.profile().name.clone()));
-        let target = match target::connect(Arc::clone(&host), &self.front.cas.target, &cert).await {
+        let reverse = Arc::new(target::Reverse::default());
+        let _ = reverse.shared.set(Arc::clone(&self.shared));
+        let connect = target::connect(
+            Arc::clone(&host),
+            &self.front.cas.target,
+            &cert,
+            Arc::clone(&reverse),
+            self.shared.done.clone(),
+        );
+        let target = match connect.await {
             Ok(t) => t,
             Err(why) => {
                 tracing::warn!(user = %identity.user, host = %host.name, %why, "cannot open SSH target");
@@ -238,6 +278,7 @@ impl TargetSession {
             auth,
             identity,
             live,
+            reverse,
         }))
     }
 }
@@ -292,14 +333,17 @@ impl russh::server::Handler for TargetSession {
         }
         *self.shared.user.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity.user.clone());
         *self.shared.login.lock().unwrap_or_else(|e| e.into_inner()) = Some(login.to_owned());
+        // Authenticated now; reaching the target may take a while, and must not count
+        // against the time to authenticate.
+        self.authenticated.store(true, Ordering::Release);
         let admission = self.admit(identity, login).await;
         self.admission = Some(admission);
-        self.authenticated.store(true, Ordering::Release);
         Ok(Auth::Accept)
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         if let Some(Admission::Open(open)) = &self.admission {
+            let _ = open.reverse.client.set(session.handle());
             tokio::spawn(watch(
                 Arc::clone(open),
                 Arc::clone(&self.shared),
@@ -316,9 +360,17 @@ impl russh::server::Handler for TargetSession {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.shared.channels.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_CHANNELS {
+        let Some(slot) = ChannelSlot::take(&self.shared) else {
             reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
+        };
+        if let Some(Admission::Open(open)) = &self.admission {
+            if open.live.is_cut() {
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return Ok(());
+            }
         }
         match &self.admission {
             None => {
@@ -328,30 +380,44 @@ impl russh::server::Handler for TargetSession {
             }
             Some(Admission::Refused(message)) => {
                 reply.accept().await;
-                tokio::spawn(relay::refuse(channel, message.clone()));
+                let message = message.clone();
+                tokio::spawn(async move {
+                    relay::refuse(channel, message).await;
+                    drop(slot);
+                });
             }
-            Some(Admission::Open(open)) => match open.target.channel_open_session().await {
-                Ok(to_target) => {
-                    self.shared
-                        .channels
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(channel.id(), false);
-                    reply.accept().await;
-                    tokio::spawn(relay::run(
-                        channel,
-                        to_target,
-                        session.handle(),
-                        Arc::clone(open),
-                        Arc::clone(&self.shared),
-                        Arc::clone(&self.front),
-                    ));
+            Some(Admission::Open(open)) => {
+                match tokio::time::timeout(super::TARGET_CALL_TIMEOUT, open.target.channel_open_session()).await {
+                    Ok(Ok(to_target)) => {
+                        self.shared
+                            .channels
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(channel.id(), false);
+                        reply.accept().await;
+                        let relay = relay::run(
+                            channel,
+                            to_target,
+                            session.handle(),
+                            Arc::clone(open),
+                            Arc::clone(&self.shared),
+                            Arc::clone(&self.front),
+                        );
+                        tokio::spawn(async move {
+                            relay.await;
+                            drop(slot);
+                        });
+                    }
+                    failed => {
+                        let why = failed.map_or_else(
+                            |_| "timed out".to_owned(),
+                            |e| e.err().map(|e| e.to_string()).unwrap_or_default(),
+                        );
+                        tracing::warn!(error = %why, host = %self.shared.host.name, "target refused a session channel");
+                        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, host = %self.shared.host.name, "target refused a session channel");
-                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
-                }
-            },
+            }
         }
         Ok(())
     }
@@ -448,6 +514,10 @@ impl russh::server::Handler for TargetSession {
                 .await;
             return Ok(());
         };
+        let Some(slot) = ChannelSlot::take(&self.shared).filter(|_| !open.live.is_cut()) else {
+            reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
         let allowed = open.auth.profile().ssh.as_ref().is_some_and(|s| s.port_forwarding);
         let target = format!("{host_to_connect}:{port_to_connect}");
         let event = AuditDraft::new(
@@ -470,50 +540,104 @@ impl russh::server::Handler for TargetSession {
             reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        match open
-            .target
-            .channel_open_direct_tcpip(host_to_connect, port_to_connect, originator_address, originator_port)
-            .await
-        {
-            Ok(onward) => {
+        let onward = open.target.channel_open_direct_tcpip(
+            host_to_connect,
+            port_to_connect,
+            originator_address,
+            originator_port,
+        );
+        match tokio::time::timeout(super::TARGET_CALL_TIMEOUT, onward).await {
+            Ok(Ok(onward)) => {
                 reply.accept().await;
-                tokio::spawn(relay::bytes(channel, onward, Arc::clone(&self.shared)));
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(async move {
+                    relay::bytes(channel, onward, shared).await;
+                    drop(slot);
+                });
             }
-            Err(e) => {
-                tracing::info!(error = %e, %target, "target refused a forward");
+            _ => {
+                tracing::info!(%target, "target refused a forward, or did not answer");
                 reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             }
         }
         Ok(())
     }
 
-    /// `ssh -R`: not relayed by this version; refused with the reason.
+    /// `ssh -R`: the target listens for this session, where the profile allows port
+    /// forwarding; connections to it come back through the client's channels.
     async fn tcpip_forward(
         &mut self,
         address: &str,
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        if let Some(Admission::Open(open)) = &self.admission {
-            let event = AuditDraft::new("ssh.forward.denied", &open.identity.user, &self.shared.target())
-                .grant(open.auth.grant_id())
-                .details(serde_json::json!({
-                    "session": self.shared.session_id,
-                    "remote_listen": format!("{address}:{port}"),
-                }));
-            if let Err(e) = self.front.broker().store().append_audit(vec![event]).await {
-                tracing::error!(error = %e, "cannot record a refused remote forward");
+        let Some(Admission::Open(open)) = &self.admission else {
+            return Ok(false);
+        };
+        let allowed = open.auth.profile().ssh.as_ref().is_some_and(|s| s.port_forwarding);
+        let event = AuditDraft::new(
+            if allowed {
+                "ssh.forward.remote"
+            } else {
+                "ssh.forward.denied"
+            },
+            &open.identity.user,
+            &self.shared.target(),
+        )
+        .grant(open.auth.grant_id())
+        .details(serde_json::json!({
+            "session": self.shared.session_id,
+            "remote_listen": format!("{address}:{port}"),
+        }));
+        if let Err(e) = self.front.broker().store().append_audit(vec![event]).await {
+            tracing::error!(error = %e, "cannot record a remote forward");
+            return Ok(false);
+        }
+        if !allowed {
+            session.debug(true, &forwarding_refused(open), "")?;
+            return Ok(false);
+        }
+        match tokio::time::timeout(super::TARGET_CALL_TIMEOUT, open.target.tcpip_forward(address, *port))
+            .await
+            .unwrap_or(Err(russh::Error::ConnectionTimeout))
+        {
+            Ok(bound) => {
+                let bound = if *port == 0 { bound } else { *port };
+                open.reverse
+                    .listening
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((address.to_owned(), bound));
+                *port = bound;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "the target refused a remote forward");
+                Ok(false)
             }
         }
-        let message = match &self.admission {
-            Some(Admission::Open(open)) if open.auth.profile().ssh.as_ref().is_some_and(|s| s.port_forwarding) => {
-                "jitgate: remote port forwarding (-R) is not supported through the proxy; use -L".to_owned()
-            }
-            Some(Admission::Open(open)) => forwarding_refused(open),
-            _ => "jitgate: no active grant for this session".to_owned(),
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(Admission::Open(open)) = &self.admission else {
+            return Ok(false);
         };
-        session.debug(true, &message, "")?;
-        Ok(false)
+        let held = open
+            .reverse
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(address.to_owned(), port));
+        let cancelled = tokio::time::timeout(
+            super::TARGET_CALL_TIMEOUT,
+            open.target.cancel_tcpip_forward(address, port),
+        );
+        Ok(held && matches!(cancelled.await, Ok(Ok(()))))
     }
 
     async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
@@ -544,7 +668,7 @@ pub(super) fn inside_warning(auth: &Authorized, warn_before: Duration, now: Time
 }
 
 /// How long the cut waits for a polite close before it drops the connection outright.
-const CUT_GRACE: Duration = Duration::from_millis(30);
+const CUT_GRACE: Duration = Duration::from_millis(20);
 
 /// Watches the session's grant: warns interactive channels before it expires, and when
 /// it ends, tells every channel why and closes the connection.

@@ -16,7 +16,9 @@ const REMOVE: u8 = 13;
 const MKDIR: u8 = 14;
 const RMDIR: u8 = 15;
 const RENAME: u8 = 18;
+const FSETSTAT: u8 = 10;
 const SYMLINK: u8 = 20;
+const EXTENDED: u8 = 200;
 
 #[derive(Default)]
 pub struct SftpWatch {
@@ -24,15 +26,15 @@ pub struct SftpWatch {
     buf: Vec<u8>,
     /// Bytes still to pass of a packet we do not read.
     skip: usize,
-    /// Set when the stream stopped looking like sftp; nothing more is read.
-    lost: bool,
 }
 
 impl SftpWatch {
-    /// Feeds bytes the client sent; returns the file operations they completed.
-    pub fn feed(&mut self, mut data: &[u8]) -> Vec<Value> {
+    /// Feeds bytes the client sent; returns the file operations they completed, or why
+    /// the stream cannot be followed (the caller then stops it: what is not audited does
+    /// not pass).
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<Vec<Value>, String> {
         let mut ops = Vec::new();
-        while !data.is_empty() && !self.lost {
+        while !data.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(data.len());
                 self.skip -= n;
@@ -49,23 +51,29 @@ impl SftpWatch {
             if want == 5 {
                 let len = self.length();
                 if len == 0 || len > MAX_PACKET {
-                    self.lost = true;
-                    ops.push(json!({ "op": "unreadable", "why": format!("a packet of {len} bytes") }));
-                    break;
+                    return Err(format!("an sftp packet of {len} bytes"));
                 }
-                if !matches!(self.buf[4], OPEN | SETSTAT | REMOVE | MKDIR | RMDIR | RENAME | SYMLINK) {
+                if !matches!(
+                    self.buf[4],
+                    OPEN | SETSTAT | FSETSTAT | REMOVE | MKDIR | RMDIR | RENAME | SYMLINK | EXTENDED
+                ) {
                     self.skip = len - 1;
                     self.buf.clear();
+                } else if len < 5 {
+                    // Every request carries an id; shorter is not a request (and would read
+                    // as a header again).
+                    return Err(format!("an sftp request of type {} with {len} bytes", self.buf[4]));
                 }
                 continue;
             }
+            let kind = self.buf[4];
             let mut body = Bytes::copy_from_slice(&self.buf[4..]);
             self.buf.clear();
-            if let Some(op) = Packet::try_from(&mut body).ok().and_then(describe) {
-                ops.push(op);
-            }
+            let packet = Packet::try_from(&mut body)
+                .map_err(|e| format!("an sftp request of type {kind} that does not parse ({e})"))?;
+            ops.extend(describe(packet));
         }
-        ops
+        Ok(ops)
     }
 
     fn length(&self) -> usize {
@@ -87,8 +95,38 @@ fn describe(p: Packet) -> Option<Value> {
         Packet::RmDir(r) => json!({ "op": "rmdir", "path": r.path }),
         Packet::Rename(r) => json!({ "op": "rename", "path": r.oldpath, "to": r.newpath }),
         Packet::Symlink(s) => json!({ "op": "symlink", "path": s.linkpath, "to": s.targetpath }),
+        // By handle: the path was logged when it was opened.
+        Packet::FSetStat(_) => json!({ "op": "fsetstat" }),
+        Packet::Extended(e) => extended(&e.request, &e.data),
         _ => return None,
     })
+}
+
+/// OpenSSH's extensions: `posix-rename@openssh.com` (what its sftp's rename sends),
+/// `hardlink@openssh.com` and `lsetstat@openssh.com` name paths; others are logged by name.
+fn extended(request: &str, data: &[u8]) -> Value {
+    let mut rest = data;
+    let mut string = || -> Option<String> {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let s = rest.get(4..4usize.checked_add(len)?)?;
+        rest = &rest[4 + len..];
+        Some(String::from_utf8_lossy(s).into_owned())
+    };
+    match request {
+        "posix-rename@openssh.com" | "hardlink@openssh.com" => {
+            let op = if request.starts_with("posix") {
+                "rename"
+            } else {
+                "hardlink"
+            };
+            match (string(), string()) {
+                (Some(from), Some(to)) => json!({ "op": op, "path": from, "to": to }),
+                _ => json!({ "op": op, "malformed": true }),
+            }
+        }
+        "lsetstat@openssh.com" => json!({ "op": "setstat", "path": string() }),
+        other => json!({ "op": "extended", "request": other }),
+    }
 }
 
 #[cfg(test)]
@@ -139,20 +177,40 @@ mod tests {
         ];
         for chunk in [1, 3, 7, 4096, stream.len()] {
             let mut w = SftpWatch::default();
-            let got: Vec<Value> = stream.chunks(chunk).flat_map(|c| w.feed(c)).collect();
+            let got: Vec<Value> = stream.chunks(chunk).flat_map(|c| w.feed(c).unwrap()).collect();
             assert_eq!(got, want, "chunks of {chunk}");
             assert!(w.buf.capacity() < 1024, "a write payload was buffered");
         }
     }
 
     #[test]
-    fn a_stream_that_is_not_sftp_is_reported_once_and_left_alone() {
+    fn a_stream_that_is_not_sftp_is_refused() {
         let mut w = SftpWatch::default();
-        let ops = w.feed(&[0xff, 0xff, 0xff, 0xff, 3, 0, 0]);
+        assert_eq!(
+            w.feed(&[0xff, 0xff, 0xff, 0xff, 3, 0, 0]).unwrap_err(),
+            "an sftp packet of 4294967295 bytes"
+        );
+        // A watched request that does not parse is refused too, not skipped.
+        let mut w = SftpWatch::default();
+        let err = w.feed(&packet(REMOVE, b"xxxxx")).unwrap_err();
+        assert!(
+            err.starts_with("an sftp request of type 13 that does not parse"),
+            "{err}"
+        );
+        let err = SftpWatch::default().feed(&packet(REMOVE, b"")).unwrap_err();
+        assert_eq!(err, "an sftp request of type 13 with 1 bytes");
+    }
+
+    #[test]
+    fn openssh_renames_through_its_extension_and_are_seen() {
+        let mut body = 11u32.to_be_bytes().to_vec();
+        body.extend(string("posix-rename@openssh.com"));
+        body.extend(string("/tmp/old"));
+        body.extend(string("/tmp/new"));
+        let ops = SftpWatch::default().feed(&packet(EXTENDED, &body)).unwrap();
         assert_eq!(
             ops,
-            vec![json!({ "op": "unreadable", "why": "a packet of 4294967295 bytes" })]
+            vec![json!({ "op": "rename", "path": "/tmp/old", "to": "/tmp/new" })]
         );
-        assert!(w.feed(&packet(REMOVE, b"x")).is_empty());
     }
 }

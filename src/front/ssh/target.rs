@@ -18,11 +18,23 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) type Target = client::Handle<Verifier>;
 
-/// Checks the target's host key during the key exchange.
+/// Checks the target's host key during the key exchange, and carries connections for
+/// the session's remote forwards (`ssh -R`) back to the client.
 pub(super) struct Verifier {
     host: Arc<SshHost>,
     /// What was wrong with the key the target presented, for the error message.
     refused: Arc<std::sync::Mutex<Option<String>>>,
+    reverse: Arc<Reverse>,
+}
+
+/// The remote forwards a session holds on its target, and the way back to its client.
+#[derive(Default)]
+pub(super) struct Reverse {
+    /// The client's side of the session, once it has authenticated.
+    pub client: std::sync::OnceLock<russh::server::Handle>,
+    /// `(address, port)` pairs the target listens on for this session.
+    pub listening: std::sync::Mutex<std::collections::HashSet<(String, u32)>>,
+    pub shared: std::sync::OnceLock<Arc<super::session::Shared>>,
 }
 
 impl client::Handler for Verifier {
@@ -36,6 +48,135 @@ impl client::Handler for Verifier {
                 Ok(false)
             }
         }
+    }
+
+    /// A connection to one of the session's remote forwards. Anything the session did not
+    /// ask for is refused: a target cannot push channels at the proxy on its own.
+    #[allow(clippy::too_many_arguments)]
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let asked = self
+            .reverse
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(connected_address.to_owned(), connected_port));
+        let (Some(client), Some(shared), true) = (self.reverse.client.get(), self.reverse.shared.get(), asked) else {
+            tracing::warn!(host = %self.host.name, connected_address, connected_port, "target opened a forward nobody asked for");
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        // Opening the client's side waits for the client; not in this connection's event
+        // loop, which the client's own requests may be waiting on.
+        let Some(slot) = super::session::ChannelSlot::take(shared) else {
+            reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        let (client, shared) = (client.clone(), Arc::clone(shared));
+        let (address, originator) = (connected_address.to_owned(), originator_address.to_owned());
+        tokio::spawn(async move {
+            let back = tokio::time::timeout(
+                super::TARGET_CALL_TIMEOUT,
+                client.channel_open_forwarded_tcpip(address, connected_port, originator, originator_port),
+            )
+            .await;
+            match back {
+                Ok(Ok(back)) => {
+                    reply.accept().await;
+                    super::relay::bytes(back, channel, shared).await;
+                    drop(slot);
+                }
+                _ => {
+                    tracing::info!("the client did not take a remote-forwarded connection");
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    // A target opens no channels of its own to the proxy: everything else is refused.
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(reply, "session").await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(reply, "direct-tcpip").await
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(reply, "x11").await
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(reply, "agent").await
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(reply, "direct-streamlocal").await
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse(reply, "forwarded-streamlocal").await
+    }
+}
+
+impl Verifier {
+    async fn refuse(&self, reply: client::ChannelOpenHandle, kind: &str) -> Result<(), russh::Error> {
+        tracing::warn!(host = %self.host.name, kind, "target tried to open a channel to the proxy; refused");
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
     }
 }
 
@@ -106,11 +247,14 @@ pub(super) async fn connect(
     host: Arc<SshHost>,
     ca: &russh::keys::PrivateKey,
     cert: &SessionCert<'_>,
+    reverse: Arc<Reverse>,
+    kill: tokio_util::sync::CancellationToken,
 ) -> Result<Target, String> {
     let refused = Arc::new(std::sync::Mutex::new(None));
     let verifier = Verifier {
         host: Arc::clone(&host),
         refused: Arc::clone(&refused),
+        reverse,
     };
     let name = &host.name;
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&host.address))
@@ -118,6 +262,8 @@ pub(super) async fn connect(
         .map_err(|_| format!("cannot reach {name} at {}: timed out", host.address))?
         .map_err(|e| format!("cannot reach {name} at {}: {e}", host.address))?;
     let _ = tcp.set_nodelay(true);
+    // Dies with the session, whatever russh is waiting for.
+    let tcp = super::Killable::new(tcp, kill);
     let handshake = client::connect_stream(client_config(&host), tcp, verifier);
     let mut target = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
         Err(_) => return Err(format!("{name} did not complete the SSH handshake in time")),
