@@ -328,9 +328,11 @@ async fn run_server<H, S>(
 }
 
 /// A byte stream that fails every read and write once its token is cancelled, so the
-/// task that owns it ends and the socket closes, whatever state the protocol is in.
+/// task that owns it ends and the socket closes, whatever state the protocol is in. The
+/// hot path is one atomic load; the wake-up is registered only when the stream would wait.
 pub(crate) struct Killable<S> {
     inner: S,
+    kill: CancellationToken,
     killed: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
@@ -338,13 +340,17 @@ impl<S> Killable<S> {
     pub(crate) fn new(inner: S, kill: CancellationToken) -> Self {
         Killable {
             inner,
-            killed: Box::pin(kill.cancelled_owned()),
+            killed: Box::pin(kill.clone().cancelled_owned()),
+            kill,
         }
     }
 
-    /// Whether the token was cancelled; registers the task to be woken when it is.
-    fn is_killed(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        self.killed.as_mut().poll(cx).is_ready()
+    /// After the inner stream said Pending: also wake this task when the token is cancelled.
+    fn pending_unless_killed<T>(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<T>> {
+        match self.killed.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(killed())),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
     }
 }
 
@@ -358,10 +364,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.is_killed(cx) {
+        if self.kill.is_cancelled() {
             return std::task::Poll::Ready(Err(killed()));
         }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            std::task::Poll::Pending => self.pending_unless_killed(cx),
+            ready => ready,
+        }
     }
 }
 
@@ -371,20 +380,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.is_killed(cx) {
+        if self.kill.is_cancelled() {
             return std::task::Poll::Ready(Err(killed()));
         }
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Pending => self.pending_unless_killed(cx),
+            ready => ready,
+        }
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.is_killed(cx) {
+        if self.kill.is_cancelled() {
             return std::task::Poll::Ready(Err(killed()));
         }
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Pending => self.pending_unless_killed(cx),
+            ready => ready,
+        }
     }
 
     fn poll_shutdown(
