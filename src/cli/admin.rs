@@ -242,14 +242,18 @@ async fn verified_chain(store: &dyn Store) -> Result<(Vec<AuditEvent>, u64), Cli
     Ok((events, n))
 }
 
+/// `--since`: an RFC 3339 time, or a one-line usage error naming the flag.
+fn since_arg(since: Option<&str>) -> Result<Option<Timestamp>, CliError> {
+    since
+        .map(Timestamp::parse_rfc3339)
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--since: {e}")))
+}
+
 pub async fn audit(cmd: AuditCommand, out: Output) -> CliResult {
     match cmd {
         AuditCommand::Sessions { since, config } => {
-            let since = since
-                .as_deref()
-                .map(Timestamp::parse_rfc3339)
-                .transpose()
-                .map_err(|e| CliError::Usage(format!("--since: {e}")))?;
+            let since = since_arg(since.as_deref())?;
             let config = load_config(config.config.as_deref())?;
             let store = open_store(&config).await?;
             let sessions = audit::ssh_sessions(&all_events(&*store, since).await?);
@@ -315,11 +319,7 @@ pub async fn audit(cmd: AuditCommand, out: Output) -> CliResult {
             format: _,
             config,
         } => {
-            let since = since
-                .as_deref()
-                .map(Timestamp::parse_rfc3339)
-                .transpose()
-                .map_err(|e| CliError::Usage(format!("--since: {e}")))?;
+            let since = since_arg(since.as_deref())?;
             let config = load_config(config.config.as_deref())?;
             let store = open_store(&config).await?;
             for e in all_events(&*store, since).await? {
