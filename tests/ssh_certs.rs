@@ -153,9 +153,41 @@ async fn bad_keys_and_missing_inventory_get_one_line_answers() {
     assert!(body.contains("not an OpenSSH public key line"), "{body}");
     let (status, body) = post(Some(token.clone()), "A".repeat(20_000)).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = post(Some(token), HOST_KEY.into()).await;
+    let (status, body) = post(Some(token.clone()), HOST_KEY.into()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("ssh-ed25519-cert-v01@openssh.com"), "{body}");
+
+    // The SSH upgrade: a token, an upgrade request and a host name, each or a JSON reason.
+    let connect = |query: &'static str, token: Option<String>, upgrade: bool| {
+        let mut r = client.get(format!("{}/ssh/connect{query}", proxy.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if upgrade {
+            r = r.header("connection", "Upgrade").header("upgrade", "jitgate-ssh");
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (status, body["reason"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let (status, why) = connect("?host=db-prod-1", None, true).await;
+    assert_eq!(status, 401, "{why}");
+    let (status, why) = connect("?host=db-prod-1", Some(token.clone()), false).await;
+    assert_eq!(status, 400);
+    assert!(why.contains("Upgrade: jitgate-ssh"), "{why}");
+    let (status, why) = connect("", Some(token.clone()), true).await;
+    assert_eq!(
+        (status, why.as_str()),
+        (400, "/ssh/connect needs ?host=NAME, an inventory name")
+    );
+    let (status, why) = connect("?host=db-prod-9", Some(token), true).await;
+    assert_eq!(
+        (status, why.as_str()),
+        (404, "no host \"db-prod-9\" in the proxy's SSH inventory")
+    );
 }
 
 #[test]

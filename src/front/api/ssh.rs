@@ -32,7 +32,8 @@ pub const UPGRADE_PROTOCOL: &str = "jitgate-ssh";
 
 #[derive(Deserialize)]
 pub struct ConnectQuery {
-    host: String,
+    // Optional so that its absence gets the API's one-line JSON error, not axum's text.
+    host: Option<String>,
 }
 
 /// `GET /ssh/connect?host=NAME` with `Upgrade: jitgate-ssh`: after `101 Switching
@@ -58,11 +59,18 @@ pub async fn connect(
             format!("/ssh/connect carries SSH for `jitgate ssh-proxy`: it needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}` over HTTP/1.1"),
         ));
     }
-    let host = state.ssh.front.host(&q.host).cloned().ok_or_else(|| {
+    let name = q.host.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "/ssh/connect needs ?host=NAME, an inventory name",
+        )
+    })?;
+    let host = state.ssh.front.host(&name).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no host {:?} in the proxy's SSH inventory", q.host),
+            format!("no host {name:?} in the proxy's SSH inventory"),
         )
     })?;
     let upgrade = hyper::upgrade::on(&mut req);
