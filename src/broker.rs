@@ -264,6 +264,48 @@ impl Broker {
         Err(BrokerError::Contended(format!("grant {grant_id}")))
     }
 
+    /// Revokes every active grant `user` holds, on the authority of `by` (an operator, not
+    /// a policy decision): disabling a user ends their access now, not at each expiry.
+    /// Returns the ids of the grants ended. Open connections close here at once, and on
+    /// other replicas (or a server beside an admin CLI) at their next look at the store.
+    pub async fn withdraw_user_grants(
+        &self,
+        user: &str,
+        by: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Vec<String>, BrokerError> {
+        let mut ended = Vec::new();
+        for _ in 0..CAS_ATTEMPTS {
+            let filter = GrantFilter {
+                holder: Some(user),
+                active_only: true,
+                ..GrantFilter::default()
+            };
+            // One past its expiry but not yet swept has ended already; the sweeper records it.
+            let mut active = self.store.grants(filter).await?;
+            active.retain(|g| g.is_live(now));
+            if active.is_empty() {
+                return Ok(ended);
+            }
+            for grant in active {
+                let Ok(withdrawn) = grant.withdraw(by, Some(reason.to_owned()), now) else {
+                    continue;
+                };
+                let event = AuditDraft::new("grant.revoked", by, &withdrawn.user)
+                    .request(&withdrawn.request_id)
+                    .grant(&withdrawn.id)
+                    .reason(Some(reason));
+                // A grant changed meanwhile is read again on the next round.
+                if self.end_grant(&withdrawn, event).await? {
+                    tracing::info!(user, grant_id = %withdrawn.id, reason, "grant withdrawn");
+                    ended.push(withdrawn.id);
+                }
+            }
+        }
+        Err(BrokerError::Contended(format!("the grants of {user}")))
+    }
+
     /// Stores the end of a grant together with its request, then cuts its connections.
     async fn end_grant(&self, grant: &Grant, event: AuditDraft) -> Result<bool, BrokerError> {
         let request =

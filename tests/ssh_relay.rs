@@ -485,6 +485,42 @@ fn revoking_the_grant_cuts_the_session_at_once() {
 }
 
 #[test]
+fn disabling_the_user_revokes_their_grants_and_cuts_their_sessions() {
+    let stand = stand();
+    let alice = Client::new(&stand, "alice");
+    let grant = alice.request("db-root", "1h");
+    let child = long_session(&alice, &stand.sshd);
+
+    // The admin CLI writes to the store beside the running proxy, as an operator would.
+    let out = stand.proxy.admin(&["users", "disable", "alice"], None).success().stdout;
+    let disabled = Instant::now();
+    assert!(out.contains(&format!("Revoked their active grants ({grant})")), "{out}");
+    let (took, out) = exit_after(child, disabled);
+    let err = text(&out.stderr);
+    eprintln!("ssh ended {took:?} after the user was disabled");
+    // The proxy learns of it at its next look at the store, at most a second apart.
+    assert!(
+        took < Duration::from_millis(1500),
+        "cut {took:?} after the user was disabled"
+    );
+    assert!(err.contains(&format!("jitgate: grant {grant} was revoked at")), "{err}");
+
+    let events = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+    let revoked: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["action"] == "grant.revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "{events}");
+    assert_eq!(revoked[0]["grant_id"], grant.as_str(), "{}", revoked[0]);
+    assert_eq!(revoked[0]["reason"], "user disabled", "{}", revoked[0]);
+    assert_eq!(revoked[0]["actor"], "admin-cli", "{}", revoked[0]);
+    // And the next session does not start: the user is gone, whatever grant they had.
+    let again = alice.ssh(&["root@db-prod-1", "true"]);
+    assert!(!again.status.success(), "{}", text(&again.stderr));
+}
+
+#[test]
 fn an_interactive_session_is_warned_then_cut_when_the_grant_expires() {
     use std::io::BufRead;
     let stand = stand_with("ssh.expiry_warning = \"3s\"");

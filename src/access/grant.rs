@@ -85,7 +85,7 @@ impl Grant {
 
     /// Its holder, the profile's approvers and admins may end a grant early.
     pub fn revoke(
-        mut self,
+        self,
         policy: &Policy,
         by: &Identity,
         reason: Option<String>,
@@ -95,6 +95,12 @@ impl Grant {
         if by.user != self.user && !approver && !policy.is_admin(by) {
             return Err(Refusal::MayNotRevoke);
         }
+        self.withdraw(&by.user, reason, now)
+    }
+
+    /// Ends the grant on an operator's authority rather than by policy: the admin CLI's
+    /// `users disable` withdraws every active grant of the disabled user.
+    pub fn withdraw(mut self, by: &str, reason: Option<String>, now: Timestamp) -> Result<Grant, Refusal> {
         if self.state != GrantState::Active {
             return Err(Refusal::GrantNotActive { state: self.state });
         }
@@ -106,7 +112,7 @@ impl Grant {
         }
         self.state = GrantState::Revoked;
         self.ended_at = Some(now);
-        self.ended_by = Some(by.user.clone());
+        self.ended_by = Some(by.to_owned());
         self.end_reason = non_empty(reason);
         Ok(self)
     }

@@ -10,8 +10,10 @@ use super::commands::read_secret;
 use super::table;
 use super::{CliError, CliResult, ConfigArg, Output};
 use crate::audit::{self, AuditDraft, AuditEvent};
+use crate::broker::Broker;
 use crate::config::{redact_url, Config};
 use crate::identity::local::{hash_password, validate_new_password};
+use crate::live::Live;
 use crate::store::{self, Store, UserRecord};
 use crate::time::Timestamp;
 
@@ -35,7 +37,8 @@ pub enum UsersCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Disable a local user: they can no longer log in
+    /// Disable a user: they can no longer log in, their tokens stop working, and their
+    /// active grants are revoked (the proxy closes their open connections)
     Disable {
         /// User name
         name: String,
@@ -210,7 +213,25 @@ pub async fn users(cmd: UsersCommand, out: Output) -> CliResult {
                     "no user named {name:?}; `jitgate users list` shows them"
                 )));
             }
+            // Disabling ends access now: every active grant is withdrawn, and the server
+            // cuts their open connections at its next look at the store (within a second).
+            let policy = Arc::new(config.policy);
+            let broker = Broker::new(policy, store, Live::new(), config.server.request_ttl);
+            let ended = broker
+                .withdraw_user_grants(&name, "admin-cli", "user disabled", Timestamp::now())
+                .await
+                .map_err(|e| {
+                    CliError::Refused(format!(
+                        "disabled user {name}, but could not revoke their grants ({e}); run the command again"
+                    ))
+                })?;
             println!("Disabled user {name}: they can no longer log in, and their tokens stop working now");
+            if !ended.is_empty() {
+                println!(
+                    "Revoked their active grants ({}); the proxy closes their open connections within a second",
+                    ended.join(", ")
+                );
+            }
             Ok(())
         }
     }
