@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use jitgate::access::{
-    authorize, AccessProfile, AccessRequest, Action, Grant, GrantIndex, HttpScope, Identity, KubeScope, Outcome,
-    Policy, Principal, Resource, SshScope,
+    authorize, AccessProfile, AccessRequest, Action, AppScope, Grant, GrantIndex, HttpScope, Identity, KubeScope,
+    Outcome, Policy, Principal, Resource, SshScope,
 };
 use jitgate::time::Timestamp;
 
@@ -51,7 +51,7 @@ fn profile(i: usize) -> AccessProfile {
             resources: vec!["pods".into(), "pods/log".into(), "deployments".into()],
         }),
         http: Some(HttpScope {
-            apps: vec![format!("app-{i}")],
+            apps: vec![AppScope::unrestricted(&format!("app-{i}"))],
         }),
     }
 }

@@ -189,7 +189,7 @@ async fn run() {
         &format!(
             "[[oidc]]\nname = \"bench\"\nissuer = \"{}\"\nclient_id = \"jitgate\"\nclient_secret = \"s\"\n\
              [[profiles]]\nname = \"p\"\nmax_duration = \"1h\"\nrequesters = [\"group:dba\"]\napprovals_required = 0\n\
-             http = {{ apps = [\"x\"] }}\n",
+             http = {{ apps = [\"*\"] }}\n",
             idp.issuer
         ),
         "bench",
@@ -244,6 +244,7 @@ async fn run() {
             jump,
         },
         site: Site::new(PROXY, "localhost", true, std::slice::from_ref(&idp.issuer)).unwrap(),
+        apps: Vec::new(),
     });
     let app = router(state);
 

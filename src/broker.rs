@@ -415,6 +415,31 @@ impl Broker {
     }
 
     /// Decides an access and records the decision in the audit log.
+    /// The decision alone, without its audit event: for front-ends that audit per
+    /// session rather than per request (apps audit a grant's first request and denials).
+    pub fn decision(
+        &self,
+        who: &Identity,
+        resource: Resource<'_>,
+        action: Action<'_>,
+        now: Timestamp,
+    ) -> Result<Result<Authorized, Denied>, BrokerError> {
+        let state = self.index.read().unwrap_or_else(|e| e.into_inner());
+        if state.loaded_at.elapsed() > INDEX_STALE_AFTER {
+            return Err(StoreError::Unavailable("the grant index could not be reloaded for a while".into()).into());
+        }
+        Ok(authorize(&self.policy, &state.grants, who, resource, action, now))
+    }
+
+    /// Every live grant of `who` that reaches `app`, longest-lived first.
+    pub fn app_grants(&self, who: &Identity, app: &str, now: Timestamp) -> Result<Vec<Authorized>, BrokerError> {
+        let state = self.index.read().unwrap_or_else(|e| e.into_inner());
+        if state.loaded_at.elapsed() > INDEX_STALE_AFTER {
+            return Err(StoreError::Unavailable("the grant index could not be reloaded for a while".into()).into());
+        }
+        Ok(crate::access::app_grants(&state.grants, who, app, now))
+    }
+
     pub async fn authorize(
         &self,
         who: &Identity,

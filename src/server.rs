@@ -12,6 +12,7 @@ use crate::broker::Broker;
 use crate::ca::x509;
 use crate::config::{redact_url, Config};
 use crate::front::api::{self, ApiState, LoginLimiter};
+use crate::front::apps;
 use crate::front::ssh::{self, SshFront};
 use crate::front::tls;
 use crate::front::web::Site;
@@ -46,7 +47,8 @@ const LOGIN_PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let server = &config.server;
-    let certs = x509::ensure(&server.certs_dir, &server.base_domain)?;
+    let app_hosts: Vec<String> = config.apps.iter().map(|a| a.host.clone()).collect();
+    let certs = x509::ensure_with(&server.certs_dir, &server.base_domain, &app_hosts)?;
     let ssh_cas = crate::ca::ssh::ensure(&server.certs_dir)?;
     let mut generated = certs.generated.clone();
     generated.extend(&ssh_cas.generated);
@@ -86,6 +88,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let issuers: Vec<String> = config.oidc.iter().map(|o| o.issuer.clone()).collect();
     let site =
         Site::new(&public_url, &server.base_domain, config.auth.local_users, &issuers).map_err(ServeError::Setup)?;
+    let site_for_apps = site.clone();
     let idps = Providers::new(&config.oidc, &format!("{public_url}/auth/callback")).map_err(ServeError::Setup)?;
     let policy = Arc::new(config.policy);
     let mut sources: Vec<String> = config.oidc.iter().map(|o| o.name.clone()).collect();
@@ -126,7 +129,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             front: Arc::clone(&ssh_front),
             jump: jump.clone(),
         },
+        apps: apps::sites(&site_for_apps, &config.apps),
     });
+    let apps_front = Arc::new(apps::AppsFront::new(Arc::clone(&state), &config.apps).map_err(ServeError::Setup)?);
+    let routes = tls::Routes {
+        router: api::router(Arc::clone(&state)),
+        apps: apps_front,
+        base_domain: server.base_domain.to_ascii_lowercase(),
+        own_host: state.site.host.to_ascii_lowercase(),
+    };
 
     println!("jitgate listening on {public_url}  (config: {})", config.source);
     println!("  store:   {url}");
@@ -163,7 +174,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
     tokio::spawn(sweep_forever(Arc::clone(&broker), shutdown.clone()));
     tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
-    tls::serve(listener, tls_config, api::router(state), shutdown).await;
+    tls::serve(listener, tls_config, routes, shutdown).await;
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use jitgate::access::{
-    authorize, AccessProfile, AccessRequest, Action, Grant, GrantIndex, GrantState, HttpScope, Identity, KubeScope,
-    Outcome, Policy, Principal, Refusal, RequestState, Resource, SshScope,
+    authorize, AccessProfile, AccessRequest, Action, AppScope, Grant, GrantIndex, GrantState, HttpScope, Identity,
+    KubeScope, Outcome, Policy, Principal, Refusal, RequestState, Resource, SshScope,
 };
 use jitgate::time::Timestamp;
 use proptest::prelude::*;
@@ -219,7 +219,7 @@ fn build_profile(k: usize, spec: &ProfileSpec) -> AccessProfile {
             resources: vec!["pods".into()],
         }),
         http: Some(HttpScope {
-            apps: vec![format!("app{k}")],
+            apps: vec![AppScope::unrestricted(&format!("app{k}"))],
         }),
     }
 }
@@ -702,7 +702,15 @@ fn probe<'a>(
         Kind::SshPortForward => (ssh, Action::SshPortForward, port_forwarding),
         Kind::KubeGet => (kube, Action::Kube { verb: "get" }, true),
         Kind::KubeDelete => (kube, Action::Kube { verb: "delete" }, false),
-        Kind::Http => (Resource::Http { app: &names.app[k] }, Action::HttpRequest, true),
+        Kind::Http => (
+            Resource::Http {
+                app: &names.app[k],
+                method: "GET",
+                path: "/",
+            },
+            Action::HttpRequest,
+            true,
+        ),
     }
 }
 

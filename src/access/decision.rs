@@ -33,6 +33,12 @@ impl Authorized {
         self.expires_at
     }
 
+    /// Whether this grant allows `action` on `resource` too: a front-end that holds a
+    /// decision for a while (an app session) asks again for each request, here.
+    pub fn allows(&self, resource: Resource<'_>, action: Action<'_>) -> bool {
+        allows(&self.profile, resource, action)
+    }
+
     #[cfg(test)]
     pub(crate) fn for_test(grant_id: &str, expires_at: Timestamp) -> Self {
         let profile = AccessProfile {
@@ -165,6 +171,30 @@ pub fn authorize(
     }
 }
 
+/// Every live grant of `who` whose profile reaches `app` at all, whatever its method and
+/// path scope, longest-lived first. An app front-end keeps these for a session and checks
+/// each request against them with `Authorized::allows`.
+pub fn app_grants(grants: &GrantIndex, who: &Identity, app: &str, now: Timestamp) -> Vec<Authorized> {
+    let mine = grants.by_user.get(&who.user).map(Vec::as_slice).unwrap_or_default();
+    let mut out: Vec<Authorized> = mine
+        .iter()
+        .filter(|g| now < g.expires_at)
+        .filter(|g| {
+            g.profile
+                .http
+                .as_ref()
+                .is_some_and(|h| h.apps.iter().any(|a| a.reaches(app)))
+        })
+        .map(|g| Authorized {
+            grant_id: Arc::clone(&g.id),
+            profile: Arc::clone(&g.profile),
+            expires_at: g.expires_at,
+        })
+        .collect();
+    out.sort_by_key(|a| std::cmp::Reverse(a.expires_at));
+    out
+}
+
 fn allows(profile: &AccessProfile, resource: Resource<'_>, action: Action<'_>) -> bool {
     match (resource, action) {
         (Resource::Ssh { host, labels, login }, Action::SshLogin | Action::SshPortForward) => {
@@ -196,7 +226,10 @@ fn allows(profile: &AccessProfile, resource: Resource<'_>, action: Action<'_>) -
             };
             listed(&kube.clusters, cluster) && ns_ok && listed(&kube.verbs, verb) && listed(&kube.resources, resource)
         }
-        (Resource::Http { app }, Action::HttpRequest) => profile.http.as_ref().is_some_and(|h| listed(&h.apps, app)),
+        (Resource::Http { app, method, path }, Action::HttpRequest) => profile
+            .http
+            .as_ref()
+            .is_some_and(|h| h.apps.iter().any(|a| a.allows(app, method, path))),
         _ => false,
     }
 }

@@ -10,10 +10,10 @@ mod profile;
 mod request;
 mod resource;
 
-pub use decision::{authorize, Authorized, Denied, GrantIndex};
+pub use decision::{app_grants, authorize, Authorized, Denied, GrantIndex};
 pub use grant::{Grant, GrantState};
 pub use identity::{Identity, Principal};
 pub use policy::Policy;
-pub use profile::{AccessProfile, HttpScope, KubeScope, SshScope};
+pub use profile::{AccessProfile, AppScope, HttpScope, KubeScope, SshScope};
 pub use request::{AccessRequest, Approval, Outcome, Refusal, RequestState};
 pub use resource::{Action, Resource};

@@ -44,7 +44,69 @@ pub struct KubeScope {
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HttpScope {
-    pub apps: Vec<String>,
+    pub apps: Vec<AppScope>,
+}
+
+/// One app a profile reaches, and optionally only some of it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AppScope {
+    /// An `[[apps]]` name, or `*` for every app.
+    pub name: String,
+    /// Upper-case methods allowed (`GET`, `HEAD` for read-only); empty for any.
+    pub methods: Vec<String>,
+    /// Path prefixes allowed, matched on whole segments against the normalized path;
+    /// empty for any.
+    pub paths: Vec<String>,
+}
+
+impl AppScope {
+    pub fn unrestricted(name: &str) -> AppScope {
+        AppScope {
+            name: name.to_owned(),
+            ..AppScope::default()
+        }
+    }
+
+    /// Whether this scope covers `method` on `path` of `app`. `path` must already be
+    /// normalized (no dot segments, no empty segments, no encoded slashes).
+    pub fn allows(&self, app: &str, method: &str, path: &str) -> bool {
+        (self.name == "*" || self.name == app)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| under_prefix(path, p)))
+    }
+
+    /// Whether any request to `app` could pass.
+    pub fn reaches(&self, app: &str) -> bool {
+        self.name == "*" || self.name == app
+    }
+
+    /// One line for people: `okta (GET, HEAD under /admin/)`.
+    pub fn describe(&self) -> String {
+        let mut out = self.name.clone();
+        if !self.methods.is_empty() || !self.paths.is_empty() {
+            let methods = if self.methods.is_empty() {
+                "any method".to_owned()
+            } else {
+                self.methods.join(", ")
+            };
+            let paths = if self.paths.is_empty() {
+                String::new()
+            } else {
+                format!(" under {}", self.paths.join(", "))
+            };
+            out.push_str(&format!(" ({methods}{paths})"));
+        }
+        out
+    }
+}
+
+/// `/admin` covers `/admin` and `/admin/…`, not `/administrator`; `/admin/` covers what
+/// starts with it.
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 impl AccessProfile {

@@ -337,7 +337,7 @@ mod tests {
             ssh: None,
             kube: None,
             http: Some(HttpScope {
-                apps: vec!["grafana".into()],
+                apps: vec![crate::access::AppScope::unrestricted("grafana")],
             }),
         }
     }

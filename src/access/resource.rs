@@ -15,8 +15,11 @@ pub enum Resource<'a> {
         namespace: Option<&'a str>,
         resource: &'a str,
     },
+    /// One HTTP request to an app; `path` normalized by the front-end, without the query.
     Http {
         app: &'a str,
+        method: &'a str,
+        path: &'a str,
     },
 }
 
@@ -47,7 +50,7 @@ impl fmt::Display for Resource<'_> {
             } => {
                 write!(f, "kube:{cluster}/{resource}")
             }
-            Resource::Http { app } => write!(f, "http:{app}"),
+            Resource::Http { app, method, path } => write!(f, "http:{app} {method} {path}"),
         }
     }
 }

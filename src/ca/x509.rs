@@ -42,6 +42,13 @@ pub(super) fn err(path: &Path, why: impl ToString) -> CertError {
 /// Makes sure `dir` holds a CA, a server certificate for localhost, 127.0.0.1 and
 /// `*.{base_domain}`, and a token-signing key, generating whatever is missing.
 pub fn ensure(dir: &Path, base_domain: &str) -> Result<Certs, CertError> {
+    ensure_with(dir, base_domain, &[])
+}
+
+/// Same, with the server certificate naming `app_hosts` too. Some clients refuse a
+/// wildcard right under a single-label name (`*.localhost`), so each app is named
+/// explicitly; the certificate is made again when the names it should hold change.
+pub fn ensure_with(dir: &Path, base_domain: &str, app_hosts: &[String]) -> Result<Certs, CertError> {
     fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| err(dir, e))?;
     let ca_cert = dir.join("ca.pem");
@@ -69,22 +76,31 @@ pub fn ensure(dir: &Path, base_domain: &str) -> Result<Certs, CertError> {
     }
     let ca_pem = fs::read_to_string(&ca_cert).map_err(|e| err(&ca_cert, e))?;
 
-    if new_ca || !server_cert.exists() || !server_key.exists() {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        base_domain.to_owned(),
+        format!("*.{base_domain}"),
+    ];
+    for host in app_hosts {
+        if !names.contains(host) {
+            names.push(host.clone());
+        }
+    }
+    let names_file = dir.join("server-names.txt");
+    let wanted = names.join("\n") + "\n";
+    let names_changed = fs::read_to_string(&names_file).map_or(true, |had| had != wanted);
+    if new_ca || names_changed || !server_cert.exists() || !server_key.exists() {
         let ca_key_pem = fs::read_to_string(&ca_key).map_err(|e| err(&ca_key, e))?;
         let ca_keypair = KeyPair::from_pem(&ca_key_pem).map_err(|e| err(&ca_key, e))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_keypair).map_err(|e| err(&ca_cert, e))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| err(&server_key, e))?;
-        let names = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            base_domain.to_owned(),
-            format!("*.{base_domain}"),
-        ];
         let mut params = CertificateParams::new(names).map_err(|e| err(&server_cert, e))?;
         params.distinguished_name = name("jitgate proxy");
         let cert = params.signed_by(&key, &issuer).map_err(|e| err(&server_cert, e))?;
         write_secret(&server_key, &key.serialize_pem())?;
         write_public(&server_cert, &cert.pem())?;
+        write_public(&names_file, &wanted)?;
         generated.push("server certificate");
     }
 

@@ -14,8 +14,12 @@ use crate::access::{AccessProfile, HttpScope, KubeScope, Policy, Principal, SshS
 use crate::time::parse_duration;
 
 /// The configuration `jitgate serve` uses when given no file.
+mod apps;
 mod auth;
 mod ssh;
+
+use apps::{validate_app_scopes, validate_apps, RawApp, RawAppScope};
+pub use apps::{AppConfig, UpstreamTls};
 
 use auth::{validate_auth, validate_oidc, RawAuth, RawOidc};
 pub use auth::{AuthConfig, OidcConfig};
@@ -31,6 +35,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub oidc: Vec<OidcConfig>,
     pub ssh: SshConfig,
+    pub apps: Vec<AppConfig>,
     pub policy: Policy,
     /// Where this configuration came from, for messages.
     pub source: String,
@@ -87,6 +92,8 @@ struct RawConfig {
     oidc: Vec<RawOidc>,
     #[serde(default)]
     ssh: RawSshSection,
+    #[serde(default)]
+    apps: Vec<RawApp>,
     #[serde(default)]
     admins: Vec<String>,
     #[serde(default)]
@@ -163,7 +170,7 @@ struct RawKube {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
-    apps: Vec<String>,
+    apps: Vec<RawAppScope>,
 }
 
 impl Config {
@@ -204,10 +211,12 @@ impl Config {
             auth,
             oidc,
             ssh,
+            apps,
             admins,
             profiles,
         } = raw;
         let server = validate_server(server, errors);
+        let apps = validate_apps(apps, &server.base_domain, errors);
         let url = store
             .url
             .unwrap_or_else(|| format!("sqlite://{}/jitgate.db", server.data_dir.display()));
@@ -217,7 +226,7 @@ impl Config {
             ));
         }
         let admins = principals("admins", &admins, errors);
-        let profiles = validate_profiles(profiles, errors);
+        let profiles = validate_profiles(profiles, &apps, errors);
         let auth = validate_auth(auth, errors);
         let oidc = validate_oidc(oidc, errors);
         let ssh = validate_ssh(ssh, errors);
@@ -233,6 +242,7 @@ impl Config {
             auth,
             oidc,
             ssh,
+            apps,
             policy: Policy::new(profiles, admins),
             source: source.to_owned(),
         }
@@ -386,7 +396,7 @@ fn non_empty_list(path: &str, list: &[String], errors: &mut Vec<String>) {
     }
 }
 
-fn validate_profiles(raw: Vec<RawProfile>, errors: &mut Vec<String>) -> Vec<AccessProfile> {
+fn validate_profiles(raw: Vec<RawProfile>, apps: &[AppConfig], errors: &mut Vec<String>) -> Vec<AccessProfile> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, p) in raw.into_iter().enumerate() {
@@ -457,9 +467,8 @@ fn validate_profiles(raw: Vec<RawProfile>, errors: &mut Vec<String>) -> Vec<Acce
                 resources,
             }
         });
-        let http = http.map(|h| {
-            non_empty_list(&format!("{at}.http.apps"), &h.apps, errors);
-            HttpScope { apps: h.apps }
+        let http = http.map(|h| HttpScope {
+            apps: validate_app_scopes(&format!("{at}.http.apps"), h.apps, apps, errors),
         });
         out.push(AccessProfile {
             name,
@@ -542,7 +551,7 @@ mod tests {
             max_duration = "2h"
             requesters = ["group:x"]
             approvers = ["group:y"]
-            http = { apps = ["grafana"] }
+            http = { apps = ["*"] }
             [[profiles]]
             name = "a"
             max_duration = "2x"
@@ -567,6 +576,79 @@ mod tests {
     }
 
     #[test]
+    fn apps_and_their_scopes_are_checked() {
+        let errs = errors_of(
+            r#"
+            [server]
+            base_domain = "example.com"
+            [[apps]]
+            name = "grafana"
+            upstream = "http://127.0.0.1:3000"
+            [[apps]]
+            name = "Okta"
+            upstream = "https://10.0.0.1/admin"
+            host = "okta.evil.com"
+            [[apps]]
+            name = "vault"
+            upstream = "https://10.0.0.2"
+            [[apps]]
+            name = "grafana"
+            upstream = "ftp://x"
+            ca_file = "ca.pem"
+            [[profiles]]
+            name = "a"
+            max_duration = "1h"
+            requesters = ["group:x"]
+            approvals_required = 0
+            http = { apps = ["grafana", { name = "kibana" }, { name = "grafana", methods = ["get", "FETCH"], paths = ["/d/../admin", "x"] }] }
+            "#,
+        );
+        let expected = [
+            "apps[1].name: \"Okta\" must be a DNS label: lower-case letters, digits and '-'",
+            "apps[1].host: \"okta.evil.com\" must be one label under server.base_domain (\"example.com\"), e.g. \"Okta.example.com\"",
+            "apps[1].upstream: \"https://10.0.0.1/admin\" must be only scheme, host and port (requests keep their own path)",
+            "apps[2]: an https:// upstream needs ca_file (the CA that signed its certificate) or pin_sha256",
+            "apps[3].name: duplicate app name \"grafana\"",
+            "apps[3].host: \"grafana.example.com\" is already another app's host",
+            "apps[3].upstream: \"ftp://x\" must start with http:// or https://",
+            "profiles[0].http.apps[1]: no app \"kibana\" in [[apps]]",
+            "profiles[0].http.apps[2].methods: \"FETCH\" is not an HTTP method",
+            "profiles[0].http.apps[2].paths: \"/d/../admin\" must be a plain path prefix starting with '/' (no '..', '//', '%', '?' or '#')",
+            "profiles[0].http.apps[2].paths: \"x\" must be a plain path prefix starting with '/' (no '..', '//', '%', '?' or '#')",
+        ];
+        for e in expected {
+            assert!(errs.iter().any(|x| x == e), "missing {e:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expected.len(), "{errs:#?}");
+
+        let ok = Config::parse(
+            r#"
+            [[apps]]
+            name = "grafana"
+            upstream = "http://127.0.0.1:3000"
+            websocket = false
+            [[profiles]]
+            name = "look"
+            max_duration = "1h"
+            requesters = ["group:x"]
+            approvals_required = 0
+            http = { apps = [{ name = "grafana", methods = ["get", "HEAD"], paths = ["/d/"] }] }
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        let app = &ok.apps[0];
+        assert_eq!(app.host, "grafana.localhost");
+        assert!(app.pass_identity_headers && !app.websocket);
+        let scope = &ok.policy.profile("look").unwrap().http.as_ref().unwrap().apps[0];
+        assert_eq!(scope.methods, ["GET", "HEAD"]);
+        assert!(scope.allows("grafana", "GET", "/d/abc"));
+        assert!(!scope.allows("grafana", "POST", "/d/abc"));
+        assert!(!scope.allows("grafana", "GET", "/admin"));
+        assert!(!scope.allows("other", "GET", "/d/abc"));
+    }
+
+    #[test]
     fn requesters_cannot_count_as_their_own_approvers() {
         let errs = errors_of(
             r#"
@@ -576,7 +658,7 @@ mod tests {
             requesters = ["user:alice"]
             approvers = ["user:alice", "user:bob"]
             approvals_required = 2
-            http = { apps = ["x"] }
+            http = { apps = ["*"] }
             "#,
         );
         assert_eq!(

@@ -2,6 +2,7 @@
 //! what arrives into calls on the broker and map its errors onto the wire exactly once.
 
 pub mod api;
+pub mod apps;
 pub mod ssh;
 pub mod tls;
 pub mod web;

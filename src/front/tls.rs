@@ -5,15 +5,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::front::apps::AppsFront;
 
 /// The address a request came from, as seen on the TCP connection.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +27,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Caps the request head (line and headers) a client may send.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Caps the number of request headers (HTTP/1.1; HTTP/2 is capped by size).
+const MAX_HEADERS: usize = 100;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 128;
 
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -45,8 +53,92 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// What answers on the listener: apps by host, everything else the proxy's own router.
+#[derive(Clone)]
+pub struct Routes {
+    pub router: Router,
+    pub apps: Arc<AppsFront>,
+    /// `server.base_domain`: hosts under it that name no app get a 404, not the console.
+    pub base_domain: String,
+    /// The proxy's own host name, lower case.
+    pub own_host: String,
+}
+
+impl Routes {
+    async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr, sni: Option<&str>) -> Response<Body> {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let host = match request_host(&req) {
+            Ok(h) => h,
+            Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+        };
+        if let Some(app) = host.as_deref().and_then(|h| self.apps.app(h)) {
+            // A connection is bound to the name it was opened for: a browser that reuses it
+            // for another host is told to open a new one (RFC 9110 §15.5.20).
+            if sni != host.as_deref() {
+                return plain(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "jitgate: this connection was opened for another host; open a new one for this app",
+                );
+            }
+            return Arc::clone(&self.apps).handle(Arc::clone(app), req, peer).await;
+        }
+        if sni.is_some_and(|s| self.apps.app(s).is_some()) {
+            return plain(
+                StatusCode::MISDIRECTED_REQUEST,
+                "jitgate: this connection was opened for an app; open a new one for the proxy",
+            );
+        }
+        if let Some(h) = host.as_deref() {
+            let under = h
+                .strip_suffix(self.base_domain.as_str())
+                .is_some_and(|rest| rest.ends_with('.'));
+            if under && h != self.own_host {
+                return plain(StatusCode::NOT_FOUND, "jitgate: no app is served at this host");
+            }
+        }
+        match self.router.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// The host a request names, lower case without the port: the URI's authority (HTTP/2,
+/// or an absolute-form request line) or the `Host` header. Both present and different is
+/// an error, as is more than one `Host`.
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, &'static str> {
+    let from_uri = req.uri().authority().map(|a| a.host().to_ascii_lowercase());
+    let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
+    let from_header = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(h), None) => {
+            let text = h.to_str().map_err(|_| "jitgate: the Host header is not text")?;
+            let authority: hyper::http::uri::Authority = text
+                .parse()
+                .map_err(|_| "jitgate: the Host header is not a host name")?;
+            Some(authority.host().to_ascii_lowercase())
+        }
+        (Some(_), Some(_)) => return Err("jitgate: more than one Host header"),
+    };
+    match (from_uri, from_header) {
+        (Some(u), Some(h)) if u != h => Err("jitgate: the request names two different hosts"),
+        (Some(u), _) => Ok(Some(u)),
+        (None, h) => Ok(h),
+    }
+}
+
+fn plain(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
 /// Accepts connections until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, routes: Routes, shutdown: CancellationToken) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -62,7 +154,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
             },
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let routes = routes.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -70,23 +162,26 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, app: R
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            let svc = tower::ServiceBuilder::new()
-                .map_request(move |mut req: hyper::Request<Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    req
-                })
-                .service(app);
+            let sni: Option<Arc<str>> = tls.get_ref().1.server_name().map(|s| s.to_ascii_lowercase().into());
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let routes = routes.clone();
+                let sni = sni.clone();
+                async move { Ok::<_, std::convert::Infallible>(routes.route(req, peer, sni.as_deref()).await) }
+            });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_headers(MAX_HEADERS)
                 .max_buf_size(MAX_HEAD_BYTES);
-            builder.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc))
-                .await
-            {
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .max_concurrent_streams(MAX_STREAMS)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

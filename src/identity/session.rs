@@ -124,9 +124,23 @@ impl Sessions {
         {
             return Ok(None);
         }
-        let id_hash = hash(secret);
+        self.lookup(hash(secret), csrf_of(secret), now).await
+    }
+
+    /// The live session with this id hash, for an app's cookie, which names the session
+    /// without holding its secret. Its `csrf` is empty: app hosts post no console forms.
+    pub async fn check_hash(&self, id_hash: &str, now: Timestamp) -> Result<Option<Arc<Session>>, StoreError> {
+        if id_hash.len() != 64 || !id_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        self.lookup(id_hash.to_owned(), String::new(), now).await
+    }
+
+    async fn lookup(&self, id_hash: String, csrf: String, now: Timestamp) -> Result<Option<Arc<Session>>, StoreError> {
         if let Some(s) = self.cache.get(&id_hash).await {
-            return Ok((s.expires_at > now).then_some(s));
+            if s.csrf == csrf || csrf.is_empty() {
+                return Ok((s.expires_at > now).then_some(s));
+            }
         }
         let Some(found) = self.store.session(&id_hash).await? else {
             return Ok(None);
@@ -142,7 +156,7 @@ impl Sessions {
             },
             email: r.email,
             idp: r.idp,
-            csrf: csrf_of(secret),
+            csrf,
             id_hash: id_hash.clone(),
             expires_at: r.expires_at,
         });

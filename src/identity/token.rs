@@ -133,6 +133,34 @@ impl TokenIssuer {
         jsonwebtoken::encode(&header, &sealed, &self.encoding).map_err(|e| format!("signing a value: {e}"))
     }
 
+    /// The `X-Jitgate-Assertion` an app's upstream gets: who calls, under which grant,
+    /// for that app only (`aud`), for at most `ttl`. Verifiable with the JWKS.
+    pub fn assertion(
+        &self,
+        audience: &str,
+        who: &Identity,
+        email: Option<&str>,
+        grant_id: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<String, String> {
+        let iat = now.as_millis() / 1000;
+        let claims = serde_json::json!({
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": who.user,
+            "email": email,
+            "groups": who.groups,
+            "grant": grant_id,
+            "jti": random_id("a-"),
+            "iat": iat,
+            "exp": iat + i64::try_from(ttl.as_secs()).unwrap_or(60),
+        });
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| format!("signing an assertion: {e}"))
+    }
+
     /// Opens what `seal` signed for `audience`, if it is unexpired and untouched.
     pub fn open<T: DeserializeOwned>(&self, audience: &str, sealed: &str) -> Result<T, TokenError> {
         self.decode::<Sealed<T>>(sealed, audience, &["exp", "iss", "aud"])

@@ -45,6 +45,8 @@ pub struct ApiState {
     /// `[auth] token_refresh`: IdP logins' tokens may be renewed after a re-check at the IdP.
     pub token_refresh: bool,
     pub ssh: ssh::SshState,
+    /// The configured browser apps, for the login handoff and the request page.
+    pub apps: Vec<crate::front::apps::AppSite>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

@@ -32,7 +32,12 @@ pub(super) fn identity_section(s: &Session, admin: bool) -> Markup {
     }
 }
 
-pub(super) fn request_form(s: &Session, requestable: &[Arc<AccessProfile>], draft: Option<&NewRequestForm>) -> Markup {
+pub(super) fn request_form(
+    s: &Session,
+    requestable: &[Arc<AccessProfile>],
+    draft: Option<&NewRequestForm>,
+    rd: Option<&str>,
+) -> Markup {
     let chosen = draft.map_or("", |d| d.profile.as_str());
     html! {
         section {
@@ -42,6 +47,7 @@ pub(super) fn request_form(s: &Session, requestable: &[Arc<AccessProfile>], draf
             } @else {
                 form.new-request method="post" action="/requests" {
                     input type="hidden" name="csrf" value=(s.csrf);
+                    @if let Some(rd) = rd { input type="hidden" name="rd" value=(rd); }
                     label {
                         "Profile"
                         select name="profile" required {
@@ -203,7 +209,9 @@ pub(super) fn scope(p: &AccessProfile) -> Markup {
                     @if !k.groups.is_empty() { " (as groups " (k.groups.join(", ")) ")" }
                 }
             }
-            @if let Some(h) = &p.http { li { "Web apps " (h.apps.join(", ")) } }
+            @if let Some(h) = &p.http {
+                li { "Web apps " (h.apps.iter().map(|a| a.describe()).collect::<Vec<_>>().join(", ")) }
+            }
             li { "At most " (format_duration(p.max_duration)) "; " (approvals_needed(p.approvals_required)) }
         }
     }

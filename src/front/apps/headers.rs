@@ -1,0 +1,195 @@
+//! What crosses the proxy in headers. Toward the upstream: nothing the client sent may
+//! claim an identity or a forwarding path (the `X-Jitgate-*` family in any spelling, and
+//! `Forwarded`/`X-Forwarded-*`/`X-Real-IP`), hop-by-hop headers end here (RFC 9110 §7.6.1),
+//! and the proxy's own cookies stay with the proxy. Then the proxy adds what it knows.
+
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The cookie that holds an app session on an app's host.
+pub const APP_COOKIE: &str = "__Host-jitgate-app";
+/// The cookie that ties a sign-in on an app's host to the browser that started it.
+pub const STATE_COOKIE: &str = "__Host-jitgate-app-state";
+
+/// Headers the proxy alone sets toward the upstream.
+pub const USER: &str = "x-jitgate-user";
+pub const EMAIL: &str = "x-jitgate-email";
+pub const GROUPS: &str = "x-jitgate-groups";
+pub const GRANT: &str = "x-jitgate-grant";
+pub const ASSERTION: &str = "x-jitgate-assertion";
+
+/// `_` and `-` are the same to many frameworks (CGI, Django, nginx with
+/// `underscores_in_headers`), so both spellings are one header here. Names are lower case
+/// already: that is how the `http` crate keeps them.
+fn canonical(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let s = name.as_str();
+    if s.contains('_') {
+        std::borrow::Cow::Owned(s.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Whether a client-sent header pretends to be something only the proxy may say.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    let n = canonical(name);
+    n.starts_with("x-jitgate")
+        || n.starts_with("x-forwarded-")
+        || matches!(&*n, "forwarded" | "x-real-ip" | "x-client-ip" | "true-client-ip")
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Removes hop-by-hop headers: the fixed list and whatever `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove("proxy-authenticate");
+}
+
+/// The request headers the upstream gets, before the proxy adds its own.
+pub fn clean_request(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    let reserved: Vec<HeaderName> = headers.keys().filter(|n| is_reserved(n)).cloned().collect();
+    for name in reserved {
+        headers.remove(name);
+    }
+    strip_own_cookies(headers);
+}
+
+/// Drops the proxy's cookies from `Cookie`, keeping the app's own in their order.
+fn strip_own_cookies(headers: &mut HeaderMap) {
+    let own = |name: &str| name == APP_COOKIE || name.starts_with("__Host-jitgate");
+    if !headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.to_str().map_or(true, |t| t.contains("jitgate")))
+    {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|t| t.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| !own(pair.split('=').next().unwrap_or_default().trim()))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// The response headers the client gets: hop-by-hop headers end here, and an upstream may
+/// not set or clear the proxy's cookie.
+pub fn clean_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            !v.to_str()
+                .is_ok_and(|t| t.trim_start().starts_with(&format!("{APP_COOKIE}=")))
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for c in cookies {
+        headers.append(header::SET_COOKIE, c);
+    }
+}
+
+/// Whether the request asks to become a WebSocket (HTTP/1.1 `Upgrade: websocket`).
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    let upgrade = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")));
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    upgrade && connection
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn identity_and_forwarding_claims_go_in_every_spelling() {
+        let mut h = map(&[
+            ("X-Jitgate-User", "root"),
+            ("x-jitgate-user", "root2"),
+            ("X_Jitgate_User", "root3"),
+            ("x-JITGATE-groups", "admins"),
+            ("X-Jitgate-Assertion", "forged"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("X-Forwarded-Host", "evil"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("Connection", "keep-alive, X-Custom-Hop"),
+            ("X-Custom-Hop", "1"),
+            ("TE", "trailers"),
+            ("Accept", "text/html"),
+            ("Cookie", "a=1; __Host-jitgate-app=secret; __Host-jitgate=s2; b=2"),
+            ("Cookie", "__Host-jitgate-app=again"),
+        ]);
+        clean_request(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept", "cookie"], "{h:?}");
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+
+    #[test]
+    fn an_upstream_cannot_touch_the_proxy_cookie() {
+        let mut h = map(&[
+            ("Set-Cookie", "__Host-jitgate-app=x; Path=/"),
+            ("Set-Cookie", "grafana_session=y; Path=/"),
+            ("Connection", "close"),
+            ("Transfer-Encoding", "chunked"),
+        ]);
+        clean_response(&mut h);
+        let cookies: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["grafana_session=y; Path=/"]);
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+    }
+}

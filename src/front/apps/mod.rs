@@ -1,0 +1,845 @@
+//! Browser apps behind grants. A request on an app's host (`{app}.{base_domain}`) needs an
+//! app session (its own cookie, minted through the proxy's login and bound to that app),
+//! then a grant that allows its method and path. Allowed requests go to the upstream with
+//! the caller's identity and a signed assertion; streaming answers and WebSockets are
+//! registered with `live` and cut when their grant ends.
+
+mod headers;
+pub mod path;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Method, Request, Response, StatusCode, Uri, Version};
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming};
+use maud::html;
+use moka::future::Cache;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::access::{Action, Authorized, Resource};
+use crate::audit::AuditDraft;
+use crate::config::AppConfig;
+use crate::front::api::ApiState;
+use crate::front::web;
+use crate::identity::session::Session;
+use crate::live::LiveHandle;
+use crate::time::Timestamp;
+pub use headers::{APP_COOKIE, STATE_COOKIE};
+use upstream::UpstreamClient;
+
+/// How long a handoff code from the proxy's login to an app's host stays good.
+const HANDOFF_TTL: Duration = Duration::from_secs(60);
+/// A session's decision for an app is looked up again after this, so new grants show.
+const DECISION_TTL: Duration = Duration::from_secs(30);
+const DECISION_CACHE_ENTRIES: u64 = 100_000;
+/// The assertion lives this long; one is reused while it has more than half left.
+const ASSERTION_TTL: Duration = Duration::from_secs(60);
+pub const CALLBACK_PATH: &str = "/.jitgate/callback";
+
+/// Where an app lives, for the proxy's own pages.
+#[derive(Clone, Debug)]
+pub struct AppSite {
+    pub name: String,
+    pub host: String,
+    /// `https://host[:port]` as browsers reach the app.
+    pub origin: String,
+}
+
+/// The sites of the configured apps, on the proxy's port.
+pub fn sites(site: &web::Site, apps: &[AppConfig]) -> Vec<AppSite> {
+    apps.iter()
+        .map(|a| AppSite {
+            name: a.name.clone(),
+            host: a.host.clone(),
+            origin: if site.port == 443 {
+                format!("https://{}", a.host)
+            } else {
+                format!("https://{}:{}", a.host, site.port)
+            },
+        })
+        .collect()
+}
+
+/// One configured app, ready to serve.
+pub struct App {
+    pub config: AppConfig,
+    pub name: Arc<str>,
+    /// `https://host[:port]` as browsers reach the app: the assertion's audience.
+    pub origin: String,
+    client: UpstreamClient,
+    upgrades: UpstreamClient,
+}
+
+/// Where a session stands with one app: the grants that reach it, each watched by `live`.
+struct Access {
+    grants: Vec<Held>,
+}
+
+struct Held {
+    auth: Authorized,
+    live: LiveHandle,
+    assertion: Mutex<Option<(Arc<str>, Timestamp)>>,
+}
+
+impl Access {
+    fn fresh(&self, now: Timestamp) -> bool {
+        !self.grants.is_empty()
+            && self
+                .grants
+                .iter()
+                .all(|h| !h.live.is_cut() && now < h.auth.expires_at())
+    }
+}
+
+/// What an app's cookie holds: which proxy session it belongs to.
+#[derive(Serialize, Deserialize)]
+struct AppCookie {
+    sid: String,
+}
+
+/// What the proxy's login hands to an app's host, once, through the store.
+#[derive(Serialize, Deserialize)]
+struct Handoff {
+    sid: String,
+    app: String,
+    /// The state the app's host gave the browser when it sent it to log in: the callback
+    /// takes the code only from that browser, so nobody can sign another in as themselves.
+    state: String,
+    /// Path and query on the app's host to land on.
+    to: String,
+}
+
+pub struct AppsFront {
+    state: Arc<ApiState>,
+    by_host: HashMap<String, Arc<App>>,
+    decisions: Cache<(String, Arc<str>), Arc<Access>>,
+    /// (grant, app) pairs whose first request is already in the audit log.
+    first_seen: Cache<(Arc<str>, Arc<str>), ()>,
+}
+
+impl AppsFront {
+    pub fn new(state: Arc<ApiState>, apps: &[AppConfig]) -> Result<AppsFront, String> {
+        let mut by_host = HashMap::new();
+        for (config, site) in apps.iter().zip(sites(&state.site, apps)) {
+            let (client, upgrades) = upstream::clients(config)?;
+            let origin = site.origin;
+            let app = App {
+                name: config.name.as_str().into(),
+                config: config.clone(),
+                origin,
+                client,
+                upgrades,
+            };
+            by_host.insert(config.host.clone(), Arc::new(app));
+        }
+        Ok(AppsFront {
+            state,
+            by_host,
+            decisions: Cache::builder()
+                .max_capacity(DECISION_CACHE_ENTRIES)
+                .time_to_live(DECISION_TTL)
+                .build(),
+            first_seen: Cache::builder().max_capacity(DECISION_CACHE_ENTRIES).build(),
+        })
+    }
+
+    /// The app served on `host` (lower case, no port), if any.
+    pub fn app(&self, host: &str) -> Option<&Arc<App>> {
+        self.by_host.get(host)
+    }
+
+    /// Serves one request on an app's host.
+    pub async fn handle(self: Arc<Self>, app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.uri().path() == CALLBACK_PATH {
+            return self.callback(&app, req.uri().query(), req.headers()).await;
+        }
+        if req.uri().path().starts_with("/.jitgate/") {
+            return text(StatusCode::NOT_FOUND, "jitgate: no such page");
+        }
+        let now = Timestamp::now();
+        let session = match self.session(&app, req.headers(), now).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return self.to_login(&app, &req),
+            Err(resp) => return resp,
+        };
+        let path = match path::normalize(req.uri().path()) {
+            Ok(p) => p,
+            Err(path::BadPath(why)) => return text(StatusCode::BAD_REQUEST, &format!("jitgate: {why}")),
+        };
+        let websocket = headers::wants_websocket(req.headers());
+        if websocket && !app.config.websocket {
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!("jitgate: WebSockets are turned off for {}", app.name),
+            );
+        }
+        let method = req.method().clone();
+        let held = match self.decide(&app, &session, method.as_str(), &path, now).await {
+            Ok(held) => held,
+            Err(resp) => return resp,
+        };
+        let live = self.state.broker.live().register(&held.auth);
+        if live.is_cut() {
+            self.decisions
+                .invalidate(&(session.id_hash.clone(), Arc::clone(&app.name)))
+                .await;
+            return text(
+                StatusCode::FORBIDDEN,
+                "jitgate: the grant has just ended; reload the page",
+            );
+        }
+        let assertion = match self.assertion(&app, &session, &held, now) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign the identity assertion");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "jitgate: internal error; see the proxy's log",
+                );
+            }
+        };
+        let forward = Forward {
+            app: &app,
+            session: &session,
+            grant_id: held.auth.grant_id(),
+            assertion: &assertion,
+            path: &path,
+            peer,
+        };
+        if websocket {
+            forward.websocket(req, live).await
+        } else {
+            forward.request(req, live).await
+        }
+    }
+
+    /// The live proxy session an app cookie names, if any. Cookies for another app, forged,
+    /// expired, or of an ended session name none.
+    async fn session(
+        &self,
+        app: &App,
+        headers: &axum::http::HeaderMap,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Session>>, Response<Body>> {
+        let [cookie] = web::cookie_values(headers, APP_COOKIE)[..] else {
+            return Ok(None);
+        };
+        let Ok(opened) = self.state.tokens.open::<AppCookie>(&audience(&app.name), cookie) else {
+            return Ok(None);
+        };
+        match self.state.sessions.check_hash(&opened.sid, now).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check an app session; refusing");
+                Err(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jitgate: the proxy cannot reach its store; try again shortly",
+                ))
+            }
+        }
+    }
+
+    /// Sends a browser through the proxy's login and back; anything else is told to.
+    fn to_login(&self, app: &App, req: &Request<Incoming>) -> Response<Body> {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) || headers::wants_websocket(req.headers()) {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                &format!("jitgate: log in first: open {} in a browser", app.origin),
+            );
+        }
+        let here = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let state = secret();
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("app", &app.name)
+            .append_pair("rd", &format!("{}{here}", app.origin))
+            .append_pair("state", &state)
+            .finish();
+        let mut resp = redirect(&format!("{}/auth/app?{query}", self.state.site.origin));
+        let cookie = format!("{STATE_COOKIE}={state}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600");
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        resp
+    }
+
+    /// `/.jitgate/callback?code=…`: installs the app cookie the proxy's login sent here,
+    /// for the browser that was sent to log in from here.
+    async fn callback(&self, app: &App, query: Option<&str>, headers: &axum::http::HeaderMap) -> Response<Body> {
+        let code = query
+            .into_iter()
+            .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let now = Timestamp::now();
+        let expired = || {
+            text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "jitgate: this sign-in link was used already or has expired; open {} again",
+                    app.origin
+                ),
+            )
+        };
+        if code.is_empty() || code.len() > 64 {
+            return expired();
+        }
+        let store = self.state.broker.store();
+        let taken = match store.take_flow(&handoff_key(&code), now).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read an app sign-in; refusing");
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jitgate: the proxy cannot reach its store; try again shortly",
+                );
+            }
+        };
+        let Some(handoff) = taken.and_then(|t| serde_json::from_str::<Handoff>(&t).ok()) else {
+            return expired();
+        };
+        if handoff.app != *app.name {
+            tracing::warn!(app = %app.name, for_app = %handoff.app, "an app sign-in code was presented to another app");
+            return expired();
+        }
+        let from_here = matches!(web::cookie_values(headers, STATE_COOKIE)[..], [state] if crate::identity::session::same_secret(state, &handoff.state));
+        if !from_here {
+            tracing::warn!(app = %app.name, "an app sign-in code came back in another browser; refused");
+            return expired();
+        }
+        let session = match self.state.sessions.check_hash(&handoff.sid, now).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return expired(),
+            Err(_) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jitgate: the proxy cannot reach its store; try again shortly",
+                )
+            }
+        };
+        let ttl = now.until(session.expires_at);
+        let sealed = match self.state.tokens.seal(
+            &audience(&app.name),
+            ttl,
+            AppCookie {
+                sid: session.id_hash.clone(),
+            },
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot seal an app cookie");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "jitgate: internal error; see the proxy's log",
+                );
+            }
+        };
+        let to = if handoff.to.starts_with('/') && !handoff.to.starts_with("//") {
+            handoff.to
+        } else {
+            "/".to_owned()
+        };
+        let mut resp = redirect(&to);
+        let cookie = format!(
+            "{APP_COOKIE}={sealed}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
+            ttl.as_secs()
+        );
+        for c in [cookie, crate::identity::session::clear_cookie(STATE_COOKIE)] {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        // The code was in this URL: no page this redirect leads to should see it.
+        resp.headers_mut()
+            .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+        tracing::info!(app = %app.name, user = %session.identity.user, "app session started");
+        resp
+    }
+
+    /// The grant that allows this request, from the session's cached access to the app.
+    async fn decide(
+        &self,
+        app: &App,
+        session: &Session,
+        method: &str,
+        path: &str,
+        now: Timestamp,
+    ) -> Result<HeldRef, Response<Body>> {
+        let key = (session.id_hash.clone(), Arc::clone(&app.name));
+        let resource = Resource::Http {
+            app: &app.name,
+            method,
+            path,
+        };
+        let mut access = match self.decisions.get(&key).await {
+            Some(a) if a.fresh(now) => Some(a),
+            _ => None,
+        };
+        for attempt in 0..2 {
+            let current = match access.take() {
+                Some(a) => a,
+                None => match self.access(app, session, now).await {
+                    Ok(Some(a)) => {
+                        self.decisions.insert(key.clone(), Arc::clone(&a)).await;
+                        a
+                    }
+                    Ok(None) => break,
+                    Err(resp) => return Err(resp),
+                },
+            };
+            if let Some(i) = current.grants.iter().position(|h| {
+                !h.live.is_cut() && now < h.auth.expires_at() && h.auth.allows(resource, Action::HttpRequest)
+            }) {
+                return Ok(HeldRef {
+                    access: current,
+                    index: i,
+                });
+            }
+            // A cached access may predate a grant that allows this: look once more afresh.
+            if attempt == 0 {
+                self.decisions.invalidate(&key).await;
+            }
+        }
+        Err(self.denied(app, session, method, path, now).await)
+    }
+
+    /// Looks up the session's grants for the app; None when it has none.
+    async fn access(
+        &self,
+        app: &App,
+        session: &Session,
+        now: Timestamp,
+    ) -> Result<Option<Arc<Access>>, Response<Body>> {
+        let broker = &self.state.broker;
+        let grants = broker.app_grants(&session.identity, &app.name, now).map_err(|e| {
+            tracing::error!(error = %e, "cannot decide on an app request; refusing");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jitgate: the proxy cannot decide on access right now; try again shortly",
+            )
+        })?;
+        let held: Vec<Held> = grants
+            .into_iter()
+            .map(|auth| Held {
+                live: broker.live().register(&auth),
+                auth,
+                assertion: Mutex::new(None),
+            })
+            .filter(|h| !h.live.is_cut())
+            .collect();
+        if held.is_empty() {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        for h in &held {
+            let pair: (Arc<str>, Arc<str>) = (h.auth.grant_id().into(), Arc::clone(&app.name));
+            if !self.first_seen.contains_key(&pair) {
+                self.first_seen.insert(pair, ()).await;
+                events.push(
+                    AuditDraft::new("app.first_request", &session.identity.user, &app.name)
+                        .grant(h.auth.grant_id())
+                        .details(serde_json::json!({ "app": &*app.name })),
+                );
+            }
+        }
+        if !events.is_empty() {
+            if let Err(e) = broker.store().append_audit(events).await {
+                // Access the audit log cannot show does not start.
+                tracing::error!(error = %e, "cannot record an app's first request; refusing");
+                return Err(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jitgate: the proxy cannot record this access right now; try again shortly",
+                ));
+            }
+        }
+        Ok(Some(Arc::new(Access { grants: held })))
+    }
+
+    /// The answer to a request no grant allows: audited, and for a browser's page load
+    /// without any grant for the app, the proxy's page to request one.
+    async fn denied(&self, app: &App, session: &Session, method: &str, path: &str, now: Timestamp) -> Response<Body> {
+        let broker = &self.state.broker;
+        let resource = Resource::Http {
+            app: &app.name,
+            method,
+            path,
+        };
+        let denied = match broker.decision(&session.identity, resource, Action::HttpRequest, now) {
+            Ok(Err(d)) => d,
+            Ok(Ok(_)) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jitgate: your access just changed; try again",
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot decide on an app request; refusing");
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "jitgate: the proxy cannot decide on access right now; try again shortly",
+                );
+            }
+        };
+        let event = AuditDraft::new(
+            "app.denied",
+            &session.identity.user,
+            &format!("{} {method} {path}", app.name),
+        )
+        .reason(Some(&denied.reason));
+        if let Err(e) = broker.store().append_audit(vec![event]).await {
+            tracing::error!(error = %e, "cannot record an app denial");
+        }
+        tracing::info!(app = %app.name, user = %session.identity.user, %method, %path, "app request denied");
+        let any_grant = broker
+            .app_grants(&session.identity, &app.name, now)
+            .is_ok_and(|g| !g.is_empty());
+        if method == "GET" && !any_grant {
+            let rd = format!("{}{path}", app.origin);
+            let query = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("rd", &rd)
+                .finish();
+            return redirect(&format!("{}/apps/{}?{query}", self.state.site.origin, app.name));
+        }
+        let would = if denied.requestable.is_empty() {
+            "No profile you may request allows it.".to_owned()
+        } else {
+            format!(
+                "Profiles that would: {}. Request one at {}/apps/{}",
+                denied.requestable.join(", "),
+                self.state.site.origin,
+                app.name
+            )
+        };
+        text(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "jitgate: no active grant allows {method} {path} on {}. {would}",
+                app.name
+            ),
+        )
+    }
+
+    /// The assertion for this grant, reused while more than half its life is left.
+    fn assertion(&self, app: &App, session: &Session, held: &HeldRef, now: Timestamp) -> Result<Arc<str>, String> {
+        let h = held.held();
+        let mut slot = h.assertion.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((a, until)) = &*slot {
+            if now.until(*until) > ASSERTION_TTL / 2 {
+                return Ok(Arc::clone(a));
+            }
+        }
+        // Never valid past the grant.
+        let ttl = ASSERTION_TTL.min(now.until(h.auth.expires_at()));
+        let signed: Arc<str> = self
+            .state
+            .tokens
+            .assertion(
+                &app.origin,
+                &session.identity,
+                session.email.as_deref(),
+                h.auth.grant_id(),
+                now,
+                ttl,
+            )?
+            .into();
+        *slot = Some((Arc::clone(&signed), now.saturating_add(ttl)));
+        Ok(signed)
+    }
+}
+
+/// A grant chosen from a cached access; keeps the access alive while the request runs.
+struct HeldRef {
+    access: Arc<Access>,
+    index: usize,
+}
+
+impl HeldRef {
+    fn held(&self) -> &Held {
+        &self.access.grants[self.index]
+    }
+}
+
+impl std::ops::Deref for HeldRef {
+    type Target = Held;
+    fn deref(&self) -> &Held {
+        self.held()
+    }
+}
+
+/// One allowed request on its way to the upstream.
+struct Forward<'a> {
+    app: &'a App,
+    session: &'a Session,
+    grant_id: &'a str,
+    assertion: &'a str,
+    path: &'a str,
+    peer: SocketAddr,
+}
+
+impl Forward<'_> {
+    fn upstream_uri(&self, query: Option<&str>) -> Option<Uri> {
+        let base = self.app.config.upstream.as_str().trim_end_matches('/');
+        let uri = match query {
+            Some(q) => format!("{base}{}?{q}", self.path),
+            None => format!("{base}{}", self.path),
+        };
+        uri.parse().ok()
+    }
+
+    /// The headers the upstream gets: the client's, cleaned, plus what the proxy knows.
+    fn headers(&self, headers: &mut axum::http::HeaderMap, host: &str) {
+        headers::clean_request(headers);
+        let set = |headers: &mut axum::http::HeaderMap, name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
+                headers.insert(name, v);
+            }
+        };
+        set(headers, "x-forwarded-for", &self.peer.ip().to_string());
+        set(headers, "x-forwarded-proto", "https");
+        set(headers, "x-forwarded-host", host);
+        if self.app.config.pass_identity_headers {
+            let who = &self.session.identity;
+            set(headers, headers::USER, &who.user);
+            if let Some(email) = &self.session.email {
+                set(headers, headers::EMAIL, email);
+            }
+            set(headers, headers::GROUPS, &who.groups.join(","));
+            set(headers, headers::GRANT, self.grant_id);
+            set(headers, headers::ASSERTION, self.assertion);
+        }
+        // The upstream's own name, as for a direct request to it.
+        headers.remove(header::HOST);
+    }
+
+    async fn request(&self, req: Request<Incoming>, live: LiveHandle) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "jitgate: the request's URL cannot be forwarded",
+            );
+        };
+        self.headers(&mut parts.headers, &self.app.config.host);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let up = Request::from_parts(parts, Body::new(body));
+        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)).await;
+        let resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.unreachable(&e.to_string()),
+            Err(_) => {
+                return self.unreachable(&format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.app.config.response_timeout)
+                ))
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        headers::clean_response(&mut parts.headers);
+        let cut = live.token().clone().cancelled_owned();
+        Response::from_parts(
+            parts,
+            Body::new(CutBody {
+                inner: body,
+                cut: Box::pin(cut),
+                _live: live,
+            }),
+        )
+    }
+
+    async fn websocket(&self, mut req: Request<Incoming>, live: LiveHandle) -> Response<Body> {
+        let from_client = hyper::upgrade::on(&mut req);
+        let (mut parts, _) = req.into_parts();
+        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "jitgate: the request's URL cannot be forwarded",
+            );
+        };
+        self.headers(&mut parts.headers, &self.app.config.host);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let up = Request::from_parts(parts, Body::empty());
+        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)).await;
+        let mut resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.unreachable(&e.to_string()),
+            Err(_) => return self.unreachable("no answer to the WebSocket upgrade in time"),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = resp.into_parts();
+            headers::clean_response(&mut parts.headers);
+            return Response::from_parts(parts, Body::new(body));
+        }
+        let from_upstream = hyper::upgrade::on(&mut resp);
+        let app = Arc::clone(&self.app.name);
+        let grant = self.grant_id.to_owned();
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::join!(from_client, from_upstream) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::debug!(client = ?c.err(), upstream = ?u.err(), "a WebSocket upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = live.cancelled() => {
+                    tracing::info!(app = %app, grant = %grant, "grant ended; closing its WebSocket");
+                }
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        headers::clean_response(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        Response::from_parts(parts, Body::empty())
+    }
+
+    /// The upstream could not be reached: a page that names the app, and a log line with
+    /// the grant.
+    fn unreachable(&self, why: &str) -> Response<Body> {
+        tracing::warn!(app = %self.app.name, grant = %self.grant_id, error = %why, "upstream unreachable");
+        let name = &self.app.name;
+        let body = html! {
+            (maud::DOCTYPE)
+            html lang="en" {
+                head { meta charset="utf-8"; title { (name) " is unreachable · jitgate" } }
+                body {
+                    h1 { (name) " is unreachable" }
+                    p { "jitgate let you in, but " (name) " did not answer. Try again in a moment; if it persists, tell the team that runs " (name) "." }
+                }
+            }
+        };
+        let mut resp = Response::new(Body::from(body.into_string()));
+        *resp.status_mut() = StatusCode::BAD_GATEWAY;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+/// An upstream's body, ended (as an error, so the client cannot take it for complete) when
+/// its grant is cut.
+struct CutBody {
+    inner: Incoming,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    _live: LiveHandle,
+}
+
+impl hyper::body::Body for CutBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if std::future::Future::poll(self.cut.as_mut(), cx).is_ready() {
+            return Poll::Ready(Some(Err("the grant ended".into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The audience of an app's cookie: a cookie for one app opens nothing on another.
+fn audience(app: &str) -> String {
+    format!("app:{app}")
+}
+
+fn handoff_key(code: &str) -> String {
+    format!("app-handoff:{code}")
+}
+
+/// Starts an app session for a logged-in browser: a one-time code, kept in the store for a
+/// minute, that the app's host trades for its cookie. Returns the URL to send the browser to.
+pub async fn start_handoff(
+    state: &ApiState,
+    app: &AppSite,
+    session: &Session,
+    to: &str,
+    browser_state: &str,
+) -> Result<String, String> {
+    let code = secret();
+    let handoff = Handoff {
+        sid: session.id_hash.clone(),
+        app: app.name.clone(),
+        state: browser_state.to_owned(),
+        to: to.to_owned(),
+    };
+    let payload = serde_json::to_string(&handoff).map_err(|e| e.to_string())?;
+    let expires = Timestamp::now().saturating_add(HANDOFF_TTL);
+    state
+        .broker
+        .store()
+        .put_flow(&handoff_key(&code), &payload, expires)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("{}{CALLBACK_PATH}?code={code}", app.origin))
+}
+
+/// 256 random bits, base64url: a handoff code or a sign-in state, bearer secrets like a
+/// session cookie.
+fn secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `s` looks like what `secret` makes.
+pub fn plausible_state(s: &str) -> bool {
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(format!("{message}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn redirect(to: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,943 @@
+//! Browser apps behind the proxy: a real TLS listener in front of a small axum upstream that
+//! echoes what it received (and serves a WebSocket echo and an endless stream). A browser-like
+//! client logs in, is sent to request access, is let in once approved, and is cut when the
+//! grant ends. Beside the story: identity headers smuggled in every spelling, cookies carried
+//! to another app, SNI and Host that disagree, path tricks against a path scope, request
+//! framing and header abuse.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use common::idp::browser;
+use common::{Backend, Proxy, TestDb};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the upstream has seen: every request path, in order.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Seen {
+    fn paths(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The test upstream: echoes method, path, headers and body as JSON; `/ws` echoes
+/// WebSocket messages; `/stream` sends a line every 50 ms until the client goes.
+async fn upstream() -> (SocketAddr, Seen) {
+    let seen = Seen::default();
+    let record = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/ws",
+            get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(msg)) = socket.recv().await {
+                        if let Message::Text(t) = msg {
+                            if socket.send(Message::Text(t)).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                })
+            }),
+        )
+        .route(
+            "/stream",
+            get(|| async {
+                let ticks = futures_util::stream::unfold(0u64, |n| async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Some((
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(format!("tick {n}\n"))),
+                        n + 1,
+                    ))
+                });
+                axum::body::Body::from_stream(ticks)
+            }),
+        )
+        .fallback(any(move |req: Request| {
+            let record = record.clone();
+            async move {
+                record.0.lock().unwrap().push(req.uri().path().to_owned());
+                let (parts, body) = req.into_parts();
+                let headers: Vec<(String, String)> = parts
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_owned(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                axum::Json(json!({
+                    "method": parts.method.as_str(),
+                    "path": parts.uri.path(),
+                    "query": parts.uri.query(),
+                    "headers": headers,
+                    "body": String::from_utf8_lossy(&body),
+                }))
+                .into_response()
+            }
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+fn config(up: SocketAddr, down_port: u16) -> String {
+    format!(
+        r#"
+admins = ["group:security"]
+
+[[apps]]
+name = "echo"
+upstream = "http://{up}"
+
+[[apps]]
+name = "quiet"
+upstream = "http://{up}"
+websocket = false
+pass_identity_headers = false
+
+[[apps]]
+name = "down"
+upstream = "http://127.0.0.1:{down_port}"
+connect_timeout = "2s"
+
+[[profiles]]
+name = "echo-admin"
+description = "Run the echo console"
+max_duration = "1h"
+requesters = ["group:ops"]
+approvers = ["group:leads"]
+approvals_required = 1
+http = {{ apps = ["echo", "down"] }}
+
+[[profiles]]
+name = "echo-read"
+description = "Look at dashboards"
+max_duration = "1h"
+requesters = ["group:ops", "group:devs"]
+approvals_required = 0
+http = {{ apps = [{{ name = "echo", methods = ["GET", "HEAD"], paths = ["/d/"] }}] }}
+
+[[profiles]]
+name = "quiet"
+max_duration = "1h"
+requesters = ["group:ops"]
+approvals_required = 0
+http = {{ apps = ["quiet"] }}
+"#
+    )
+}
+
+struct Stand {
+    _db: TestDb,
+    proxy: Proxy,
+    seen: Seen,
+    port: u16,
+}
+
+impl Stand {
+    async fn start() -> Stand {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let (up, seen) = upstream().await;
+        // A port nothing listens on: bound, then closed.
+        let down_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let proxy = Proxy::start(db.dir.path(), &db.url, &config(up, down_port));
+        let port = url::Url::parse(&proxy.url).unwrap().port().unwrap();
+        for (name, groups) in [
+            ("alice", &["ops"][..]),
+            ("bob", &["leads"]),
+            ("carol", &["devs"]),
+            ("sam", &["security"]),
+        ] {
+            proxy.add_user(name, groups);
+        }
+        Stand {
+            _db: db,
+            proxy,
+            seen,
+            port,
+        }
+    }
+
+    fn app(&self, name: &str) -> String {
+        format!("https://{name}.localhost:{}", self.port)
+    }
+
+    fn browser(&self) -> Browser {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.proxy.ca).unwrap()).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let mut b = browser().add_root_certificate(ca).cookie_provider(Arc::clone(&jar));
+        for app in ["echo", "quiet", "down", "nosuch"] {
+            b = b.resolve(&format!("{app}.localhost"), addr);
+        }
+        Browser {
+            http: b.build().unwrap(),
+            jar,
+        }
+    }
+
+    /// A browser logged in as `user` that has been through `app`'s login handoff.
+    async fn logged_in(&self, user: &str, app: &str) -> Browser {
+        let b = self.browser();
+        let start = format!("{}/", self.app(app));
+        let login = b.follow(&start).await;
+        assert_eq!(login.status, StatusCode::OK, "{login:?}");
+        assert!(
+            login.url.starts_with(&self.proxy.url),
+            "sent to the proxy's login: {}",
+            login.url
+        );
+        assert!(login.body.contains("name=\"password\""), "{}", login.body);
+        let rd = login.url.split("rd=").nth(1).map(urldecode).unwrap_or_default();
+        let posted = b
+            .http
+            .post(format!("{}/auth/local", self.proxy.url))
+            .header("origin", &self.proxy.url)
+            .form(&[("user", user), ("password", &common::password_of(user)), ("rd", &rd)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), StatusCode::SEE_OTHER);
+        let next = posted.headers()["location"].to_str().unwrap().to_owned();
+        let landed = b.follow(&absolute(&self.proxy.url, &next)).await;
+        assert!(
+            landed.url.starts_with(&self.proxy.url) || landed.url.starts_with(&self.app(app)),
+            "{landed:?}"
+        );
+        b
+    }
+}
+
+fn urldecode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    url::Url::parse(base).unwrap().join(location).unwrap().to_string()
+}
+
+struct Browser {
+    http: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+}
+
+#[derive(Debug)]
+struct Landed {
+    status: StatusCode,
+    url: String,
+    body: String,
+}
+
+impl Browser {
+    /// GETs `url` and follows redirects as a browser would, cookies and all.
+    async fn follow(&self, url: &str) -> Landed {
+        let mut url = url.to_owned();
+        for _ in 0..12 {
+            let r = self.http.get(&url).send().await.expect("an answer");
+            if r.status().is_redirection() {
+                let to = r.headers()["location"].to_str().unwrap().to_owned();
+                url = absolute(&url, &to);
+                continue;
+            }
+            return Landed {
+                status: r.status(),
+                url,
+                body: r.text().await.unwrap(),
+            };
+        }
+        panic!("a redirect loop ending at {url}");
+    }
+
+    async fn get_json(&self, url: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut req = self.http.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// The CSRF token of a proxy page's form.
+    fn csrf(body: &str) -> String {
+        let at = body.find("name=\"csrf\" value=\"").expect("a form") + "name=\"csrf\" value=\"".len();
+        body[at..].split('"').next().unwrap().to_owned()
+    }
+
+    /// The app cookie this browser holds for `origin`.
+    fn app_cookie(&self, origin: &str) -> String {
+        use reqwest::cookie::CookieStore;
+        let header = self
+            .jar
+            .cookies(&url::Url::parse(origin).unwrap())
+            .unwrap_or_else(|| panic!("no cookies for {origin}"));
+        header
+            .to_str()
+            .unwrap()
+            .split("; ")
+            .find_map(|c| c.strip_prefix("__Host-jitgate-app="))
+            .unwrap_or_else(|| panic!("no app cookie for {origin}: {header:?}"))
+            .to_owned()
+    }
+}
+
+/// Every value a header had at the upstream.
+fn header_values<'a>(echo: &'a Value, name: &str) -> Vec<&'a str> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].as_str() == Some(name))
+        .map(|h| h[1].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logs_in_requests_access_and_reaches_the_app_as_itself() {
+    let stand = Stand::start().await;
+    let alice = stand.logged_in("alice", "echo").await;
+
+    // Logged in, no grant: the proxy's page names the profiles and offers the form.
+    let page = alice.follow(&format!("{}/d/1?x=y", stand.app("echo"))).await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    assert!(
+        page.url.starts_with(&format!("{}/apps/echo?rd=", stand.proxy.url)),
+        "{}",
+        page.url
+    );
+    assert!(page.body.contains("No access to echo yet"), "{}", page.body);
+    assert!(
+        page.body.contains("echo-admin") && page.body.contains("echo-read"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("GET, HEAD under /d/"), "{}", page.body);
+    assert!(
+        !page.body.contains(">quiet<"),
+        "only profiles that open echo: {}",
+        page.body
+    );
+
+    // One step: the form on that page.
+    let rd = format!("{}/d/1?x=y", stand.app("echo"));
+    let posted = alice
+        .http
+        .post(format!("{}/requests", stand.proxy.url))
+        .header("origin", &stand.proxy.url)
+        .form(&[
+            ("csrf", Browser::csrf(&page.body).as_str()),
+            ("profile", "echo-admin"),
+            ("reason", "INC-7: fix the dashboard"),
+            ("duration", "30m"),
+            ("rd", &rd),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::SEE_OTHER);
+    let to = posted.headers()["location"].to_str().unwrap().to_owned();
+    let request_id = to
+        .strip_prefix("/requests/")
+        .and_then(|r| r.split('?').next())
+        .unwrap_or_else(|| panic!("{to}"))
+        .to_owned();
+
+    // Still pending: the app sends alice back to the request page.
+    let waiting = alice.follow(&rd).await;
+    assert!(waiting.url.contains("/apps/echo"), "{waiting:?}");
+
+    let bob = stand.proxy.login("bob");
+    bob.run(&["approve", &request_id], None).success();
+    let grant = stand.proxy.login("alice").json(&["grants"]);
+    let grant_id = grant[0]["id"].as_str().unwrap().to_owned();
+
+    // Approved: the app answers, and the upstream learns who calls, whatever the client said.
+    alice
+        .jar
+        .add_cookie_str("theme=dark; Path=/", &url::Url::parse(&rd).unwrap());
+    let (status, echo) = alice
+        .get_json(
+            &rd,
+            &[
+                ("X-Jitgate-User", "root"),
+                ("x_jitgate_user", "root"),
+                ("X-JITGATE-GROUPS", "security"),
+                ("X-Jitgate-Grant", "g-forged"),
+                ("X-Jitgate-Assertion", "forged"),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("X-Forwarded-Host", "evil.example"),
+                ("Forwarded", "for=6.6.6.6"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{echo}");
+    assert_eq!(echo["path"], "/d/1");
+    assert_eq!(echo["query"], "x=y");
+    assert_eq!(header_values(&echo, "x-jitgate-user"), ["alice"], "{echo}");
+    assert_eq!(header_values(&echo, "x-jitgate-groups"), ["ops"], "{echo}");
+    assert_eq!(header_values(&echo, "x-jitgate-grant"), [grant_id.as_str()], "{echo}");
+    assert!(header_values(&echo, "x_jitgate_user").is_empty(), "{echo}");
+    assert_eq!(header_values(&echo, "x-forwarded-for"), ["127.0.0.1"], "{echo}");
+    assert_eq!(header_values(&echo, "x-forwarded-host"), ["echo.localhost"], "{echo}");
+    assert!(header_values(&echo, "forwarded").is_empty(), "{echo}");
+    let cookies = header_values(&echo, "cookie").join("; ");
+    assert_eq!(cookies, "theme=dark", "the proxy's cookies stay with the proxy");
+
+    // The assertion: ES256, verifiable with the JWKS, for this app, this grant, a minute.
+    let assertion = header_values(&echo, "x-jitgate-assertion")[0].to_owned();
+    let jwks: Value = alice
+        .http
+        .get(format!("{}/.well-known/jwks.json", stand.proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &jwks["keys"][0];
+    let decoding =
+        jsonwebtoken::DecodingKey::from_ec_components(key["x"].as_str().unwrap(), key["y"].as_str().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&[stand.app("echo")]);
+    validation.set_issuer(&[stand.proxy.url.as_str()]);
+    let claims = jsonwebtoken::decode::<Value>(&assertion, &decoding, &validation)
+        .unwrap_or_else(|e| panic!("the assertion does not verify: {e}"))
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["grant"], grant_id.as_str());
+    assert_eq!(claims["groups"], json!(["ops"]));
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    let life = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert!(life > 0 && life <= 60, "{claims}");
+    let mut other_app = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    other_app.set_audience(&[stand.app("quiet")]);
+    assert!(jsonwebtoken::decode::<Value>(&assertion, &decoding, &other_app).is_err());
+
+    // The first request of the grant is in the audit log, once.
+    let events = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+    let first: Vec<&str> = events.lines().filter(|l| l.contains("\"app.first_request\"")).collect();
+    assert_eq!(first.len(), 1, "{events}");
+    assert!(first[0].contains(&grant_id), "{}", first[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cookie_opens_only_its_own_app() {
+    let stand = Stand::start().await;
+    stand
+        .proxy
+        .login("alice")
+        .json(&["request", "quiet", "--reason", "x", "--for", "10m"]);
+    stand
+        .proxy
+        .login("alice")
+        .json(&["request", "echo-read", "--reason", "x", "--for", "10m"]);
+    let alice = stand.logged_in("alice", "echo").await;
+    let (status, _) = alice.get_json(&format!("{}/d/ok", stand.app("echo")), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Echo's cookie, carried by hand to quiet's host: quiet sends the browser to log in.
+    let cookie = alice.app_cookie(&stand.app("echo"));
+    let bare = stand.browser();
+    let r = bare
+        .http
+        .get(format!("{}/", stand.app("quiet")))
+        .header("cookie", format!("__Host-jitgate-app={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    let to = r.headers()["location"].to_str().unwrap();
+    assert!(
+        to.starts_with(&format!("{}/auth/app?app=quiet", stand.proxy.url)),
+        "{to}"
+    );
+
+    // The same cookie on its own app works; forged or altered ones do not.
+    let on_echo = |c: String| {
+        let bare = &bare;
+        let url = format!("{}/d/ok", stand.app("echo"));
+        async move {
+            bare.http
+                .get(url)
+                .header("cookie", format!("__Host-jitgate-app={c}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(on_echo(cookie.clone()).await, StatusCode::OK);
+    let mut altered = cookie.clone();
+    altered.pop();
+    altered.push(if cookie.ends_with('A') { 'B' } else { 'A' });
+    for forged in [
+        altered,
+        "garbage".into(),
+        stand.proxy.login("alice").token(),
+        String::new(),
+    ] {
+        assert_eq!(on_echo(forged).await, StatusCode::FOUND);
+    }
+    // Two app cookies (one planted): neither is trusted.
+    let r = bare
+        .http
+        .get(format!("{}/d/ok", stand.app("echo")))
+        .header(
+            "cookie",
+            format!("__Host-jitgate-app={cookie}; __Host-jitgate-app=planted"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+
+    // A used or unknown sign-in code is refused with a line that says what to do.
+    let r = bare
+        .http
+        .get(format!("{}/.jitgate/callback?code=not-a-code", stand.app("echo")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("used already or has expired"));
+
+    // A sign-in code handed to another browser (to sign its user in as alice) is refused
+    // there, and burnt.
+    let start = alice.http.get(format!("{}/", stand.app("quiet"))).send().await.unwrap();
+    assert_eq!(start.status(), StatusCode::FOUND);
+    let to_proxy = start.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to_proxy.contains("&state="), "{to_proxy}");
+    let handoff = alice.http.get(&to_proxy).send().await.unwrap();
+    assert_eq!(handoff.status(), StatusCode::SEE_OTHER);
+    let callback = handoff.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        callback.starts_with(&format!("{}/.jitgate/callback?code=", stand.app("quiet"))),
+        "{callback}"
+    );
+    let victim = stand.browser();
+    let r = victim.http.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers().get("set-cookie").is_none());
+    let r = alice.http.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a code works once, if at all");
+    // Without the state the app's host gave, the proxy sends the browser to the app to start over.
+    let r = alice
+        .http
+        .get(format!(
+            "{}/auth/app?app=quiet&rd={}/x",
+            stand.proxy.url,
+            stand.app("quiet")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("{}/x", stand.app("quiet"))
+    );
+
+    // Logging out of the proxy ends the app session too.
+    let home = alice.follow(&format!("{}/", stand.proxy.url)).await;
+    let csrf = Browser::csrf(&home.body);
+    alice
+        .http
+        .post(format!("{}/auth/logout", stand.proxy.url))
+        .header("origin", &stand.proxy.url)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(on_echo(cookie).await, StatusCode::FOUND);
+}
+
+/// One request over a fresh TLS connection with `sni`, written byte for byte (no client
+/// library normalizes the path or the framing); the whole answer as text.
+async fn raw(stand: &Stand, sni: &str, request: &str) -> String {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stand.port)).await.unwrap();
+    let pem = std::fs::read(&stand.proxy.ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_and_host_must_name_the_same_app() {
+    let stand = Stand::start().await;
+    stand
+        .proxy
+        .login("alice")
+        .json(&["request", "quiet", "--reason", "x", "--for", "10m"]);
+    let alice = stand.logged_in("alice", "quiet").await;
+    let cookie = alice.app_cookie(&stand.app("quiet"));
+    let p = stand.port;
+    let ask = |host: String| {
+        format!("GET /x HTTP/1.1\r\nHost: {host}\r\nCookie: __Host-jitgate-app={cookie}\r\nConnection: close\r\n\r\n")
+    };
+    // The right pair works.
+    let ok = raw(&stand, "quiet.localhost", &ask(format!("quiet.localhost:{p}"))).await;
+    assert_eq!(status_of(&ok), 200, "{ok}");
+    // A connection opened for echo (or the proxy) is not used for quiet, nor the reverse.
+    for (sni, host) in [
+        ("echo.localhost", format!("quiet.localhost:{p}")),
+        ("localhost", format!("quiet.localhost:{p}")),
+        ("quiet.localhost", format!("127.0.0.1:{p}")),
+        ("quiet.localhost", format!("localhost:{p}")),
+    ] {
+        let r = raw(&stand, sni, &ask(host.clone())).await;
+        assert_eq!(status_of(&r), 421, "SNI {sni}, Host {host}: {r}");
+    }
+    // Two Host headers, or a host under the base domain that is no app.
+    let two = raw(
+        &stand,
+        "quiet.localhost",
+        &format!(
+            "GET / HTTP/1.1\r\nHost: quiet.localhost:{p}\r\nHost: echo.localhost:{p}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&two), 400, "{two}");
+    let nosuch = raw(
+        &stand,
+        "localhost",
+        &format!("GET / HTTP/1.1\r\nHost: nosuch.localhost:{p}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&nosuch), 404, "{nosuch}");
+    assert!(nosuch.contains("no app is served"), "{nosuch}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_tricks_stay_inside_a_path_scope() {
+    let stand = Stand::start().await;
+    // carol's only way in: echo-read, GET and HEAD under /d/.
+    stand
+        .proxy
+        .login("carol")
+        .json(&["request", "echo-read", "--reason", "x", "--for", "10m"]);
+    let carol = stand.logged_in("carol", "echo").await;
+    let cookie = carol.app_cookie(&stand.app("echo"));
+    let p = stand.port;
+    let ask = |method: &str, path: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: echo.localhost:{p}\r\nCookie: __Host-jitgate-app={cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    for (method, path, want, upstream_path) in [
+        ("GET", "/d/x", 200, Some("/d/x")),
+        ("GET", "//d//x", 200, Some("/d/x")),
+        ("GET", "/d/./x/../y", 200, Some("/d/y")),
+        ("GET", "/d/%78", 200, Some("/d/x")),
+        ("HEAD", "/d/x", 200, None),
+        ("GET", "/d/../admin", 403, None),
+        ("GET", "/d/%2e%2e/admin", 403, None),
+        ("GET", "/d/%2E%2E/%2E%2E/admin", 403, None),
+        ("GET", "/d/.%2e/admin", 403, None),
+        ("GET", "//admin", 403, None),
+        ("GET", "/D/x", 403, None),
+        ("GET", "/dashboards", 403, None),
+        ("GET", "/d", 403, None),
+        ("POST", "/d/x", 403, None),
+        ("DELETE", "/d/x", 403, None),
+        ("GET", "/d/..%2fadmin", 400, None),
+        ("GET", "/d/%2Fadmin", 400, None),
+        ("GET", "/d/..%5cadmin", 400, None),
+        ("GET", "/d/..;/admin", 400, None),
+        ("GET", "/d/%zz", 400, None),
+    ] {
+        let r = raw(&stand, "echo.localhost", &ask(method, path)).await;
+        assert_eq!(status_of(&r), want, "{method} {path}: {r}");
+        if let Some(up) = upstream_path {
+            assert!(
+                r.contains(&format!("\"path\":\"{up}\"")),
+                "{method} {path} reached the upstream as: {r}"
+            );
+        }
+        if want == 403 {
+            assert!(r.contains("no active grant allows"), "{method} {path}: {r}");
+            // echo-admin would, but carol may not request it.
+            assert!(r.contains("No profile you may request allows it"), "{r}");
+        }
+    }
+    let seen = stand.seen.paths();
+    assert!(seen.iter().all(|p| p.starts_with("/d/")), "the upstream saw {seen:?}");
+    // Every denial is audited.
+    let events = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+    // (The landing page after the login, `/`, was denied too.)
+    let denied = events
+        .lines()
+        .filter(|l| l.contains("\"app.denied\"") && !l.contains("\"target\":\"echo GET /\""))
+        .count();
+    assert_eq!(denied, 10, "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_framing_and_header_abuse_end_at_the_proxy() {
+    let stand = Stand::start().await;
+    stand
+        .proxy
+        .login("carol")
+        .json(&["request", "echo-read", "--reason", "x", "--for", "10m"]);
+    let carol = stand.logged_in("carol", "echo").await;
+    let cookie = carol.app_cookie(&stand.app("echo"));
+    let p = stand.port;
+    let head = format!("Host: echo.localhost:{p}\r\nCookie: __Host-jitgate-app={cookie}\r\n");
+
+    // Content-Length beside Transfer-Encoding: whatever the proxy answers, the request
+    // hidden in the body never reaches the upstream as a request of its own.
+    let smuggle = format!(
+        "GET /d/x HTTP/1.1\r\n{head}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n{head}\r\n"
+    );
+    let r = raw(&stand, "echo.localhost", &smuggle).await;
+    assert!(matches!(status_of(&r), 200 | 400), "{r}");
+    assert!(!r.contains("\"path\":\"/admin\""), "{r}");
+
+    // Too many headers, a header too large, a request line too long.
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = raw(
+        &stand,
+        "echo.localhost",
+        &format!("GET /d/x HTTP/1.1\r\n{head}{many}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&r), 431, "{r}");
+    let big = "a".repeat(70 * 1024);
+    let r = raw(
+        &stand,
+        "echo.localhost",
+        &format!("GET /d/x HTTP/1.1\r\n{head}X-Big: {big}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&r), 431, "{r}");
+    let r = raw(
+        &stand,
+        "echo.localhost",
+        &format!("GET /d/{big} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(matches!(status_of(&r), 414 | 431), "{r}");
+    assert!(
+        stand.seen.paths().iter().all(|p| p == "/d/x"),
+        "{:?}",
+        stand.seen.paths()
+    );
+}
+
+/// Opens a WebSocket to `path` on `app` with this app cookie.
+async fn websocket(
+    stand: &Stand,
+    app: &str,
+    path: &str,
+    cookie: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stand.port)).await.unwrap();
+    let pem = std::fs::read(&stand.proxy.ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let host = format!("{app}.localhost");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from(host.clone()).unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut req = format!("wss://{host}:{}{path}", stand.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("__Host-jitgate-app={cookie}").parse().unwrap());
+    tokio_tungstenite::client_async(req, tls).await.map(|(ws, _)| ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_pass_and_close_when_the_grant_is_revoked() {
+    let stand = Stand::start().await;
+    let alice_cli = stand.proxy.login("alice");
+    let req = alice_cli.json(&["request", "echo-admin", "--reason", "INC-9", "--for", "30m"]);
+    stand
+        .proxy
+        .login("bob")
+        .run(&["approve", req["id"].as_str().unwrap()], None)
+        .success();
+    let grant = alice_cli.json(&["grants"])[0]["id"].as_str().unwrap().to_owned();
+    alice_cli.json(&["request", "quiet", "--reason", "x", "--for", "30m"]);
+    let alice = stand.logged_in("alice", "echo").await;
+    let cookie = alice.app_cookie(&stand.app("echo"));
+
+    let mut ws = websocket(&stand, "echo", "/ws", &cookie)
+        .await
+        .expect("the upgrade passes");
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
+        .await
+        .unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "hello");
+
+    // An app with WebSockets off refuses the upgrade.
+    let _ = alice.follow(&format!("{}/", stand.app("quiet"))).await;
+    let quiet_cookie = alice.app_cookie(&stand.app("quiet"));
+    match websocket(&stand, "quiet", "/ws", &quiet_cookie).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("quiet took a WebSocket: {:?}", other.map(|_| ())),
+    }
+
+    // Revoked: the open WebSocket closes at once.
+    let sam = stand.proxy.login("sam");
+    sam.run(&["revoke", &grant, "--reason", "done"], None).success();
+    let revoked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => return Instant::now(),
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => return Instant::now(),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the WebSocket was not closed");
+    let took = ended.saturating_duration_since(revoked);
+    eprintln!("WebSocket closed {took:?} after the revocation returned");
+    assert!(
+        took < Duration::from_millis(100),
+        "closed {took:?} after the revocation"
+    );
+
+    // And the next page load is sent to request access again.
+    let again = alice.follow(&format!("{}/d/1", stand.app("echo"))).await;
+    assert!(again.url.contains("/apps/echo"), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_answer_ends_when_the_grant_expires() {
+    let stand = Stand::start().await;
+    let alice_cli = stand.proxy.login("alice");
+    alice_cli.json(&["request", "quiet", "--reason", "x", "--for", "4s"]);
+    let grants = alice_cli.json(&["grants"]);
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(grants[0]["expires_at"].as_str().unwrap_or_else(|| panic!("{grants}")))
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+    let alice = stand.logged_in("alice", "quiet").await;
+    let resp = alice
+        .http
+        .get(format!("{}/stream", stand.app("quiet")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut resp = resp;
+    let mut ticks = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("the stream stalled")
+        {
+            Ok(Some(_)) => ticks += 1,
+            Err(_) | Ok(None) => break chrono::Utc::now(),
+        }
+    };
+    let late = (ended - expires).num_milliseconds();
+    eprintln!("the stream ended {late} ms after the grant's expiry, after {ticks} chunks");
+    assert!(ticks > 10, "{ticks}");
+    assert!((-2..100).contains(&late), "ended {late} ms after the expiry");
+    let again = alice.follow(&format!("{}/stream", stand.app("quiet"))).await;
+    assert!(again.url.contains("/apps/quiet"), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_is_down_gets_a_page_naming_the_app() {
+    let stand = Stand::start().await;
+    let alice_cli = stand.proxy.login("alice");
+    let req = alice_cli.json(&["request", "echo-admin", "--reason", "INC-9", "--for", "30m"]);
+    stand
+        .proxy
+        .login("bob")
+        .run(&["approve", req["id"].as_str().unwrap()], None)
+        .success();
+    let alice = stand.logged_in("alice", "down").await;
+    let page = alice.follow(&format!("{}/status", stand.app("down"))).await;
+    assert_eq!(page.status, StatusCode::BAD_GATEWAY, "{page:?}");
+    assert!(page.body.contains("down is unreachable"), "{}", page.body);
+    let log = strip_ansi(&stand.proxy.log());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("upstream unreachable") && l.contains("app=down") && l.contains("grant=grant-")),
+        "{log}"
+    );
+}
+
+/// The proxy's log without terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
