@@ -86,9 +86,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let tls_config = tls::server_config(&certs.server_cert, &certs.server_key).map_err(ServeError::Setup)?;
 
     let issuers: Vec<String> = config.oidc.iter().map(|o| o.issuer.clone()).collect();
-    let site =
+    let mut site =
         Site::new(&public_url, &server.base_domain, config.auth.local_users, &issuers).map_err(ServeError::Setup)?;
-    let site_for_apps = site.clone();
+    let app_sites = apps::sites(&site, &config.apps);
+    site.allow_form_redirects_to(app_sites.iter().map(|a| a.origin.clone()));
     let idps = Providers::new(&config.oidc, &format!("{public_url}/auth/callback")).map_err(ServeError::Setup)?;
     let policy = Arc::new(config.policy);
     let mut sources: Vec<String> = config.oidc.iter().map(|o| o.name.clone()).collect();
@@ -129,7 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             front: Arc::clone(&ssh_front),
             jump: jump.clone(),
         },
-        apps: apps::sites(&site_for_apps, &config.apps),
+        apps: app_sites,
     });
     let apps_front = Arc::new(apps::AppsFront::new(Arc::clone(&state), &config.apps).map_err(ServeError::Setup)?);
     let routes = tls::Routes {

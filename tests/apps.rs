@@ -8,94 +8,16 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocketUpgrade};
-use axum::extract::Request;
-use axum::response::IntoResponse;
-use axum::routing::{any, get};
 use common::idp::browser;
+use common::upstream::{upstream, Seen};
 use common::{Backend, Proxy, TestDb};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// What the upstream has seen: every request path, in order.
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<String>>>);
-
-impl Seen {
-    fn paths(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-/// The test upstream: echoes method, path, headers and body as JSON; `/ws` echoes
-/// WebSocket messages; `/stream` sends a line every 50 ms until the client goes.
-async fn upstream() -> (SocketAddr, Seen) {
-    let seen = Seen::default();
-    let record = seen.clone();
-    let app = axum::Router::new()
-        .route(
-            "/ws",
-            get(|ws: WebSocketUpgrade| async move {
-                ws.on_upgrade(|mut socket| async move {
-                    while let Some(Ok(msg)) = socket.recv().await {
-                        if let Message::Text(t) = msg {
-                            if socket.send(Message::Text(t)).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                })
-            }),
-        )
-        .route(
-            "/stream",
-            get(|| async {
-                let ticks = futures_util::stream::unfold(0u64, |n| async move {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Some((
-                        Ok::<_, std::io::Error>(bytes::Bytes::from(format!("tick {n}\n"))),
-                        n + 1,
-                    ))
-                });
-                axum::body::Body::from_stream(ticks)
-            }),
-        )
-        .fallback(any(move |req: Request| {
-            let record = record.clone();
-            async move {
-                record.0.lock().unwrap().push(req.uri().path().to_owned());
-                let (parts, body) = req.into_parts();
-                let headers: Vec<(String, String)> = parts
-                    .headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str().to_owned(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect();
-                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-                axum::Json(json!({
-                    "method": parts.method.as_str(),
-                    "path": parts.uri.path(),
-                    "query": parts.uri.query(),
-                    "headers": headers,
-                    "body": String::from_utf8_lossy(&body),
-                }))
-                .into_response()
-            }
-        }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
-}
 
 fn config(up: SocketAddr, down_port: u16) -> String {
     format!(
@@ -153,6 +75,11 @@ struct Stand {
 
 impl Stand {
     async fn start() -> Stand {
+        Stand::start_with(|_| String::new()).await
+    }
+
+    /// With more `[[apps]]` and `[[profiles]]`, written knowing the test's directory.
+    async fn start_with(extra: impl FnOnce(&std::path::Path) -> String) -> Stand {
         let db = TestDb::new(Backend::Sqlite).await;
         let (up, seen) = upstream().await;
         // A port nothing listens on: bound, then closed.
@@ -161,7 +88,8 @@ impl Stand {
             .local_addr()
             .unwrap()
             .port();
-        let proxy = Proxy::start(db.dir.path(), &db.url, &config(up, down_port));
+        let config = format!("{}\n{}", config(up, down_port), extra(db.dir.path()));
+        let proxy = Proxy::start(db.dir.path(), &db.url, &config);
         let port = url::Url::parse(&proxy.url).unwrap().port().unwrap();
         for (name, groups) in [
             ("alice", &["ops"][..]),
@@ -188,7 +116,7 @@ impl Stand {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let mut b = browser().add_root_certificate(ca).cookie_provider(Arc::clone(&jar));
-        for app in ["echo", "quiet", "down", "nosuch"] {
+        for app in ["echo", "quiet", "down", "files", "nosuch"] {
             b = b.resolve(&format!("{app}.localhost"), addr);
         }
         Browser {
@@ -940,4 +868,79 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_as_the_upstream_serves_files_through_the_proxy() {
+    use sha2::{Digest, Sha256};
+    let mut nginx = None;
+    let stand = Stand::start_with(|dir| {
+        let n = common::nginx::Nginx::start(dir);
+        let port = n.port;
+        nginx = Some(n);
+        format!(
+            "[[apps]]\nname = \"files\"\nupstream = \"http://127.0.0.1:{port}\"\n\
+             [[profiles]]\nname = \"files-read\"\nmax_duration = \"1h\"\nrequesters = [\"group:ops\"]\n\
+             approvals_required = 0\nhttp = {{ apps = [{{ name = \"files\", methods = [\"GET\", \"HEAD\"] }}] }}\n"
+        )
+    })
+    .await;
+    let nginx = nginx.unwrap();
+    let big: Vec<u8> = (0..4 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(nginx.root.join("big.bin"), &big).unwrap();
+    stand
+        .proxy
+        .login("alice")
+        .json(&["request", "files-read", "--reason", "x", "--for", "10m"]);
+    let b = stand.logged_in("alice", "files").await;
+    let files = stand.app("files");
+
+    let page = b.follow(&format!("{files}/")).await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    assert!(page.body.contains("served by nginx"), "{}", page.body);
+
+    // 4 MiB streamed through intact, several times over pooled connections.
+    for _ in 0..3 {
+        let r = b.http.get(format!("{files}/big.bin")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-length"], big.len().to_string().as_str());
+        let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+        let got = r.bytes().await.unwrap();
+        assert_eq!(Sha256::digest(&got), Sha256::digest(&big));
+        // nginx's own answers pass as they are: a conditional GET, a range, a 404.
+        let r = b
+            .http
+            .get(format!("{files}/big.bin"))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    }
+    let r = b
+        .http
+        .get(format!("{files}/big.bin"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.bytes().await.unwrap()[..], &big[10..20]);
+    let r = b.http.head(format!("{files}/big.bin")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = b.http.get(format!("{files}/missing")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.text().await.unwrap().contains("nginx"));
+    // The grant is read-only: nginx never sees the POST.
+    let r = b.http.post(format!("{files}/big.bin")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // nginx logged nothing wrong beyond the file that is not there.
+    let log = nginx.log();
+    assert!(
+        log.lines()
+            .all(|l| !l.contains("[error]") || l.contains("/missing\" failed")),
+        "{log}"
+    );
 }

@@ -63,10 +63,21 @@ fn spki_pin(pem: &Path) -> String {
 
 /// Runs the browser script; its exit code, stdout and stderr (which name its screenshots).
 fn run_browser(proxy: &Proxy, pin: &str, artifacts: &Path) -> (Option<i32>, String, String) {
+    run_script("browser.mjs", proxy, pin, artifacts, &[])
+}
+
+fn run_script(
+    script: &str,
+    proxy: &Proxy,
+    pin: &str,
+    artifacts: &Path,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
     std::fs::create_dir_all(artifacts).unwrap();
     let (out, err) = (artifacts.join("stdout"), artifacts.join("stderr"));
     let mut child = Command::new("node")
-        .arg(idp_dir().join("browser.mjs"))
+        .arg(idp_dir().join(script))
+        .envs(env.iter().copied())
         .env("PROXY_URL", &proxy.url)
         .env("SPKI_PIN", pin)
         .env("CHROMIUM", chromium())
@@ -198,6 +209,82 @@ fn two_people_in_real_browsers_request_approve_and_watch_the_grant_go_live() {
     }
 
     // Screenshots are kept only for a failed run.
+    let _ = std::fs::remove_dir_all(&artifacts);
+}
+
+#[test]
+fn a_browser_app_opens_only_after_approval_and_closes_at_the_grants_expiry() {
+    require_browser_tools();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (up, _seen) = rt.block_on(common::upstream::upstream());
+    let db = TestDb::blocking(Backend::Sqlite);
+    let config = format!(
+        "admins = [\"group:security\"]\n\
+         [[apps]]\nname = \"echo\"\nupstream = \"http://{up}\"\n\
+         [[profiles]]\nname = \"echo-admin\"\nmax_duration = \"1h\"\nrequesters = [\"group:ops\"]\n\
+         approvers = [\"group:leads\"]\napprovals_required = 1\nhttp = {{ apps = [\"echo\"] }}\n"
+    );
+    let proxy = Proxy::start(db.dir.path(), &db.url, &config);
+    for (name, group) in [("alice", "ops"), ("bob", "leads"), ("sam", "security")] {
+        proxy.add_user(name, &[group]);
+    }
+    let port = url::Url::parse(&proxy.url).unwrap().port().unwrap();
+    let app = format!("https://echo.localhost:{port}");
+    let pin = spki_pin(&proxy.dir.join("certs/server.pem"));
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("apps-browser-{}", random_suffix()));
+    let (alice_pw, bob_pw) = (common::password_of("alice"), common::password_of("bob"));
+    let started = Instant::now();
+    let (code, stdout, stderr) = run_script(
+        "apps.mjs",
+        &proxy,
+        &pin,
+        &artifacts,
+        &[
+            ("APP_URL", &app),
+            ("ALICE_PASSWORD", &alice_pw),
+            ("BOB_PASSWORD", &bob_pw),
+            ("DURATION", "20s"),
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        code,
+        Some(0),
+        "the apps browser test failed (exit {code:?}) after {took:?}:\n{stderr}{stdout}\n--- proxy log (tail) ---\n{}",
+        tail(&proxy.log(), 30)
+    );
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a JSON line");
+    let seen: serde_json::Value = serde_json::from_str(line).unwrap();
+    eprintln!("apps browser run took {took:?}: {seen}");
+    assert_eq!(seen["approved"], "approved", "{seen}");
+    assert_eq!(seen["after_expiry"], "/apps/echo", "{seen}");
+    assert_eq!(seen["proxy_cookie_on_app"], false, "{seen}");
+    assert_eq!(
+        seen["app_cookie"],
+        serde_json::json!({"httpOnly": true, "secure": true, "sameSite": "Lax", "path": "/"}),
+        "{seen}"
+    );
+
+    // The WebSocket closed when the grant expired: not before, and promptly after (the
+    // browser's own event loop is in this measure too).
+    let grants = proxy.login("sam").json(&["grants", "--all"]);
+    let grant = grants
+        .as_array()
+        .and_then(|a| a.iter().find(|g| g["profile"] == "echo-admin"))
+        .unwrap_or_else(|| panic!("no echo-admin grant in {grants}"));
+    let expires = chrono::DateTime::parse_from_rfc3339(grant["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let closed = seen["ws_closed_at_ms"].as_i64().expect("ws_closed_at_ms");
+    eprintln!(
+        "the app's WebSocket closed {} ms after the grant's expiry",
+        closed - expires
+    );
+    assert!(
+        (-5..1000).contains(&(closed - expires)),
+        "closed {} ms after the expiry",
+        closed - expires
+    );
     let _ = std::fs::remove_dir_all(&artifacts);
 }
 

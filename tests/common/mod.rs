@@ -8,7 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod idp;
+pub mod nginx;
 pub mod sshd;
+pub mod upstream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 

@@ -34,6 +34,7 @@ pub struct Site {
     /// The Content-Security-Policy of every page; IdP origins are allowed as form targets
     /// because logging out redirects a form post to the IdP.
     pub csp: String,
+    form_action: Vec<String>,
 }
 
 impl Site {
@@ -48,20 +49,32 @@ impl Site {
                 form_action.push(u.origin().ascii_serialization());
             }
         }
-        let csp = format!(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
-             form-action {}; frame-ancestors 'none'; base-uri 'none'",
-            form_action.join(" ")
-        );
         Ok(Site {
             origin,
             host,
             port,
             base_domain: base_domain.to_owned(),
             local_users,
-            csp,
+            csp: csp(&form_action),
+            form_action,
         })
     }
+
+    /// Lets forms on the proxy's pages end on these origins too: a login that began on an
+    /// app's host goes back there through redirects, and browsers hold those redirects to
+    /// `form-action`.
+    pub fn allow_form_redirects_to(&mut self, origins: impl IntoIterator<Item = String>) {
+        self.form_action.extend(origins);
+        self.csp = csp(&self.form_action);
+    }
+}
+
+fn csp(form_action: &[String]) -> String {
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+         form-action {}; frame-ancestors 'none'; base-uri 'none'",
+        form_action.join(" ")
+    )
 }
 
 pub fn routes() -> Router<Arc<ApiState>> {
