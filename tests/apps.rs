@@ -33,6 +33,7 @@ name = "quiet"
 upstream = "http://{up}"
 websocket = false
 pass_identity_headers = false
+audit_sample = 1.0
 
 [[apps]]
 name = "down"
@@ -453,6 +454,33 @@ async fn an_app_cookie_opens_only_its_own_app() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("used already or has expired"));
+
+    // A cookie signed with the proxy's own key but past its expiry is refused; the same
+    // cookie re-signed to expire later passes, so it is the expiry that refuses it.
+    let resign = |exp: i64| {
+        use base64::Engine;
+        let parts: Vec<&str> = cookie.split('.').collect();
+        let header: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[0])
+                .unwrap(),
+        )
+        .unwrap();
+        let mut claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[1])
+                .unwrap(),
+        )
+        .unwrap();
+        claims["exp"] = json!(exp);
+        let key = std::fs::read(stand.proxy.dir.join("certs/token-signing-key.pem")).unwrap();
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = header["kid"].as_str().map(str::to_owned);
+        jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap()).unwrap()
+    };
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(on_echo(resign(now + 600)).await, StatusCode::OK);
+    assert_eq!(on_echo(resign(now - 5)).await, StatusCode::FOUND);
 
     // A sign-in code handed to another browser (to sign its user in as alice) is refused
     // there, and burnt.
@@ -943,4 +971,191 @@ async fn nginx_as_the_upstream_serves_files_through_the_proxy() {
             .all(|l| !l.contains("[error]") || l.contains("/missing\" failed")),
         "{log}"
     );
+}
+
+/// A TLS connection to the proxy for `app`'s host, offering `alpn`.
+async fn tls_to(stand: &Stand, app: &str, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stand.port)).await.unwrap();
+    let pem = std::fs::read(&stand.proxy.ca).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(format!("{app}.localhost")).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Requests `path` on quiet every 50 ms while `attack` runs; the slowest answer.
+async fn victim_while(stand: &Stand, b: &Browser, attack: impl std::future::Future<Output = ()>) -> Duration {
+    let url = format!("{}/v", stand.app("quiet"));
+    let victim = async {
+        let mut worst = Duration::ZERO;
+        for _ in 0..40 {
+            let t = Instant::now();
+            let r = b.http.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.bytes().await.unwrap();
+            worst = worst.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worst
+    };
+    let (worst, ()) = tokio::join!(victim, attack);
+    worst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_and_slowloris_do_not_starve_other_users() {
+    let stand = Stand::start().await;
+    stand
+        .proxy
+        .login("alice")
+        .json(&["request", "quiet", "--reason", "x", "--for", "10m"]);
+    let victim = stand.logged_in("alice", "quiet").await;
+    let cookie = victim.app_cookie(&stand.app("quiet"));
+
+    // HTTP/2: open a stream and reset it at once, as fast as the client can.
+    let tls = tls_to(&stand, "quiet", b"h2").await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "the proxy speaks HTTP/2"
+    );
+    let (mut h2c, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    // A well-behaved request over HTTP/2 first: it is served like any other.
+    let req = http::Request::get(format!("https://quiet.localhost:{}/h2", stand.port))
+        .header("cookie", format!("__Host-jitgate-app={cookie}"))
+        .body(())
+        .unwrap();
+    h2c = h2c.ready().await.unwrap();
+    let (resp, _) = h2c.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut echoed = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        echoed.extend_from_slice(&chunk);
+    }
+    let echoed: Value = serde_json::from_slice(&echoed).unwrap();
+    assert_eq!(echoed["path"], "/h2");
+    // quiet has pass_identity_headers = false: the upstream hears nothing of who calls.
+    for h in [
+        "x-jitgate-user",
+        "x-jitgate-groups",
+        "x-jitgate-grant",
+        "x-jitgate-assertion",
+    ] {
+        assert!(header_values(&echoed, h).is_empty(), "{h} in {echoed}");
+    }
+    assert_eq!(header_values(&echoed, "x-forwarded-proto"), ["https"]);
+    // quiet samples every request line into the audit log.
+    let sampled = common::eventually(Duration::from_secs(5), || {
+        let events = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+        events
+            .lines()
+            .find(|l| l.contains("\"app.request\"") && l.contains("\"/h2\""))
+            .map(str::to_owned)
+    });
+    assert!(sampled.is_some_and(|l| l.contains("\"method\":\"GET\"")));
+    let (resets, ended) = (
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
+    let (r, e) = (Arc::clone(&resets), Arc::clone(&ended));
+    let port = stand.port;
+    let attack = async move {
+        for _ in 0..20_000 {
+            let req = http::Request::get(format!("https://quiet.localhost:{port}/reset"))
+                .header("cookie", format!("__Host-jitgate-app={cookie}"))
+                .body(())
+                .unwrap();
+            let ready = match h2c.clone().ready().await {
+                Ok(c) => c,
+                Err(_) => {
+                    e.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            };
+            h2c = ready;
+            match h2c.send_request(req, true) {
+                Ok((_resp, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    r.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(_) => {
+                    e.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let worst = victim_while(&stand, &victim, attack).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    let sent = resets.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("rapid reset: {sent} resets sent before the proxy ended the connection; the victim's slowest answer took {worst:?}");
+    assert!(
+        ended.load(std::sync::atomic::Ordering::Relaxed),
+        "the proxy took {sent} rapid resets without ending the connection"
+    );
+    assert!(worst < Duration::from_secs(1), "the victim waited {worst:?}");
+
+    // Slowloris: many connections that never finish their request head, and some that
+    // never finish the TLS handshake. Others are served all the while.
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut t = tls_to(&stand, "quiet", b"http/1.1").await;
+        t.write_all(format!("GET /slow HTTP/1.1\r\nHost: quiet.localhost:{port}\r\n").as_bytes())
+            .await
+            .unwrap();
+        slow.push(t);
+    }
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let started = Instant::now();
+    let drip = async {
+        // One more header byte per connection every second, for a few seconds.
+        for _ in 0..3 {
+            for t in slow.iter_mut() {
+                let _ = t.write_all(b"X").await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    let worst = victim_while(&stand, &victim, drip).await;
+    assert!(
+        worst < Duration::from_secs(1),
+        "the victim waited {worst:?} beside slow clients"
+    );
+    // The proxy gives a request head 10 s and a TLS handshake 10 s, then hangs up.
+    let mut t = slow.pop().unwrap();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(15), t.read(&mut buf)).await;
+    assert!(
+        closed.is_ok(),
+        "a slow request head was not cut after {:?}",
+        started.elapsed()
+    );
+    let mut s = silent.pop().unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection was kept after {:?}",
+        started.elapsed()
+    );
+    eprintln!("slow clients cut after {:?}", started.elapsed());
 }

@@ -25,6 +25,8 @@ pub struct AppConfig {
     pub connect_timeout: Duration,
     /// From the request sent to the first byte of the upstream's answer.
     pub response_timeout: Duration,
+    /// The share of allowed requests whose request line goes to the audit log (0 to 1).
+    pub audit_sample: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +53,8 @@ pub(super) struct RawApp {
     pin_sha256: Option<String>,
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
+    #[serde(default)]
+    audit_sample: f64,
 }
 
 fn yes() -> bool {
@@ -189,8 +193,15 @@ pub(super) fn validate_apps(raw: Vec<RawApp>, base_domain: &str, errors: &mut Ve
             Duration::from_secs(60),
             errors,
         );
+        if !(0.0..=1.0).contains(&a.audit_sample) {
+            errors.push(format!(
+                "{at}.audit_sample: {} must be between 0 (no request lines) and 1 (every one)",
+                a.audit_sample
+            ));
+        }
         if let Some(upstream) = upstream {
             out.push(AppConfig {
+                audit_sample: a.audit_sample,
                 name: a.name,
                 upstream,
                 host,

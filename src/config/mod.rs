@@ -591,6 +591,7 @@ mod tests {
             [[apps]]
             name = "vault"
             upstream = "https://10.0.0.2"
+            audit_sample = 2.0
             [[apps]]
             name = "grafana"
             upstream = "ftp://x"
@@ -608,6 +609,7 @@ mod tests {
             "apps[1].host: \"okta.evil.com\" must be one label under server.base_domain (\"example.com\"), e.g. \"Okta.example.com\"",
             "apps[1].upstream: \"https://10.0.0.1/admin\" must be only scheme, host and port (requests keep their own path)",
             "apps[2]: an https:// upstream needs ca_file (the CA that signed its certificate) or pin_sha256",
+            "apps[2].audit_sample: 2 must be between 0 (no request lines) and 1 (every one)",
             "apps[3].name: duplicate app name \"grafana\"",
             "apps[3].host: \"grafana.example.com\" is already another app's host",
             "apps[3].upstream: \"ftp://x\" must start with http:// or https://",

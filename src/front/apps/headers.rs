@@ -16,6 +16,9 @@ pub const EMAIL: &str = "x-jitgate-email";
 pub const GROUPS: &str = "x-jitgate-groups";
 pub const GRANT: &str = "x-jitgate-grant";
 pub const ASSERTION: &str = "x-jitgate-assertion";
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// `_` and `-` are the same to many frameworks (CGI, Django, nginx with
 /// `underscores_in_headers`), so both spellings are one header here. Names are lower case

@@ -41,6 +41,9 @@ const HANDOFF_TTL: Duration = Duration::from_secs(60);
 /// A session's decision for an app is looked up again after this, so new grants show.
 const DECISION_TTL: Duration = Duration::from_secs(30);
 const DECISION_CACHE_ENTRIES: u64 = 100_000;
+/// How long a checked app cookie is trusted without checking its signature again; never
+/// past its own expiry by more than this.
+const COOKIE_TRUST: Duration = Duration::from_secs(60);
 /// The assertion lives this long; one is reused while it has more than half left.
 const ASSERTION_TTL: Duration = Duration::from_secs(60);
 pub const CALLBACK_PATH: &str = "/.jitgate/callback";
@@ -75,6 +78,8 @@ pub struct App {
     pub name: Arc<str>,
     /// `https://host[:port]` as browsers reach the app: the assertion's audience.
     pub origin: String,
+    /// The host browsers used, as `X-Forwarded-Host` tells the upstream.
+    host_header: HeaderValue,
     client: UpstreamClient,
     upgrades: UpstreamClient,
 }
@@ -87,7 +92,19 @@ struct Access {
 struct Held {
     auth: Authorized,
     live: LiveHandle,
-    assertion: Mutex<Option<(Arc<str>, Timestamp)>>,
+    /// What the upstream is told about the caller under this grant, ready to send, with
+    /// when its assertion expires.
+    identity: Mutex<Option<(Arc<IdentityHeaders>, Timestamp)>>,
+}
+
+/// The identity headers for one session under one grant. Header values share their bytes,
+/// so each request clones them without copying.
+struct IdentityHeaders {
+    user: HeaderValue,
+    email: Option<HeaderValue>,
+    groups: HeaderValue,
+    grant: HeaderValue,
+    assertion: HeaderValue,
 }
 
 impl Access {
@@ -121,9 +138,11 @@ struct Handoff {
 pub struct AppsFront {
     state: Arc<ApiState>,
     by_host: HashMap<String, Arc<App>>,
-    decisions: Cache<(String, Arc<str>), Arc<Access>>,
+    decisions: Cache<(Arc<str>, Arc<str>), Arc<Access>>,
     /// (grant, app) pairs whose first request is already in the audit log.
     first_seen: Cache<(Arc<str>, Arc<str>), ()>,
+    /// App cookies whose signature checked out: cookie → (app, session id hash).
+    cookies: Cache<String, (Arc<str>, Arc<str>)>,
 }
 
 impl AppsFront {
@@ -132,7 +151,10 @@ impl AppsFront {
         for (config, site) in apps.iter().zip(sites(&state.site, apps)) {
             let (client, upgrades) = upstream::clients(config)?;
             let origin = site.origin;
+            let host_header =
+                HeaderValue::from_str(&config.host).map_err(|e| format!("apps {:?}: {e}", config.name))?;
             let app = App {
+                host_header,
                 name: config.name.as_str().into(),
                 config: config.clone(),
                 origin,
@@ -149,6 +171,10 @@ impl AppsFront {
                 .time_to_live(DECISION_TTL)
                 .build(),
             first_seen: Cache::builder().max_capacity(DECISION_CACHE_ENTRIES).build(),
+            cookies: Cache::builder()
+                .max_capacity(DECISION_CACHE_ENTRIES)
+                .time_to_live(COOKIE_TRUST)
+                .build(),
         })
     }
 
@@ -166,8 +192,8 @@ impl AppsFront {
             return text(StatusCode::NOT_FOUND, "jitgate: no such page");
         }
         let now = Timestamp::now();
-        let session = match self.session(&app, req.headers(), now).await {
-            Ok(Some(s)) => s,
+        let (sid, session) = match self.session(&app, req.headers(), now).await {
+            Ok(Some(found)) => found,
             Ok(None) => return self.to_login(&app, &req),
             Err(resp) => return resp,
         };
@@ -183,22 +209,24 @@ impl AppsFront {
             );
         }
         let method = req.method().clone();
-        let held = match self.decide(&app, &session, method.as_str(), &path, now).await {
+        let held = match self.decide(&app, &sid, &session, method.as_str(), &path, now).await {
             Ok(held) => held,
             Err(resp) => return resp,
         };
-        let live = self.state.broker.live().register(&held.auth);
-        if live.is_cut() {
-            self.decisions
-                .invalidate(&(session.id_hash.clone(), Arc::clone(&app.name)))
-                .await;
-            return text(
-                StatusCode::FORBIDDEN,
-                "jitgate: the grant has just ended; reload the page",
-            );
+        if app.config.audit_sample > 0.0 && rand::random::<f64>() < app.config.audit_sample {
+            let event = AuditDraft::new("app.request", &session.identity.user, &app.name)
+                .grant(held.auth.grant_id())
+                .details(serde_json::json!({ "method": method.as_str(), "path": path, "query": req.uri().query() }));
+            // A sample: it must not slow the request it describes.
+            let store = Arc::clone(self.state.broker.store());
+            tokio::spawn(async move {
+                if let Err(e) = store.append_audit(vec![event]).await {
+                    tracing::warn!(error = %e, "cannot record a sampled app request");
+                }
+            });
         }
-        let assertion = match self.assertion(&app, &session, &held, now) {
-            Ok(a) => a,
+        let identity = match self.identity(&app, &session, &held, now) {
+            Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign the identity assertion");
                 return text(
@@ -209,16 +237,16 @@ impl AppsFront {
         };
         let forward = Forward {
             app: &app,
-            session: &session,
-            grant_id: held.auth.grant_id(),
-            assertion: &assertion,
+            identity: &identity,
             path: &path,
             peer,
         };
+        // The held grant's registration with `live` stays with the answer: a stream or a
+        // WebSocket ends when that grant is cut.
         if websocket {
-            forward.websocket(req, live).await
+            forward.websocket(req, held).await
         } else {
-            forward.request(req, live).await
+            forward.request(req, held).await
         }
     }
 
@@ -229,15 +257,29 @@ impl AppsFront {
         app: &App,
         headers: &axum::http::HeaderMap,
         now: Timestamp,
-    ) -> Result<Option<Arc<Session>>, Response<Body>> {
+    ) -> Result<Option<(Arc<str>, Arc<Session>)>, Response<Body>> {
         let [cookie] = web::cookie_values(headers, APP_COOKIE)[..] else {
             return Ok(None);
         };
-        let Ok(opened) = self.state.tokens.open::<AppCookie>(&audience(&app.name), cookie) else {
-            return Ok(None);
+        // A signature check costs more than the rest of a request: a cookie seen valid for
+        // this app is trusted again for a while, by its exact bytes. The session behind it
+        // is still looked up on every request, so logout ends it as before.
+        let sid = match self.cookies.get(cookie).await {
+            Some((for_app, sid)) if for_app == app.name => sid,
+            Some(_) => return Ok(None),
+            None => {
+                let Ok(opened) = self.state.tokens.open::<AppCookie>(&audience(&app.name), cookie) else {
+                    return Ok(None);
+                };
+                let sid: Arc<str> = opened.sid.into();
+                self.cookies
+                    .insert(cookie.to_owned(), (Arc::clone(&app.name), Arc::clone(&sid)))
+                    .await;
+                sid
+            }
         };
-        match self.state.sessions.check_hash(&opened.sid, now).await {
-            Ok(s) => Ok(s),
+        match self.state.sessions.check_hash(&sid, now).await {
+            Ok(s) => Ok(s.map(|s| (sid, s))),
             Err(e) => {
                 tracing::error!(error = %e, "cannot check an app session; refusing");
                 Err(text(
@@ -369,12 +411,13 @@ impl AppsFront {
     async fn decide(
         &self,
         app: &App,
+        sid: &Arc<str>,
         session: &Session,
         method: &str,
         path: &str,
         now: Timestamp,
     ) -> Result<HeldRef, Response<Body>> {
-        let key = (session.id_hash.clone(), Arc::clone(&app.name));
+        let key = (Arc::clone(sid), Arc::clone(&app.name));
         let resource = Resource::Http {
             app: &app.name,
             method,
@@ -432,7 +475,7 @@ impl AppsFront {
             .map(|auth| Held {
                 live: broker.live().register(&auth),
                 auth,
-                assertion: Mutex::new(None),
+                identity: Mutex::new(None),
             })
             .filter(|h| !h.live.is_cut())
             .collect();
@@ -528,31 +571,40 @@ impl AppsFront {
         )
     }
 
-    /// The assertion for this grant, reused while more than half its life is left.
-    fn assertion(&self, app: &App, session: &Session, held: &HeldRef, now: Timestamp) -> Result<Arc<str>, String> {
+    /// The identity headers for this grant, the assertion among them reused while more
+    /// than half its life is left.
+    fn identity(
+        &self,
+        app: &App,
+        session: &Session,
+        held: &HeldRef,
+        now: Timestamp,
+    ) -> Result<Arc<IdentityHeaders>, String> {
         let h = held.held();
-        let mut slot = h.assertion.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((a, until)) = &*slot {
+        let mut slot = h.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((headers, until)) = &*slot {
             if now.until(*until) > ASSERTION_TTL / 2 {
-                return Ok(Arc::clone(a));
+                return Ok(Arc::clone(headers));
             }
         }
         // Never valid past the grant.
         let ttl = ASSERTION_TTL.min(now.until(h.auth.expires_at()));
-        let signed: Arc<str> = self
-            .state
-            .tokens
-            .assertion(
-                &app.origin,
-                &session.identity,
-                session.email.as_deref(),
-                h.auth.grant_id(),
-                now,
-                ttl,
-            )?
-            .into();
-        *slot = Some((Arc::clone(&signed), now.saturating_add(ttl)));
-        Ok(signed)
+        let who = &session.identity;
+        let signed =
+            self.state
+                .tokens
+                .assertion(&app.origin, who, session.email.as_deref(), h.auth.grant_id(), now, ttl)?;
+        let value =
+            |v: &str| HeaderValue::from_bytes(v.as_bytes()).map_err(|_| format!("{v:?} cannot be a header value"));
+        let headers = Arc::new(IdentityHeaders {
+            user: value(&who.user)?,
+            email: session.email.as_deref().map(value).transpose()?,
+            groups: value(&who.groups.join(","))?,
+            grant: value(h.auth.grant_id())?,
+            assertion: value(&signed)?,
+        });
+        *slot = Some((Arc::clone(&headers), now.saturating_add(ttl)));
+        Ok(headers)
     }
 }
 
@@ -578,9 +630,7 @@ impl std::ops::Deref for HeldRef {
 /// One allowed request on its way to the upstream.
 struct Forward<'a> {
     app: &'a App,
-    session: &'a Session,
-    grant_id: &'a str,
-    assertion: &'a str,
+    identity: &'a IdentityHeaders,
     path: &'a str,
     peer: SocketAddr,
 }
@@ -596,31 +646,29 @@ impl Forward<'_> {
     }
 
     /// The headers the upstream gets: the client's, cleaned, plus what the proxy knows.
-    fn headers(&self, headers: &mut axum::http::HeaderMap, host: &str) {
+    fn headers(&self, headers: &mut axum::http::HeaderMap) {
         headers::clean_request(headers);
-        let set = |headers: &mut axum::http::HeaderMap, name: &'static str, value: &str| {
-            if let Ok(v) = HeaderValue::from_bytes(value.as_bytes()) {
-                headers.insert(name, v);
-            }
-        };
-        set(headers, "x-forwarded-for", &self.peer.ip().to_string());
-        set(headers, "x-forwarded-proto", "https");
-        set(headers, "x-forwarded-host", host);
+        let peer = self.peer.ip().to_string();
+        if let Ok(v) = HeaderValue::from_str(&peer) {
+            headers.insert(headers::FORWARDED_FOR, v);
+        }
+        headers.insert(headers::FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(headers::FORWARDED_HOST, self.app.host_header.clone());
         if self.app.config.pass_identity_headers {
-            let who = &self.session.identity;
-            set(headers, headers::USER, &who.user);
-            if let Some(email) = &self.session.email {
-                set(headers, headers::EMAIL, email);
+            let id = self.identity;
+            headers.insert(headers::USER, id.user.clone());
+            if let Some(email) = &id.email {
+                headers.insert(headers::EMAIL, email.clone());
             }
-            set(headers, headers::GROUPS, &who.groups.join(","));
-            set(headers, headers::GRANT, self.grant_id);
-            set(headers, headers::ASSERTION, self.assertion);
+            headers.insert(headers::GROUPS, id.groups.clone());
+            headers.insert(headers::GRANT, id.grant.clone());
+            headers.insert(headers::ASSERTION, id.assertion.clone());
         }
         // The upstream's own name, as for a direct request to it.
         headers.remove(header::HOST);
     }
 
-    async fn request(&self, req: Request<Incoming>, live: LiveHandle) -> Response<Body> {
+    async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let Some(uri) = self.upstream_uri(parts.uri.query()) else {
             return text(
@@ -628,35 +676,39 @@ impl Forward<'_> {
                 "jitgate: the request's URL cannot be forwarded",
             );
         };
-        self.headers(&mut parts.headers, &self.app.config.host);
+        self.headers(&mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         let up = Request::from_parts(parts, Body::new(body));
         let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)).await;
         let resp = match sent {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return self.unreachable(&e.to_string()),
+            Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
             Err(_) => {
-                return self.unreachable(&format!(
-                    "no answer within {}",
-                    humantime::format_duration(self.app.config.response_timeout)
-                ))
+                return self.unreachable(
+                    &format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.app.config.response_timeout)
+                    ),
+                    &held,
+                )
             }
         };
         let (mut parts, body) = resp.into_parts();
         headers::clean_response(&mut parts.headers);
-        let cut = live.token().clone().cancelled_owned();
+        // A token of its own: waiters on one shared token would all queue on its lock.
+        let cut = held.live.token().child_token().cancelled_owned();
         Response::from_parts(
             parts,
             Body::new(CutBody {
                 inner: body,
                 cut: Box::pin(cut),
-                _live: live,
+                _held: held,
             }),
         )
     }
 
-    async fn websocket(&self, mut req: Request<Incoming>, live: LiveHandle) -> Response<Body> {
+    async fn websocket(&self, mut req: Request<Incoming>, held: HeldRef) -> Response<Body> {
         let from_client = hyper::upgrade::on(&mut req);
         let (mut parts, _) = req.into_parts();
         let Some(uri) = self.upstream_uri(parts.uri.query()) else {
@@ -665,7 +717,7 @@ impl Forward<'_> {
                 "jitgate: the request's URL cannot be forwarded",
             );
         };
-        self.headers(&mut parts.headers, &self.app.config.host);
+        self.headers(&mut parts.headers);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -678,8 +730,8 @@ impl Forward<'_> {
         let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)).await;
         let mut resp = match sent {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return self.unreachable(&e.to_string()),
-            Err(_) => return self.unreachable("no answer to the WebSocket upgrade in time"),
+            Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
+            Err(_) => return self.unreachable("no answer to the WebSocket upgrade in time", &held),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = resp.into_parts();
@@ -688,7 +740,7 @@ impl Forward<'_> {
         }
         let from_upstream = hyper::upgrade::on(&mut resp);
         let app = Arc::clone(&self.app.name);
-        let grant = self.grant_id.to_owned();
+        let grant = held.auth.grant_id().to_owned();
         tokio::spawn(async move {
             let (client, upstream) = match tokio::join!(from_client, from_upstream) {
                 (Ok(c), Ok(u)) => (c, u),
@@ -701,7 +753,7 @@ impl Forward<'_> {
             let mut upstream = hyper_util::rt::TokioIo::new(upstream);
             tokio::select! {
                 _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                _ = live.cancelled() => {
+                _ = held.live.cancelled() => {
                     tracing::info!(app = %app, grant = %grant, "grant ended; closing its WebSocket");
                 }
             }
@@ -719,8 +771,8 @@ impl Forward<'_> {
 
     /// The upstream could not be reached: a page that names the app, and a log line with
     /// the grant.
-    fn unreachable(&self, why: &str) -> Response<Body> {
-        tracing::warn!(app = %self.app.name, grant = %self.grant_id, error = %why, "upstream unreachable");
+    fn unreachable(&self, why: &str, held: &HeldRef) -> Response<Body> {
+        tracing::warn!(app = %self.app.name, grant = %held.auth.grant_id(), error = %why, "upstream unreachable");
         let name = &self.app.name;
         let body = html! {
             (maud::DOCTYPE)
@@ -747,7 +799,8 @@ impl Forward<'_> {
 struct CutBody {
     inner: Incoming,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    _live: LiveHandle,
+    /// Keeps the grant's registration with `live` while the body flows.
+    _held: HeldRef,
 }
 
 impl hyper::body::Body for CutBody {
