@@ -62,7 +62,7 @@ pub fn ensure_with(dir: &Path, base_domain: &str, app_hosts: &[String]) -> Resul
     if new_ca {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| err(&ca_key, e))?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = name("jitgate dev CA");
+        params.distinguished_name = name(CA_CN);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -90,13 +90,23 @@ pub fn ensure_with(dir: &Path, base_domain: &str, app_hosts: &[String]) -> Resul
     let names_file = dir.join("server-names.txt");
     let wanted = names.join("\n") + "\n";
     let names_changed = fs::read_to_string(&names_file).map_or(true, |had| had != wanted);
-    if new_ca || names_changed || !server_cert.exists() || !server_key.exists() {
+    // Only a certificate this proxy made is made again for new names: one an operator put
+    // in place stays, with a warning about the names it lacks.
+    let ours = !server_cert.exists() || names_file.exists() || made_here(&server_cert);
+    if names_changed && !ours && !new_ca {
+        tracing::warn!(
+            cert = %server_cert.display(),
+            names = ?names,
+            "the server certificate was not made by jitgate; it is kept, so make sure it names these hosts"
+        );
+    }
+    if new_ca || (names_changed && ours) || !server_cert.exists() || !server_key.exists() {
         let ca_key_pem = fs::read_to_string(&ca_key).map_err(|e| err(&ca_key, e))?;
         let ca_keypair = KeyPair::from_pem(&ca_key_pem).map_err(|e| err(&ca_key, e))?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_keypair).map_err(|e| err(&ca_cert, e))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| err(&server_key, e))?;
         let mut params = CertificateParams::new(names).map_err(|e| err(&server_cert, e))?;
-        params.distinguished_name = name("jitgate proxy");
+        params.distinguished_name = name(SERVER_CN);
         let cert = params.signed_by(&key, &issuer).map_err(|e| err(&server_cert, e))?;
         write_secret(&server_key, &key.serialize_pem())?;
         write_public(&server_cert, &cert.pem())?;
@@ -123,6 +133,19 @@ pub fn ensure_with(dir: &Path, base_domain: &str, app_hosts: &[String]) -> Resul
         generated,
     })
 }
+
+/// Whether `path` holds a server certificate issued by jitgate's own CA: its issuer name
+/// (in the DER, as the CA's common name) is the one `ensure` gives the CA.
+fn made_here(path: &Path) -> bool {
+    let Ok(pem) = fs::read(path) else { return false };
+    let Some(Ok(der)) = rustls_pemfile::certs(&mut pem.as_slice()).next() else {
+        return false;
+    };
+    der.as_ref().windows(CA_CN.len()).any(|w| w == CA_CN.as_bytes())
+}
+
+const CA_CN: &str = "jitgate dev CA";
+const SERVER_CN: &str = "jitgate proxy";
 
 fn name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
@@ -163,6 +186,34 @@ fn write_mode(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_hosts_are_named_and_an_operators_certificate_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_with(dir.path(), "localhost", &["grafana.localhost".into()]).unwrap();
+        let pem = fs::read_to_string(&first.server_cert).unwrap();
+        assert!(made_here(&first.server_cert));
+        // The same names again: nothing is made anew.
+        ensure_with(dir.path(), "localhost", &["grafana.localhost".into()]).unwrap();
+        assert_eq!(fs::read_to_string(&first.server_cert).unwrap(), pem);
+        // A new app: the certificate is made again, naming it.
+        let again = ensure_with(dir.path(), "localhost", &["okta.localhost".into()]).unwrap();
+        assert!(again.generated.contains(&"server certificate"));
+        assert_ne!(fs::read_to_string(&first.server_cert).unwrap(), pem);
+
+        // An operator's own certificate (and no names file of ours) stays as it is.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let own = CertificateParams::new(vec!["proxy.corp.example".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        fs::write(&first.server_cert, own.pem()).unwrap();
+        fs::write(&first.server_key, key.serialize_pem()).unwrap();
+        fs::remove_file(dir.path().join("server-names.txt")).unwrap();
+        assert!(!made_here(&first.server_cert));
+        ensure_with(dir.path(), "localhost", &["vault.localhost".into()]).unwrap();
+        assert_eq!(fs::read_to_string(&first.server_cert).unwrap(), own.pem());
+    }
 
     #[test]
     fn first_start_generates_and_later_starts_reuse() {

@@ -73,10 +73,8 @@ pub(super) enum RawAppScope {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawScoped {
     name: String,
-    #[serde(default)]
-    methods: Vec<String>,
-    #[serde(default)]
-    paths: Vec<String>,
+    methods: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
 }
 
 const METHODS: [&str; 9] = [
@@ -92,7 +90,16 @@ fn dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-pub(super) fn validate_apps(raw: Vec<RawApp>, base_domain: &str, errors: &mut Vec<String>) -> Vec<AppConfig> {
+pub(super) fn validate_apps(
+    raw: Vec<RawApp>,
+    base_domain: &str,
+    public_url: Option<&str>,
+    errors: &mut Vec<String>,
+) -> Vec<AppConfig> {
+    // The proxy's own host serves the console and the logins; no app may take it.
+    let own_host = public_url
+        .and_then(|u| url::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
     let mut names = HashSet::new();
     let mut hosts = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
@@ -119,6 +126,11 @@ pub(super) fn validate_apps(raw: Vec<RawApp>, base_domain: &str, errors: &mut Ve
                 "{at}.host: {host:?} must be one label under server.base_domain ({base_domain:?}), e.g. \"{}.{base_domain}\"",
                 a.name
             )),
+        }
+        if own_host.as_deref() == Some(host.as_str()) {
+            errors.push(format!(
+                "{at}.host: {host:?} is the proxy's own host (server.public_url); give the app a host of its own"
+            ));
         }
         if !hosts.insert(host.clone()) {
             errors.push(format!("{at}.host: {host:?} is already another app's host"));
@@ -233,6 +245,15 @@ pub(super) fn validate_app_scopes(
             let scope = match r {
                 RawAppScope::Name(name) => AppScope::unrestricted(&name),
                 RawAppScope::Scoped(RawScoped { name, methods, paths }) => {
+                    // An empty list would read as "any": say so instead.
+                    for (field, list) in [("methods", &methods), ("paths", &paths)] {
+                        if list.as_ref().is_some_and(Vec::is_empty) {
+                            errors.push(format!(
+                                "{at}.{field}: is empty; leave it out to allow any, or list what is allowed"
+                            ));
+                        }
+                    }
+                    let (methods, paths) = (methods.unwrap_or_default(), paths.unwrap_or_default());
                     let methods: Vec<String> = methods.iter().map(|m| m.to_ascii_uppercase()).collect();
                     for m in &methods {
                         if !METHODS.contains(&m.as_str()) {

@@ -216,7 +216,7 @@ impl Config {
             profiles,
         } = raw;
         let server = validate_server(server, errors);
-        let apps = validate_apps(apps, &server.base_domain, errors);
+        let apps = validate_apps(apps, &server.base_domain, server.public_url.as_deref(), errors);
         let url = store
             .url
             .unwrap_or_else(|| format!("sqlite://{}/jitgate.db", server.data_dir.display()));
@@ -335,7 +335,8 @@ fn validate_server(raw: RawServer, errors: &mut Vec<String>) -> ServerConfig {
             ));
         }
     }
-    let base_domain = base_domain.unwrap_or_else(|| "localhost".into());
+    // DNS names are case-blind; hosts are compared in lower case everywhere.
+    let base_domain = base_domain.unwrap_or_else(|| "localhost".into()).to_ascii_lowercase();
     if base_domain.is_empty() || base_domain.contains(['/', ':', '*', ' ']) {
         errors.push(format!("server.base_domain: {base_domain:?} is not a DNS name"));
     }
@@ -580,7 +581,11 @@ mod tests {
         let errs = errors_of(
             r#"
             [server]
-            base_domain = "example.com"
+            base_domain = "Example.com"
+            public_url = "https://access.example.com"
+            [[apps]]
+            name = "access"
+            upstream = "http://127.0.0.1:1"
             [[apps]]
             name = "grafana"
             upstream = "http://127.0.0.1:3000"
@@ -601,18 +606,20 @@ mod tests {
             max_duration = "1h"
             requesters = ["group:x"]
             approvals_required = 0
-            http = { apps = ["grafana", { name = "kibana" }, { name = "grafana", methods = ["get", "FETCH"], paths = ["/d/../admin", "x"] }] }
+            http = { apps = ["grafana", { name = "kibana" }, { name = "grafana", methods = ["get", "FETCH"], paths = ["/d/../admin", "x"] }, { name = "grafana", paths = [] }] }
             "#,
         );
         let expected = [
-            "apps[1].name: \"Okta\" must be a DNS label: lower-case letters, digits and '-'",
-            "apps[1].host: \"okta.evil.com\" must be one label under server.base_domain (\"example.com\"), e.g. \"Okta.example.com\"",
-            "apps[1].upstream: \"https://10.0.0.1/admin\" must be only scheme, host and port (requests keep their own path)",
-            "apps[2]: an https:// upstream needs ca_file (the CA that signed its certificate) or pin_sha256",
-            "apps[2].audit_sample: 2 must be between 0 (no request lines) and 1 (every one)",
-            "apps[3].name: duplicate app name \"grafana\"",
-            "apps[3].host: \"grafana.example.com\" is already another app's host",
-            "apps[3].upstream: \"ftp://x\" must start with http:// or https://",
+            "apps[0].host: \"access.example.com\" is the proxy's own host (server.public_url); give the app a host of its own",
+            "profiles[0].http.apps[3].paths: is empty; leave it out to allow any, or list what is allowed",
+            "apps[2].name: \"Okta\" must be a DNS label: lower-case letters, digits and '-'",
+            "apps[2].host: \"okta.evil.com\" must be one label under server.base_domain (\"example.com\"), e.g. \"Okta.example.com\"",
+            "apps[2].upstream: \"https://10.0.0.1/admin\" must be only scheme, host and port (requests keep their own path)",
+            "apps[3]: an https:// upstream needs ca_file (the CA that signed its certificate) or pin_sha256",
+            "apps[3].audit_sample: 2 must be between 0 (no request lines) and 1 (every one)",
+            "apps[4].name: duplicate app name \"grafana\"",
+            "apps[4].host: \"grafana.example.com\" is already another app's host",
+            "apps[4].upstream: \"ftp://x\" must start with http:// or https://",
             "profiles[0].http.apps[1]: no app \"kibana\" in [[apps]]",
             "profiles[0].http.apps[2].methods: \"FETCH\" is not an HTTP method",
             "profiles[0].http.apps[2].paths: \"/d/../admin\" must be a plain path prefix starting with '/' (no '..', '//', '%', '?' or '#')",

@@ -38,6 +38,17 @@ pub fn is_reserved(name: &HeaderName) -> bool {
     n.starts_with("x-jitgate")
         || n.starts_with("x-forwarded-")
         || matches!(&*n, "forwarded" | "x-real-ip" | "x-client-ip" | "true-client-ip")
+        || is_override(&n)
+}
+
+/// Headers some frameworks read to replace the request's method or path after the proxy
+/// checked them (Symfony, Jersey, ASP.NET, Express's method-override; IIS's URL rewrite):
+/// what policy saw must be what the upstream acts on.
+fn is_override(n: &str) -> bool {
+    matches!(
+        n,
+        "x-http-method-override" | "x-http-method" | "x-method-override" | "x-original-url" | "x-rewrite-url"
+    )
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -111,13 +122,17 @@ fn strip_own_cookies(headers: &mut HeaderMap) {
 /// not set or clear the proxy's cookie.
 pub fn clean_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
+    // Browsers trim the name, so it is compared trimmed; unreadable values go too.
+    let own = |v: &HeaderValue| {
+        v.to_str().map_or(true, |t| {
+            let name = t.split('=').next().unwrap_or_default().trim();
+            name.starts_with("__Host-jitgate")
+        })
+    };
     let cookies: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
-        .filter(|v| {
-            !v.to_str()
-                .is_ok_and(|t| t.trim_start().starts_with(&format!("{APP_COOKIE}=")))
-        })
+        .filter(|v| !own(v))
         .cloned()
         .collect();
     headers.remove(header::SET_COOKIE);
@@ -168,6 +183,8 @@ mod tests {
             ("X-Forwarded-Host", "evil"),
             ("Forwarded", "for=1.2.3.4"),
             ("X-Real-IP", "1.2.3.4"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X_Original_URL", "/admin"),
             ("Connection", "keep-alive, X-Custom-Hop"),
             ("X-Custom-Hop", "1"),
             ("TE", "trailers"),
@@ -186,6 +203,8 @@ mod tests {
     fn an_upstream_cannot_touch_the_proxy_cookie() {
         let mut h = map(&[
             ("Set-Cookie", "__Host-jitgate-app=x; Path=/"),
+            ("Set-Cookie", "__Host-jitgate-app =x; Path=/"),
+            ("Set-Cookie", "__Host-jitgate-app-state=x; Path=/"),
             ("Set-Cookie", "grafana_session=y; Path=/"),
             ("Connection", "close"),
             ("Transfer-Encoding", "chunked"),
@@ -194,5 +213,29 @@ mod tests {
         let cookies: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(cookies, ["grafana_session=y; Path=/"]);
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
+    }
+}
+
+/// One `X-Jitgate-Groups` entry: a `,` inside a group name would split it into two groups
+/// for the upstream, so `%`, `,` and anything not printable are percent-encoded.
+pub fn group_item(group: &str) -> String {
+    let mut out = String::with_capacity(group.len());
+    for b in group.bytes() {
+        if b == b'%' || b == b',' || !(0x21..0x7f).contains(&b) {
+            out.push_str(&format!("%{b:02X}"));
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod group_tests {
+    #[test]
+    fn a_comma_in_a_group_cannot_make_two() {
+        assert_eq!(super::group_item("oidc:x,admins"), "oidc:x%2Cadmins");
+        assert_eq!(super::group_item("dba leads\n"), "dba%20leads%0A");
+        assert_eq!(super::group_item("ops"), "ops");
     }
 }

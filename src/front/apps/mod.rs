@@ -44,6 +44,9 @@ const DECISION_CACHE_ENTRIES: u64 = 100_000;
 /// How long a checked app cookie is trusted without checking its signature again; never
 /// past its own expiry by more than this.
 const COOKIE_TRUST: Duration = Duration::from_secs(60);
+/// The same denial (user, app, method, path) is audited once in this long.
+const DENIAL_REPEAT: Duration = Duration::from_secs(10);
+const DENIALS_PER_MINUTE: u32 = 60;
 /// The assertion lives this long; one is reused while it has more than half left.
 const ASSERTION_TTL: Duration = Duration::from_secs(60);
 pub const CALLBACK_PATH: &str = "/.jitgate/callback";
@@ -143,6 +146,9 @@ pub struct AppsFront {
     first_seen: Cache<(Arc<str>, Arc<str>), ()>,
     /// App cookies whose signature checked out: cookie → (app, session id hash).
     cookies: Cache<String, (Arc<str>, Arc<str>)>,
+    /// Denials audited lately, and each user's count of denial events this minute.
+    denials: Cache<String, ()>,
+    denial_budget: Cache<String, Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl AppsFront {
@@ -175,6 +181,14 @@ impl AppsFront {
                 .max_capacity(DECISION_CACHE_ENTRIES)
                 .time_to_live(COOKIE_TRUST)
                 .build(),
+            denials: Cache::builder()
+                .max_capacity(DECISION_CACHE_ENTRIES)
+                .time_to_live(DENIAL_REPEAT)
+                .build(),
+            denial_budget: Cache::builder()
+                .max_capacity(DECISION_CACHE_ENTRIES)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         })
     }
 
@@ -201,6 +215,10 @@ impl AppsFront {
             Ok(p) => p,
             Err(path::BadPath(why)) => return text(StatusCode::BAD_REQUEST, &format!("jitgate: {why}")),
         };
+        // The proxy's own paths on the app host are never the upstream's, however spelled.
+        if path.starts_with("/.jitgate/") {
+            return text(StatusCode::NOT_FOUND, "jitgate: no such page");
+        }
         let websocket = headers::wants_websocket(req.headers());
         if websocket && !app.config.websocket {
             return text(
@@ -216,7 +234,7 @@ impl AppsFront {
         if app.config.audit_sample > 0.0 && rand::random::<f64>() < app.config.audit_sample {
             let event = AuditDraft::new("app.request", &session.identity.user, &app.name)
                 .grant(held.auth.grant_id())
-                .details(serde_json::json!({ "method": method.as_str(), "path": path, "query": req.uri().query() }));
+                .details(serde_json::json!({ "method": method.as_str(), "path": path }));
             // A sample: it must not slow the request it describes.
             let store = Arc::clone(self.state.broker.store());
             tokio::spawn(async move {
@@ -332,7 +350,9 @@ impl AppsFront {
                 ),
             )
         };
-        if code.is_empty() || code.len() > 64 {
+        // Checked before the store is touched: only a browser that this host sent to log in
+        // (it holds the state cookie) with a code of the right shape costs a write.
+        if !plausible_state(&code) || web::cookie_values(headers, STATE_COOKIE).len() != 1 {
             return expired();
         }
         let store = self.state.broker.store();
@@ -483,10 +503,11 @@ impl AppsFront {
             return Ok(None);
         }
         let mut events = Vec::new();
+        let mut firsts = Vec::new();
         for h in &held {
             let pair: (Arc<str>, Arc<str>) = (h.auth.grant_id().into(), Arc::clone(&app.name));
             if !self.first_seen.contains_key(&pair) {
-                self.first_seen.insert(pair, ()).await;
+                firsts.push(pair);
                 events.push(
                     AuditDraft::new("app.first_request", &session.identity.user, &app.name)
                         .grant(h.auth.grant_id())
@@ -503,8 +524,38 @@ impl AppsFront {
                     "jitgate: the proxy cannot record this access right now; try again shortly",
                 ));
             }
+            // Marked only once written: a failed write is tried again on the next request.
+            for pair in firsts {
+                self.first_seen.insert(pair, ()).await;
+            }
         }
         Ok(Some(Arc::new(Access { grants: held })))
+    }
+
+    /// Whether a denial goes to the audit log: the same denial again within
+    /// `DENIAL_REPEAT` is only counted, and one user gets at most `DENIALS_PER_MINUTE`
+    /// events a minute, so a client that loops on refused requests cannot flood the chain.
+    async fn worth_auditing(&self, user: &str, app: &str, method: &str, path: &str) -> bool {
+        let key = format!("{user}\0{app}\0{}\0{}", capped(method, 16), capped(path, 512));
+        if self.denials.contains_key(&key) {
+            return false;
+        }
+        self.denials.insert(key, ()).await;
+        let budget = self
+            .denial_budget
+            .get_with(user.to_owned(), async {
+                Arc::new(std::sync::atomic::AtomicU32::new(0))
+            })
+            .await;
+        let n = budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n == DENIALS_PER_MINUTE {
+            tracing::warn!(
+                user,
+                app,
+                "too many denials; not auditing more of this user's for a minute"
+            );
+        }
+        n < DENIALS_PER_MINUTE
     }
 
     /// The answer to a request no grant allows: audited, and for a browser's page load
@@ -532,14 +583,19 @@ impl AppsFront {
                 );
             }
         };
-        let event = AuditDraft::new(
-            "app.denied",
-            &session.identity.user,
-            &format!("{} {method} {path}", app.name),
-        )
-        .reason(Some(&denied.reason));
-        if let Err(e) = broker.store().append_audit(vec![event]).await {
-            tracing::error!(error = %e, "cannot record an app denial");
+        if self
+            .worth_auditing(&session.identity.user, &app.name, method, path)
+            .await
+        {
+            let event = AuditDraft::new(
+                "app.denied",
+                &session.identity.user,
+                &format!("{} {} {}", app.name, capped(method, 16), capped(path, 512)),
+            )
+            .reason(Some(&denied.reason));
+            if let Err(e) = broker.store().append_audit(vec![event]).await {
+                tracing::error!(error = %e, "cannot record an app denial");
+            }
         }
         tracing::info!(app = %app.name, user = %session.identity.user, %method, %path, "app request denied");
         let any_grant = broker
@@ -599,7 +655,13 @@ impl AppsFront {
         let headers = Arc::new(IdentityHeaders {
             user: value(&who.user)?,
             email: session.email.as_deref().map(value).transpose()?,
-            groups: value(&who.groups.join(","))?,
+            groups: value(
+                &who.groups
+                    .iter()
+                    .map(|g| headers::group_item(g))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )?,
             grant: value(h.auth.grant_id())?,
             assertion: value(&signed)?,
         });
@@ -718,6 +780,10 @@ impl Forward<'_> {
             );
         };
         self.headers(&mut parts.headers);
+        // The upgrade request goes without a body: no length may claim one, or the upstream
+        // would wait for it (or read the next request's bytes as it).
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::TRANSFER_ENCODING);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -734,9 +800,18 @@ impl Forward<'_> {
             Err(_) => return self.unreachable("no answer to the WebSocket upgrade in time", &held),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Not upgraded, but maybe a stream all the same: it ends with the grant too.
             let (mut parts, body) = resp.into_parts();
             headers::clean_response(&mut parts.headers);
-            return Response::from_parts(parts, Body::new(body));
+            let cut = held.live.token().child_token().cancelled_owned();
+            return Response::from_parts(
+                parts,
+                Body::new(CutBody {
+                    inner: body,
+                    cut: Box::pin(cut),
+                    _held: held,
+                }),
+            );
         }
         let from_upstream = hyper::upgrade::on(&mut resp);
         let app = Arc::clone(&self.app.name);
@@ -826,6 +901,19 @@ impl hyper::body::Body for CutBody {
 /// The audience of an app's cookie: a cookie for one app opens nothing on another.
 fn audience(app: &str) -> String {
     format!("app:{app}")
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary: what a client sends is stored
+/// only so far.
+fn capped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn handoff_key(code: &str) -> String {

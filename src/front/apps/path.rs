@@ -19,8 +19,16 @@ pub fn normalize(raw: &str) -> Result<String, BadPath> {
     let decoded = decode_unreserved(raw)?;
     let mut out: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
-        // A `;` starts path parameters on some servers (`..;x` is `..` to Tomcat).
-        let bare = segment.split(';').next().unwrap_or_default();
+        // A `;` starts path parameters on some servers (`..;x` is `..` to Tomcat), encoded
+        // or not (some decode first); trailing spaces are trimmed by others (`..%20`).
+        let bare = segment
+            .split([';'])
+            .next()
+            .unwrap_or_default()
+            .split("%3B")
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches("%20");
         match (segment, bare) {
             ("", _) | (".", _) => {}
             ("..", _) => {
@@ -124,6 +132,10 @@ mod tests {
             "/a%+1",
             "/d/..;/admin",
             "/d/.;x/admin",
+            "/d/..%3B/admin",
+            "/d/..%3b/admin",
+            "/d/..%20/admin",
+            "/d/.%20/admin",
             "admin",
             "*",
         ] {

@@ -41,13 +41,14 @@ pub fn clients(app: &AppConfig) -> Result<(UpstreamClient, UpstreamClient), Stri
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    let build = |connector| {
+    let build = |connector, idle| {
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_max_idle_per_host(idle)
             .build(connector)
     };
-    Ok((build(pooled), build(h1)))
+    // An upgrade that was refused must not leave its connection for the next one.
+    Ok((build(pooled, POOL_MAX_IDLE_PER_HOST), build(h1, 0)))
 }
 
 fn tls_config(app: &AppConfig) -> Result<rustls::ClientConfig, String> {
