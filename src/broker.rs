@@ -414,7 +414,15 @@ impl Broker {
         self.changed.notified().await
     }
 
-    /// Decides an access and records the decision in the audit log.
+    /// Reads the grant index, refusing (fail closed) when it could not be reloaded lately.
+    fn fresh_index<T>(&self, read: impl FnOnce(&GrantIndex) -> T) -> Result<T, BrokerError> {
+        let state = self.index.read().unwrap_or_else(|e| e.into_inner());
+        if state.loaded_at.elapsed() > INDEX_STALE_AFTER {
+            return Err(StoreError::Unavailable("the grant index could not be reloaded for a while".into()).into());
+        }
+        Ok(read(&state.grants))
+    }
+
     /// The decision alone, without its audit event: for front-ends that audit per
     /// session rather than per request (apps audit a grant's first request and denials).
     pub fn decision(
@@ -424,22 +432,15 @@ impl Broker {
         action: Action<'_>,
         now: Timestamp,
     ) -> Result<Result<Authorized, Denied>, BrokerError> {
-        let state = self.index.read().unwrap_or_else(|e| e.into_inner());
-        if state.loaded_at.elapsed() > INDEX_STALE_AFTER {
-            return Err(StoreError::Unavailable("the grant index could not be reloaded for a while".into()).into());
-        }
-        Ok(authorize(&self.policy, &state.grants, who, resource, action, now))
+        self.fresh_index(|grants| authorize(&self.policy, grants, who, resource, action, now))
     }
 
     /// Every live grant of `who` that reaches `app`, longest-lived first.
     pub fn app_grants(&self, who: &Identity, app: &str, now: Timestamp) -> Result<Vec<Authorized>, BrokerError> {
-        let state = self.index.read().unwrap_or_else(|e| e.into_inner());
-        if state.loaded_at.elapsed() > INDEX_STALE_AFTER {
-            return Err(StoreError::Unavailable("the grant index could not be reloaded for a while".into()).into());
-        }
-        Ok(crate::access::app_grants(&state.grants, who, app, now))
+        self.fresh_index(|grants| crate::access::app_grants(grants, who, app, now))
     }
 
+    /// Decides an access and records the decision in the audit log.
     pub async fn authorize(
         &self,
         who: &Identity,
@@ -447,13 +448,7 @@ impl Broker {
         action: Action<'_>,
         now: Timestamp,
     ) -> Result<Result<Authorized, Denied>, BrokerError> {
-        let decision = {
-            let state = self.index.read().unwrap_or_else(|e| e.into_inner());
-            if state.loaded_at.elapsed() > INDEX_STALE_AFTER {
-                return Err(StoreError::Unavailable("the grant index could not be reloaded for a while".into()).into());
-            }
-            authorize(&self.policy, &state.grants, who, resource, action, now)
-        };
+        let decision = self.decision(who, resource, action, now)?;
         let target = format!("{action} {resource}");
         let event = match &decision {
             Ok(a) => AuditDraft::new("access.allowed", &who.user, &target).grant(a.grant_id()),

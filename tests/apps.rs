@@ -538,21 +538,7 @@ async fn an_app_cookie_opens_only_its_own_app() {
 /// One request over a fresh TLS connection with `sni`, written byte for byte (no client
 /// library normalizes the path or the framing); the whole answer as text.
 async fn raw(stand: &Stand, sni: &str, request: &str) -> String {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stand.port)).await.unwrap();
-    let pem = std::fs::read(&stand.proxy.ca).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_to(stand, sni, b"http/1.1").await;
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
@@ -741,23 +727,8 @@ async fn websocket(
     tokio_tungstenite::tungstenite::Error,
 > {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stand.port)).await.unwrap();
-    let pem = std::fs::read(&stand.proxy.ca).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let host = format!("{app}.localhost");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(rustls::pki_types::ServerName::try_from(host.clone()).unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tls_to(stand, &host, b"http/1.1").await;
     let mut req = format!("wss://{host}:{}{path}", stand.port)
         .into_client_request()
         .unwrap();
@@ -799,7 +770,7 @@ async fn websockets_pass_and_close_when_the_grant_is_revoked() {
     }
 
     // A stream asked for with upgrade headers that the upstream answers as a plain stream.
-    let mut pseudo = tls_to(&stand, "echo", b"http/1.1").await;
+    let mut pseudo = tls_to(&stand, "echo.localhost", b"http/1.1").await;
     pseudo
         .write_all(
             format!(
@@ -1015,7 +986,11 @@ async fn nginx_as_the_upstream_serves_files_through_the_proxy() {
 }
 
 /// A TLS connection to the proxy for `app`'s host, offering `alpn`.
-async fn tls_to(stand: &Stand, app: &str, alpn: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+async fn tls_to(
+    stand: &Stand,
+    server_name: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", stand.port)).await.unwrap();
     let pem = std::fs::read(&stand.proxy.ca).unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -1028,7 +1003,7 @@ async fn tls_to(stand: &Stand, app: &str, alpn: &[u8]) -> tokio_rustls::client::
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let name = rustls::pki_types::ServerName::try_from(format!("{app}.localhost")).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
@@ -1065,7 +1040,7 @@ async fn http2_rapid_reset_and_slowloris_do_not_starve_other_users() {
     let cookie = victim.app_cookie(&stand.app("quiet"));
 
     // HTTP/2: open a stream and reset it at once, as fast as the client can.
-    let tls = tls_to(&stand, "quiet", b"h2").await;
+    let tls = tls_to(&stand, "quiet.localhost", b"h2").await;
     assert_eq!(
         tls.get_ref().1.alpn_protocol(),
         Some(&b"h2"[..]),
@@ -1157,7 +1132,7 @@ async fn http2_rapid_reset_and_slowloris_do_not_starve_other_users() {
     // never finish the TLS handshake. Others are served all the while.
     let mut slow = Vec::new();
     for _ in 0..100 {
-        let mut t = tls_to(&stand, "quiet", b"http/1.1").await;
+        let mut t = tls_to(&stand, "quiet.localhost", b"http/1.1").await;
         t.write_all(format!("GET /slow HTTP/1.1\r\nHost: quiet.localhost:{port}\r\n").as_bytes())
             .await
             .unwrap();

@@ -4,26 +4,22 @@
 //! the caller's identity and a signed assertion; streaming answers and WebSockets are
 //! registered with `live` and cut when their grant ends.
 
+mod forward;
 mod headers;
 pub mod path;
+mod signin;
 mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderValue};
-use axum::http::{Method, Request, Response, StatusCode, Uri, Version};
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming};
-use maud::html;
+use axum::http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use moka::future::Cache;
-use serde::{Deserialize, Serialize};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::access::{Action, Authorized, Resource};
 use crate::audit::AuditDraft;
@@ -33,7 +29,9 @@ use crate::front::web;
 use crate::identity::session::Session;
 use crate::live::LiveHandle;
 use crate::time::Timestamp;
+use forward::Forward;
 pub use headers::{APP_COOKIE, STATE_COOKIE};
+pub use signin::{plausible_state, start_handoff};
 use upstream::UpstreamClient;
 
 /// How long a handoff code from the proxy's login to an app's host stays good.
@@ -118,24 +116,6 @@ impl Access {
                 .iter()
                 .all(|h| !h.live.is_cut() && now < h.auth.expires_at())
     }
-}
-
-/// What an app's cookie holds: which proxy session it belongs to.
-#[derive(Serialize, Deserialize)]
-struct AppCookie {
-    sid: String,
-}
-
-/// What the proxy's login hands to an app's host, once, through the store.
-#[derive(Serialize, Deserialize)]
-struct Handoff {
-    sid: String,
-    app: String,
-    /// The state the app's host gave the browser when it sent it to log in: the callback
-    /// takes the code only from that browser, so nobody can sign another in as themselves.
-    state: String,
-    /// Path and query on the app's host to land on.
-    to: String,
 }
 
 pub struct AppsFront {
@@ -266,165 +246,6 @@ impl AppsFront {
         } else {
             forward.request(req, held).await
         }
-    }
-
-    /// The live proxy session an app cookie names, if any. Cookies for another app, forged,
-    /// expired, or of an ended session name none.
-    async fn session(
-        &self,
-        app: &App,
-        headers: &axum::http::HeaderMap,
-        now: Timestamp,
-    ) -> Result<Option<(Arc<str>, Arc<Session>)>, Response<Body>> {
-        let [cookie] = web::cookie_values(headers, APP_COOKIE)[..] else {
-            return Ok(None);
-        };
-        // A signature check costs more than the rest of a request: a cookie seen valid for
-        // this app is trusted again for a while, by its exact bytes. The session behind it
-        // is still looked up on every request, so logout ends it as before.
-        let sid = match self.cookies.get(cookie).await {
-            Some((for_app, sid)) if for_app == app.name => sid,
-            Some(_) => return Ok(None),
-            None => {
-                let Ok(opened) = self.state.tokens.open::<AppCookie>(&audience(&app.name), cookie) else {
-                    return Ok(None);
-                };
-                let sid: Arc<str> = opened.sid.into();
-                self.cookies
-                    .insert(cookie.to_owned(), (Arc::clone(&app.name), Arc::clone(&sid)))
-                    .await;
-                sid
-            }
-        };
-        match self.state.sessions.check_hash(&sid, now).await {
-            Ok(s) => Ok(s.map(|s| (sid, s))),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot check an app session; refusing");
-                Err(text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "jitgate: the proxy cannot reach its store; try again shortly",
-                ))
-            }
-        }
-    }
-
-    /// Sends a browser through the proxy's login and back; anything else is told to.
-    fn to_login(&self, app: &App, req: &Request<Incoming>) -> Response<Body> {
-        if !matches!(*req.method(), Method::GET | Method::HEAD) || headers::wants_websocket(req.headers()) {
-            return text(
-                StatusCode::UNAUTHORIZED,
-                &format!("jitgate: log in first: open {} in a browser", app.origin),
-            );
-        }
-        let here = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let state = secret();
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("app", &app.name)
-            .append_pair("rd", &format!("{}{here}", app.origin))
-            .append_pair("state", &state)
-            .finish();
-        let mut resp = redirect(&format!("{}/auth/app?{query}", self.state.site.origin));
-        let cookie = format!("{STATE_COOKIE}={state}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600");
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            resp.headers_mut().insert(header::SET_COOKIE, v);
-        }
-        resp
-    }
-
-    /// `/.jitgate/callback?code=…`: installs the app cookie the proxy's login sent here,
-    /// for the browser that was sent to log in from here.
-    async fn callback(&self, app: &App, query: Option<&str>, headers: &axum::http::HeaderMap) -> Response<Body> {
-        let code = query
-            .into_iter()
-            .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
-            .find(|(k, _)| k == "code")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default();
-        let now = Timestamp::now();
-        let expired = || {
-            text(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "jitgate: this sign-in link was used already or has expired; open {} again",
-                    app.origin
-                ),
-            )
-        };
-        // Checked before the store is touched: only a browser that this host sent to log in
-        // (it holds the state cookie) with a code of the right shape costs a write.
-        if !plausible_state(&code) || web::cookie_values(headers, STATE_COOKIE).len() != 1 {
-            return expired();
-        }
-        let store = self.state.broker.store();
-        let taken = match store.take_flow(&handoff_key(&code), now).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read an app sign-in; refusing");
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "jitgate: the proxy cannot reach its store; try again shortly",
-                );
-            }
-        };
-        let Some(handoff) = taken.and_then(|t| serde_json::from_str::<Handoff>(&t).ok()) else {
-            return expired();
-        };
-        if handoff.app != *app.name {
-            tracing::warn!(app = %app.name, for_app = %handoff.app, "an app sign-in code was presented to another app");
-            return expired();
-        }
-        let from_here = matches!(web::cookie_values(headers, STATE_COOKIE)[..], [state] if crate::identity::session::same_secret(state, &handoff.state));
-        if !from_here {
-            tracing::warn!(app = %app.name, "an app sign-in code came back in another browser; refused");
-            return expired();
-        }
-        let session = match self.state.sessions.check_hash(&handoff.sid, now).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return expired(),
-            Err(_) => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "jitgate: the proxy cannot reach its store; try again shortly",
-                )
-            }
-        };
-        let ttl = now.until(session.expires_at);
-        let sealed = match self.state.tokens.seal(
-            &audience(&app.name),
-            ttl,
-            AppCookie {
-                sid: session.id_hash.clone(),
-            },
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot seal an app cookie");
-                return text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "jitgate: internal error; see the proxy's log",
-                );
-            }
-        };
-        let to = if handoff.to.starts_with('/') && !handoff.to.starts_with("//") {
-            handoff.to
-        } else {
-            "/".to_owned()
-        };
-        let mut resp = redirect(&to);
-        let cookie = format!(
-            "{APP_COOKIE}={sealed}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
-            ttl.as_secs()
-        );
-        for c in [cookie, crate::identity::session::clear_cookie(STATE_COOKIE)] {
-            if let Ok(v) = HeaderValue::from_str(&c) {
-                resp.headers_mut().append(header::SET_COOKIE, v);
-            }
-        }
-        // The code was in this URL: no page this redirect leads to should see it.
-        resp.headers_mut()
-            .insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-        tracing::info!(app = %app.name, user = %session.identity.user, "app session started");
-        resp
     }
 
     /// The grant that allows this request, from the session's cached access to the app.
@@ -689,220 +510,6 @@ impl std::ops::Deref for HeldRef {
     }
 }
 
-/// One allowed request on its way to the upstream.
-struct Forward<'a> {
-    app: &'a App,
-    identity: &'a IdentityHeaders,
-    path: &'a str,
-    peer: SocketAddr,
-}
-
-impl Forward<'_> {
-    fn upstream_uri(&self, query: Option<&str>) -> Option<Uri> {
-        let base = self.app.config.upstream.as_str().trim_end_matches('/');
-        let uri = match query {
-            Some(q) => format!("{base}{}?{q}", self.path),
-            None => format!("{base}{}", self.path),
-        };
-        uri.parse().ok()
-    }
-
-    /// The headers the upstream gets: the client's, cleaned, plus what the proxy knows.
-    fn headers(&self, headers: &mut axum::http::HeaderMap) {
-        headers::clean_request(headers);
-        let peer = self.peer.ip().to_string();
-        if let Ok(v) = HeaderValue::from_str(&peer) {
-            headers.insert(headers::FORWARDED_FOR, v);
-        }
-        headers.insert(headers::FORWARDED_PROTO, HeaderValue::from_static("https"));
-        headers.insert(headers::FORWARDED_HOST, self.app.host_header.clone());
-        if self.app.config.pass_identity_headers {
-            let id = self.identity;
-            headers.insert(headers::USER, id.user.clone());
-            if let Some(email) = &id.email {
-                headers.insert(headers::EMAIL, email.clone());
-            }
-            headers.insert(headers::GROUPS, id.groups.clone());
-            headers.insert(headers::GRANT, id.grant.clone());
-            headers.insert(headers::ASSERTION, id.assertion.clone());
-        }
-        // The upstream's own name, as for a direct request to it.
-        headers.remove(header::HOST);
-    }
-
-    async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Body> {
-        let (mut parts, body) = req.into_parts();
-        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "jitgate: the request's URL cannot be forwarded",
-            );
-        };
-        self.headers(&mut parts.headers);
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        let up = Request::from_parts(parts, Body::new(body));
-        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)).await;
-        let resp = match sent {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
-            Err(_) => {
-                return self.unreachable(
-                    &format!(
-                        "no answer within {}",
-                        humantime::format_duration(self.app.config.response_timeout)
-                    ),
-                    &held,
-                )
-            }
-        };
-        let (mut parts, body) = resp.into_parts();
-        headers::clean_response(&mut parts.headers);
-        // A token of its own: waiters on one shared token would all queue on its lock.
-        let cut = held.live.token().child_token().cancelled_owned();
-        Response::from_parts(
-            parts,
-            Body::new(CutBody {
-                inner: body,
-                cut: Box::pin(cut),
-                _held: held,
-            }),
-        )
-    }
-
-    async fn websocket(&self, mut req: Request<Incoming>, held: HeldRef) -> Response<Body> {
-        let from_client = hyper::upgrade::on(&mut req);
-        let (mut parts, _) = req.into_parts();
-        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "jitgate: the request's URL cannot be forwarded",
-            );
-        };
-        self.headers(&mut parts.headers);
-        // The upgrade request goes without a body: no length may claim one, or the upstream
-        // would wait for it (or read the next request's bytes as it).
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        let up = Request::from_parts(parts, Body::empty());
-        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)).await;
-        let mut resp = match sent {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
-            Err(_) => return self.unreachable("no answer to the WebSocket upgrade in time", &held),
-        };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            // Not upgraded, but maybe a stream all the same: it ends with the grant too.
-            let (mut parts, body) = resp.into_parts();
-            headers::clean_response(&mut parts.headers);
-            let cut = held.live.token().child_token().cancelled_owned();
-            return Response::from_parts(
-                parts,
-                Body::new(CutBody {
-                    inner: body,
-                    cut: Box::pin(cut),
-                    _held: held,
-                }),
-            );
-        }
-        let from_upstream = hyper::upgrade::on(&mut resp);
-        let app = Arc::clone(&self.app.name);
-        let grant = held.auth.grant_id().to_owned();
-        tokio::spawn(async move {
-            let (client, upstream) = match tokio::join!(from_client, from_upstream) {
-                (Ok(c), Ok(u)) => (c, u),
-                (c, u) => {
-                    tracing::debug!(client = ?c.err(), upstream = ?u.err(), "a WebSocket upgrade did not complete");
-                    return;
-                }
-            };
-            let mut client = hyper_util::rt::TokioIo::new(client);
-            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                _ = held.live.cancelled() => {
-                    tracing::info!(app = %app, grant = %grant, "grant ended; closing its WebSocket");
-                }
-            }
-        });
-        let (mut parts, _) = resp.into_parts();
-        headers::clean_response(&mut parts.headers);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts
-            .headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        Response::from_parts(parts, Body::empty())
-    }
-
-    /// The upstream could not be reached: a page that names the app, and a log line with
-    /// the grant.
-    fn unreachable(&self, why: &str, held: &HeldRef) -> Response<Body> {
-        tracing::warn!(app = %self.app.name, grant = %held.auth.grant_id(), error = %why, "upstream unreachable");
-        let name = &self.app.name;
-        let body = html! {
-            (maud::DOCTYPE)
-            html lang="en" {
-                head { meta charset="utf-8"; title { (name) " is unreachable · jitgate" } }
-                body {
-                    h1 { (name) " is unreachable" }
-                    p { "jitgate let you in, but " (name) " did not answer. Try again in a moment; if it persists, tell the team that runs " (name) "." }
-                }
-            }
-        };
-        let mut resp = Response::new(Body::from(body.into_string()));
-        *resp.status_mut() = StatusCode::BAD_GATEWAY;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        resp
-    }
-}
-
-/// An upstream's body, ended (as an error, so the client cannot take it for complete) when
-/// its grant is cut.
-struct CutBody {
-    inner: Incoming,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Keeps the grant's registration with `live` while the body flows.
-    _held: HeldRef,
-}
-
-impl hyper::body::Body for CutBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if std::future::Future::poll(self.cut.as_mut(), cx).is_ready() {
-            return Poll::Ready(Some(Err("the grant ended".into())));
-        }
-        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The audience of an app's cookie: a cookie for one app opens nothing on another.
-fn audience(app: &str) -> String {
-    format!("app:{app}")
-}
-
 /// At most `max` bytes of `s`, cut on a character boundary: what a client sends is stored
 /// only so far.
 fn capped(s: &str, max: usize) -> &str {
@@ -914,52 +521,6 @@ fn capped(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn handoff_key(code: &str) -> String {
-    format!("app-handoff:{code}")
-}
-
-/// Starts an app session for a logged-in browser: a one-time code, kept in the store for a
-/// minute, that the app's host trades for its cookie. Returns the URL to send the browser to.
-pub async fn start_handoff(
-    state: &ApiState,
-    app: &AppSite,
-    session: &Session,
-    to: &str,
-    browser_state: &str,
-) -> Result<String, String> {
-    let code = secret();
-    let handoff = Handoff {
-        sid: session.id_hash.clone(),
-        app: app.name.clone(),
-        state: browser_state.to_owned(),
-        to: to.to_owned(),
-    };
-    let payload = serde_json::to_string(&handoff).map_err(|e| e.to_string())?;
-    let expires = Timestamp::now().saturating_add(HANDOFF_TTL);
-    state
-        .broker
-        .store()
-        .put_flow(&handoff_key(&code), &payload, expires)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(format!("{}{CALLBACK_PATH}?code={code}", app.origin))
-}
-
-/// 256 random bits, base64url: a handoff code or a sign-in state, bearer secrets like a
-/// session cookie.
-fn secret() -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Whether `s` looks like what `secret` makes.
-pub fn plausible_state(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {

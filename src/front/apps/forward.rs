@@ -1,0 +1,221 @@
+//! One allowed request on its way to the upstream, and the answer on its way back: the
+//! headers the upstream gets, the WebSocket splice, and the body that ends with its grant.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Request, Response, StatusCode, Uri, Version};
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming};
+use maud::html;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::{headers, text, App, HeldRef, IdentityHeaders};
+
+/// One allowed request on its way to the upstream.
+pub(super) struct Forward<'a> {
+    pub(super) app: &'a App,
+    pub(super) identity: &'a IdentityHeaders,
+    pub(super) path: &'a str,
+    pub(super) peer: SocketAddr,
+}
+
+impl Forward<'_> {
+    fn upstream_uri(&self, query: Option<&str>) -> Option<Uri> {
+        let base = self.app.config.upstream.as_str().trim_end_matches('/');
+        let uri = match query {
+            Some(q) => format!("{base}{}?{q}", self.path),
+            None => format!("{base}{}", self.path),
+        };
+        uri.parse().ok()
+    }
+
+    /// The headers the upstream gets: the client's, cleaned, plus what the proxy knows.
+    fn headers(&self, headers: &mut axum::http::HeaderMap) {
+        headers::clean_request(headers);
+        let peer = self.peer.ip().to_string();
+        if let Ok(v) = HeaderValue::from_str(&peer) {
+            headers.insert(headers::FORWARDED_FOR, v);
+        }
+        headers.insert(headers::FORWARDED_PROTO, HeaderValue::from_static("https"));
+        headers.insert(headers::FORWARDED_HOST, self.app.host_header.clone());
+        if self.app.config.pass_identity_headers {
+            let id = self.identity;
+            headers.insert(headers::USER, id.user.clone());
+            if let Some(email) = &id.email {
+                headers.insert(headers::EMAIL, email.clone());
+            }
+            headers.insert(headers::GROUPS, id.groups.clone());
+            headers.insert(headers::GRANT, id.grant.clone());
+            headers.insert(headers::ASSERTION, id.assertion.clone());
+        }
+        // The upstream's own name, as for a direct request to it.
+        headers.remove(header::HOST);
+    }
+
+    pub(super) async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "jitgate: the request's URL cannot be forwarded",
+            );
+        };
+        self.headers(&mut parts.headers);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let up = Request::from_parts(parts, Body::new(body));
+        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)).await;
+        let resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
+            Err(_) => {
+                return self.unreachable(
+                    &format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.app.config.response_timeout)
+                    ),
+                    &held,
+                )
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        headers::clean_response(&mut parts.headers);
+        Response::from_parts(parts, CutBody::around(body, held))
+    }
+
+    pub(super) async fn websocket(&self, mut req: Request<Incoming>, held: HeldRef) -> Response<Body> {
+        let from_client = hyper::upgrade::on(&mut req);
+        let (mut parts, _) = req.into_parts();
+        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "jitgate: the request's URL cannot be forwarded",
+            );
+        };
+        self.headers(&mut parts.headers);
+        // The upgrade request goes without a body: no length may claim one, or the upstream
+        // would wait for it (or read the next request's bytes as it).
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let up = Request::from_parts(parts, Body::empty());
+        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)).await;
+        let mut resp = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
+            Err(_) => return self.unreachable("no answer to the WebSocket upgrade in time", &held),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Not upgraded, but maybe a stream all the same: it ends with the grant too.
+            let (mut parts, body) = resp.into_parts();
+            headers::clean_response(&mut parts.headers);
+            return Response::from_parts(parts, CutBody::around(body, held));
+        }
+        let from_upstream = hyper::upgrade::on(&mut resp);
+        let app = Arc::clone(&self.app.name);
+        let grant = held.auth.grant_id().to_owned();
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::join!(from_client, from_upstream) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::debug!(client = ?c.err(), upstream = ?u.err(), "a WebSocket upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = held.live.cancelled() => {
+                    tracing::info!(app = %app, grant = %grant, "grant ended; closing its WebSocket");
+                }
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        headers::clean_response(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        Response::from_parts(parts, Body::empty())
+    }
+
+    /// The upstream could not be reached: a page that names the app, and a log line with
+    /// the grant.
+    fn unreachable(&self, why: &str, held: &HeldRef) -> Response<Body> {
+        tracing::warn!(app = %self.app.name, grant = %held.auth.grant_id(), error = %why, "upstream unreachable");
+        let name = &self.app.name;
+        let body = html! {
+            (maud::DOCTYPE)
+            html lang="en" {
+                head { meta charset="utf-8"; title { (name) " is unreachable · jitgate" } }
+                body {
+                    h1 { (name) " is unreachable" }
+                    p { "jitgate let you in, but " (name) " did not answer. Try again in a moment; if it persists, tell the team that runs " (name) "." }
+                }
+            }
+        };
+        let mut resp = Response::new(Body::from(body.into_string()));
+        *resp.status_mut() = StatusCode::BAD_GATEWAY;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+/// An upstream's body, ended (as an error, so the client cannot take it for complete) when
+/// its grant is cut.
+struct CutBody {
+    inner: Incoming,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Keeps the grant's registration with `live` while the body flows.
+    _held: HeldRef,
+}
+
+impl CutBody {
+    fn around(inner: Incoming, held: HeldRef) -> Body {
+        // A token of its own: waiters on one shared token would all queue on its lock.
+        let cut = held.live.token().child_token().cancelled_owned();
+        Body::new(CutBody {
+            inner,
+            cut: Box::pin(cut),
+            _held: held,
+        })
+    }
+}
+
+impl hyper::body::Body for CutBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if std::future::Future::poll(self.cut.as_mut(), cx).is_ready() {
+            return Poll::Ready(Some(Err("the grant ended".into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
