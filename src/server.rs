@@ -146,6 +146,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         "  ssh:     {ssh_addr}  (ssh -J USER@{} LOGIN@HOST, or the ProxyCommand `jitgate ssh-config` prints)",
         jump.address
     );
+    for (app, config) in state.apps.iter().zip(&config.apps) {
+        println!(
+            "  app:     {} -> {}",
+            app.origin,
+            config.upstream.as_str().trim_end_matches('/')
+        );
+    }
     println!(
         "  CA:      {}  SHA-256 {}",
         certs.ca_cert.display(),
