@@ -76,9 +76,13 @@ fn first_start_generates_keys_and_later_starts_reuse_them() {
         first[2],
         "  ssh:     127.0.0.1:2222  (ssh -J USER@127.0.0.1:2222 LOGIN@HOST, or the ProxyCommand `jitgate ssh-config` prints)"
     );
-    assert!(first[3].starts_with("  CA:      certs/ca.pem  SHA-256 "), "{first:?}");
     assert_eq!(
-        first[4],
+        first[3],
+        "  app:     https://grafana.localhost:8443 -> http://127.0.0.1:3000"
+    );
+    assert!(first[4].starts_with("  CA:      certs/ca.pem  SHA-256 "), "{first:?}");
+    assert_eq!(
+        first[5],
         "  generated on this start into certs: CA, server certificate, token-signing key, SSH client CA, SSH target CA, SSH host CA"
     );
     assert!(
@@ -102,7 +106,7 @@ fn first_start_generates_keys_and_later_starts_reuse_them() {
     assert!(dir.path().join("jitgate-data/jitgate.db").exists());
 
     let second = serve_once(dir.path());
-    assert_eq!(second[3], first[3], "the same CA and fingerprint");
+    assert_eq!(second[4], first[4], "the same CA and fingerprint");
     assert!(
         !second.iter().any(|l| l.contains("generated")),
         "nothing regenerated: {second:?}"
