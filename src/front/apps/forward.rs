@@ -57,17 +57,27 @@ impl Forward<'_> {
         headers.remove(header::HOST);
     }
 
-    pub(super) async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Body> {
-        let (mut parts, body) = req.into_parts();
+    /// Turns the client's request head into the upstream's: its URI on the upstream,
+    /// HTTP/1.1 (the pool picks HTTP/2 where offered), and the cleaned headers.
+    #[allow(clippy::result_large_err)]
+    fn toward_upstream(&self, parts: &mut axum::http::request::Parts) -> Result<(), Response<Body>> {
         let Some(uri) = self.upstream_uri(parts.uri.query()) else {
-            return text(
+            return Err(text(
                 StatusCode::BAD_REQUEST,
                 "jitgate: the request's URL cannot be forwarded",
-            );
+            ));
         };
         self.headers(&mut parts.headers);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
+        Ok(())
+    }
+
+    pub(super) async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        if let Err(refused) = self.toward_upstream(&mut parts) {
+            return refused;
+        }
         let up = Request::from_parts(parts, Body::new(body));
         let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)).await;
         let resp = match sent {
@@ -91,13 +101,9 @@ impl Forward<'_> {
     pub(super) async fn websocket(&self, mut req: Request<Incoming>, held: HeldRef) -> Response<Body> {
         let from_client = hyper::upgrade::on(&mut req);
         let (mut parts, _) = req.into_parts();
-        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "jitgate: the request's URL cannot be forwarded",
-            );
-        };
-        self.headers(&mut parts.headers);
+        if let Err(refused) = self.toward_upstream(&mut parts) {
+            return refused;
+        }
         // The upgrade request goes without a body: no length may claim one, or the upstream
         // would wait for it (or read the next request's bytes as it).
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -108,8 +114,6 @@ impl Forward<'_> {
         parts
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
         let up = Request::from_parts(parts, Body::empty());
         let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)).await;
         let mut resp = match sent {
