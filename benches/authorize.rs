@@ -49,6 +49,7 @@ fn profile(i: usize) -> AccessProfile {
             groups: vec![format!("jit:{i}")],
             verbs: vec!["get".into(), "list".into(), "watch".into()],
             resources: vec!["pods".into(), "pods/log".into(), "deployments".into()],
+            names: vec![],
         }),
         http: Some(HttpScope {
             apps: vec![AppScope::unrestricted(&format!("app-{i}"))],
@@ -135,7 +136,10 @@ fn bench_authorize(c: &mut Criterion) {
     let kube_pods = Resource::Kube {
         cluster: &cluster,
         namespace: Some(&ns),
+        group: "",
         resource: "pods",
+        subresource: None,
+        name: None,
     };
     // A host of another team: none of the caller's grants allows it, and no profile they may
     // request does either.

@@ -245,6 +245,7 @@ async fn run() {
         },
         site: Site::new(PROXY, "localhost", true, std::slice::from_ref(&idp.issuer)).unwrap(),
         apps: Vec::new(),
+        kube_clusters: Vec::new(),
     });
     let app = router(state);
 

@@ -13,6 +13,7 @@ use crate::ca::x509;
 use crate::config::{redact_url, Config};
 use crate::front::api::{self, ApiState, LoginLimiter};
 use crate::front::apps;
+use crate::front::kube;
 use crate::front::ssh::{self, SshFront};
 use crate::front::tls;
 use crate::front::web::Site;
@@ -131,11 +132,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             jump: jump.clone(),
         },
         apps: app_sites,
+        kube_clusters: config.kube.iter().map(|c| c.name.clone()).collect(),
     });
     let apps_front = Arc::new(apps::AppsFront::new(Arc::clone(&state), &config.apps).map_err(ServeError::Setup)?);
+    let kube_front = Arc::new(kube::KubeFront::new(Arc::clone(&state), &config.kube));
     let routes = tls::Routes {
         router: api::router(Arc::clone(&state)),
         apps: apps_front,
+        kube: kube_front,
         base_domain: server.base_domain.to_ascii_lowercase(),
         own_host: state.site.host.to_ascii_lowercase(),
     };
@@ -151,6 +155,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             "  app:     {} -> {}",
             app.origin,
             config.upstream.as_str().trim_end_matches('/')
+        );
+    }
+    for cluster in &config.kube {
+        println!(
+            "  kube:    {public_url}{}{} -> {}  (jitgate kubeconfig --cluster {})",
+            kube::PREFIX,
+            cluster.name,
+            cluster.server.as_str().trim_end_matches('/'),
+            cluster.name
         );
     }
     println!(

@@ -80,9 +80,13 @@ fn first_start_generates_keys_and_later_starts_reuse_them() {
         first[3],
         "  app:     https://grafana.localhost:8443 -> http://127.0.0.1:3000"
     );
-    assert!(first[4].starts_with("  CA:      certs/ca.pem  SHA-256 "), "{first:?}");
     assert_eq!(
-        first[5],
+        first[4],
+        "  kube:    https://127.0.0.1:8443/k8s/prod -> https://127.0.0.1:6443  (jitgate kubeconfig --cluster prod)"
+    );
+    assert!(first[5].starts_with("  CA:      certs/ca.pem  SHA-256 "), "{first:?}");
+    assert_eq!(
+        first[6],
         "  generated on this start into certs: CA, server certificate, token-signing key, SSH client CA, SSH target CA, SSH host CA"
     );
     assert!(
@@ -106,7 +110,7 @@ fn first_start_generates_keys_and_later_starts_reuse_them() {
     assert!(dir.path().join("jitgate-data/jitgate.db").exists());
 
     let second = serve_once(dir.path());
-    assert_eq!(second[4], first[4], "the same CA and fingerprint");
+    assert_eq!(second[5], first[5], "the same CA and fingerprint");
     assert!(
         !second.iter().any(|l| l.contains("generated")),
         "nothing regenerated: {second:?}"

@@ -217,6 +217,7 @@ fn build_profile(k: usize, spec: &ProfileSpec) -> AccessProfile {
             groups: vec![],
             verbs: vec!["get".into(), "list".into()],
             resources: vec!["pods".into()],
+            names: vec![],
         }),
         http: Some(HttpScope {
             apps: vec![AppScope::unrestricted(&format!("app{k}"))],
@@ -695,7 +696,10 @@ fn probe<'a>(
     let kube = Resource::Kube {
         cluster: &names.cluster[k],
         namespace: Some(&names.namespace[k]),
+        group: "",
         resource: "pods",
+        subresource: None,
+        name: Some("web-1"),
     };
     match kind {
         Kind::SshLogin => (ssh, Action::SshLogin, true),

@@ -214,17 +214,18 @@ fn allows(profile: &AccessProfile, resource: Resource<'_>, action: Action<'_>) -
             Resource::Kube {
                 cluster,
                 namespace,
+                group,
                 resource,
+                subresource,
+                name,
             },
             Action::Kube { verb },
-        ) => {
-            let Some(kube) = &profile.kube else { return false };
-            let ns_ok = match namespace {
-                Some(ns) => listed(&kube.namespaces, ns),
-                // Cluster-scoped objects only for a profile that names every namespace.
-                None => kube.namespaces.iter().any(|n| n == "*"),
-            };
-            listed(&kube.clusters, cluster) && ns_ok && listed(&kube.verbs, verb) && listed(&kube.resources, resource)
+        ) => profile
+            .kube
+            .as_ref()
+            .is_some_and(|k| k.allows(cluster, namespace, group, resource, subresource, name, verb)),
+        (Resource::KubeDiscovery { cluster }, Action::Kube { verb: "get" }) => {
+            profile.kube.as_ref().is_some_and(|k| listed(&k.clusters, cluster))
         }
         (Resource::Http { app, method, path }, Action::HttpRequest) => profile
             .http
@@ -263,6 +264,7 @@ mod tests {
                 groups: vec![],
                 verbs: vec!["get".into(), "list".into()],
                 resources: vec!["pods".into()],
+                names: vec![],
             }),
             http: None,
         }
@@ -361,7 +363,10 @@ mod tests {
         let pods = |ns| Resource::Kube {
             cluster: "prod",
             namespace: ns,
+            group: "",
             resource: "pods",
+            subresource: None,
+            name: None,
         };
         assert!(authorize(
             &policy,
@@ -404,7 +409,10 @@ mod tests {
         let pods = Resource::Kube {
             cluster: "prod",
             namespace: Some("payments"),
+            group: "",
             resource: "pods",
+            subresource: None,
+            name: Some("web-1"),
         };
         let get = Action::Kube { verb: "get" };
         assert!(index.contains("g1"));
@@ -433,7 +441,10 @@ mod tests {
         let http = Resource::Kube {
             cluster: "prod",
             namespace: Some("payments"),
+            group: "",
             resource: "pods",
+            subresource: None,
+            name: Some("web-1"),
         };
         let get = Action::Kube { verb: "get" };
         let at_expiry = grant.expires_at;

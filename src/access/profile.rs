@@ -39,7 +39,66 @@ pub struct KubeScope {
     /// Kubernetes groups the proxy impersonates for a holder of this grant.
     pub groups: Vec<String>,
     pub verbs: Vec<String>,
+    /// `pods`, `pods/log`, `pods/*`, `*/scale`, `deployments.apps` (in that group only; a
+    /// bare name matches in any group), or `*`.
     pub resources: Vec<String>,
+    /// Object names allowed; empty for any. A request that names no object (a list, a
+    /// create) is outside a name-restricted scope.
+    pub names: Vec<String>,
+}
+
+impl KubeScope {
+    /// Whether this scope covers `verb` on the object a request names.
+    #[allow(clippy::too_many_arguments)]
+    pub fn allows(
+        &self,
+        cluster: &str,
+        namespace: Option<&str>,
+        group: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        name: Option<&str>,
+        verb: &str,
+    ) -> bool {
+        let ns_ok = match namespace {
+            Some(ns) => listed(&self.namespaces, ns),
+            // Cluster-scoped objects, and all namespaces at once, only for a scope that
+            // names every namespace.
+            None => self.namespaces.iter().any(|n| n == "*"),
+        };
+        let name_ok = self.names.is_empty() || name.is_some_and(|n| self.names.iter().any(|x| x == n));
+        listed(&self.clusters, cluster)
+            && ns_ok
+            && name_ok
+            && listed(&self.verbs, verb)
+            && self
+                .resources
+                .iter()
+                .any(|entry| resource_matches(entry, group, resource, subresource))
+    }
+}
+
+/// Whether a `kube.resources` entry covers a request's group, resource and subresource.
+fn resource_matches(entry: &str, group: &str, resource: &str, subresource: Option<&str>) -> bool {
+    if entry == "*" {
+        return true;
+    }
+    let (head, sub) = match entry.split_once('/') {
+        Some((h, s)) => (h, Some(s)),
+        None => (entry, None),
+    };
+    let (res, grp) = match head.split_once('.') {
+        Some((r, g)) => (r, Some(g)),
+        None => (head, None),
+    };
+    (res == "*" || res == resource)
+        && grp.is_none_or(|g| g == group)
+        && match (sub, subresource) {
+            (None, None) => true,
+            (Some("*"), Some(_)) => true,
+            (Some(want), Some(have)) => want == have,
+            _ => false,
+        }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

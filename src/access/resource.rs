@@ -10,11 +10,20 @@ pub enum Resource<'a> {
         labels: &'a BTreeMap<String, String>,
         login: &'a str,
     },
+    /// One Kubernetes API request, as the API server reads it.
     Kube {
         cluster: &'a str,
+        /// None for cluster-scoped objects and requests across all namespaces.
         namespace: Option<&'a str>,
+        /// The API group; empty for the core group.
+        group: &'a str,
         resource: &'a str,
+        subresource: Option<&'a str>,
+        name: Option<&'a str>,
     },
+    /// Discovery on a cluster (`/api`, `/apis`, `/version`, `/openapi/…`): open to anyone
+    /// with a grant on it.
+    KubeDiscovery { cluster: &'a str },
     /// One HTTP request to an app; `path` normalized by the front-end, without the query.
     Http {
         app: &'a str,
@@ -38,18 +47,29 @@ impl fmt::Display for Resource<'_> {
             Resource::Ssh { host, login, .. } => write!(f, "ssh:{login}@{host}"),
             Resource::Kube {
                 cluster,
-                namespace: Some(ns),
+                namespace,
+                group,
                 resource,
+                subresource,
+                name,
             } => {
-                write!(f, "kube:{cluster}/{ns}/{resource}")
+                write!(f, "kube:{cluster}/")?;
+                if let Some(ns) = namespace {
+                    write!(f, "{ns}/")?;
+                }
+                f.write_str(resource)?;
+                if !group.is_empty() {
+                    write!(f, ".{group}")?;
+                }
+                if let Some(name) = name {
+                    write!(f, "/{name}")?;
+                }
+                if let Some(sub) = subresource {
+                    write!(f, "/{sub}")?;
+                }
+                Ok(())
             }
-            Resource::Kube {
-                cluster,
-                namespace: None,
-                resource,
-            } => {
-                write!(f, "kube:{cluster}/{resource}")
-            }
+            Resource::KubeDiscovery { cluster } => write!(f, "kube:{cluster} discovery"),
             Resource::Http { app, method, path } => write!(f, "http:{app} {method} {path}"),
         }
     }

@@ -6,6 +6,7 @@
 mod admin;
 mod client;
 mod commands;
+mod kube;
 mod oidc_login;
 mod ssh;
 mod table;
@@ -44,7 +45,7 @@ pub type CliResult = Result<(), CliError>;
 request a named access profile with a reason and a duration, someone else approves it, and only then \
 does the proxy let you through, until the grant expires or is revoked. Every step is audited.\n\n\
 Server side: serve, check-config, users, audit.  Client side: login, profiles, request, requests, \
-approve, deny, cancel, grants, revoke, status, ssh-config, logout."
+approve, deny, cancel, grants, revoke, status, ssh-config, kubeconfig, logout."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -126,6 +127,27 @@ pub enum Command {
         #[arg(default_value_t = 22)]
         port: u16,
     },
+    /// Print a kubeconfig for a cluster behind the proxy, or add it to yours with --merge
+    #[command(long_about = "Print a kubeconfig whose context reaches CLUSTER through the proxy \
+(server https://PROXY/k8s/CLUSTER, the proxy's CA) and whose user is an exec plugin: kubectl runs \
+`jitgate kube-credential --cluster CLUSTER` for a short-lived token. With --merge, kubectl's own \
+`config` commands add the cluster, user and context (named jitgate-CLUSTER) to your kubeconfig \
+($KUBECONFIG or ~/.kube/config) and make the context current. kubectl still needs a grant: \
+`jitgate request PROFILE` first.")]
+    Kubeconfig {
+        /// The cluster's name on the proxy ([[kube.clusters]])
+        #[arg(long)]
+        cluster: String,
+        /// Add it to your kubeconfig with kubectl instead of printing it
+        #[arg(long)]
+        merge: bool,
+    },
+    /// The kubectl exec plugin: print an ExecCredential with a short-lived token for a cluster
+    KubeCredential {
+        /// The cluster's name on the proxy
+        #[arg(long)]
+        cluster: String,
+    },
     /// List the access profiles you can request or approve
     Profiles,
     /// Request an access profile for a while, with a reason
@@ -198,6 +220,8 @@ async fn dispatch(global: Global, command: Command) -> CliResult {
         Command::Status => commands::status(out).await,
         Command::SshConfig { target_ca } => ssh::ssh_config(target_ca, out).await,
         Command::SshProxy { login, host, port } => ssh::ssh_proxy(&login, &host, port).await,
+        Command::Kubeconfig { cluster, merge } => kube::kubeconfig(&cluster, merge, out).await,
+        Command::KubeCredential { cluster } => kube::kube_credential(&cluster).await,
         Command::Profiles => commands::profiles(out).await,
         Command::Request(args) => commands::request(args, out).await,
         Command::Requests { pending } => commands::requests(pending, out).await,

@@ -16,6 +16,7 @@ use crate::time::parse_duration;
 /// The configuration `jitgate serve` uses when given no file.
 mod apps;
 mod auth;
+mod kube;
 mod ssh;
 
 use apps::{validate_app_scopes, validate_apps, RawApp, RawAppScope};
@@ -23,6 +24,8 @@ pub use apps::{AppConfig, UpstreamTls};
 
 use auth::{validate_auth, validate_oidc, RawAuth, RawOidc};
 pub use auth::{AuthConfig, OidcConfig};
+use kube::{resource_entry_ok, validate_kube, RawKubeSection, KUBE_VERBS};
+pub use kube::{KubeCluster, KubeCredential, KubeTls};
 use ssh::{validate_ssh, RawSshSection};
 pub use ssh::{HostKeyCheck, SshConfig, SshHost};
 
@@ -36,6 +39,7 @@ pub struct Config {
     pub oidc: Vec<OidcConfig>,
     pub ssh: SshConfig,
     pub apps: Vec<AppConfig>,
+    pub kube: Vec<KubeCluster>,
     pub policy: Policy,
     /// Where this configuration came from, for messages.
     pub source: String,
@@ -94,6 +98,8 @@ struct RawConfig {
     ssh: RawSshSection,
     #[serde(default)]
     apps: Vec<RawApp>,
+    #[serde(default)]
+    kube: RawKubeSection,
     #[serde(default)]
     admins: Vec<String>,
     #[serde(default)]
@@ -165,6 +171,8 @@ struct RawKube {
     groups: Vec<String>,
     verbs: Vec<String>,
     resources: Vec<String>,
+    #[serde(default)]
+    names: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +220,7 @@ impl Config {
             oidc,
             ssh,
             apps,
+            kube,
             admins,
             profiles,
         } = raw;
@@ -226,7 +235,8 @@ impl Config {
             ));
         }
         let admins = principals("admins", &admins, errors);
-        let profiles = validate_profiles(profiles, &apps, errors);
+        let kube = validate_kube(kube, errors);
+        let profiles = validate_profiles(profiles, &apps, &kube, errors);
         let auth = validate_auth(auth, errors);
         let oidc = validate_oidc(oidc, errors);
         let ssh = validate_ssh(ssh, errors);
@@ -243,6 +253,7 @@ impl Config {
             oidc,
             ssh,
             apps,
+            kube,
             policy: Policy::new(profiles, admins),
             source: source.to_owned(),
         }
@@ -391,13 +402,56 @@ fn check_host_names(profiles: &[AccessProfile], ssh: &SshConfig, errors: &mut Ve
     }
 }
 
+/// A kube scope names clusters that exist, verbs the API server uses, resources in a form
+/// that matches something, and no empty name list (which would read as "any").
+fn check_kube_scope(
+    at: &str,
+    clusters: &[String],
+    verbs: &[String],
+    resources: &[String],
+    names: Option<&[String]>,
+    known: &[KubeCluster],
+    errors: &mut Vec<String>,
+) {
+    for (j, c) in clusters.iter().enumerate() {
+        if c != "*" && !known.iter().any(|k| k.name == *c) {
+            errors.push(format!(
+                "{at}.kube.clusters[{j}]: no cluster {c:?} in [[kube.clusters]]"
+            ));
+        }
+    }
+    for (j, v) in verbs.iter().enumerate() {
+        if v != "*" && !KUBE_VERBS.contains(&v.as_str()) {
+            errors.push(format!(
+                "{at}.kube.verbs[{j}]: {v:?} is not one of {} (exec, attach, port-forward and proxy are create on their subresource)",
+                KUBE_VERBS.join(", ")
+            ));
+        }
+    }
+    for (j, r) in resources.iter().enumerate() {
+        if !resource_entry_ok(r) {
+            errors.push(format!(
+                "{at}.kube.resources[{j}]: {r:?} must be like \"pods\", \"pods/log\", \"pods/*\", \"deployments.apps\" or \"*\""
+            ));
+        }
+    }
+    if names.is_some_and(<[String]>::is_empty) {
+        errors.push(format!("{at}.kube.names: is empty; leave it out to allow any name"));
+    }
+}
+
 fn non_empty_list(path: &str, list: &[String], errors: &mut Vec<String>) {
     if list.is_empty() {
         errors.push(format!("{path}: must not be empty (use [\"*\"] for any)"));
     }
 }
 
-fn validate_profiles(raw: Vec<RawProfile>, apps: &[AppConfig], errors: &mut Vec<String>) -> Vec<AccessProfile> {
+fn validate_profiles(
+    raw: Vec<RawProfile>,
+    apps: &[AppConfig],
+    clusters_config: &[KubeCluster],
+    errors: &mut Vec<String>,
+) -> Vec<AccessProfile> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(raw.len());
     for (i, p) in raw.into_iter().enumerate() {
@@ -451,6 +505,7 @@ fn validate_profiles(raw: Vec<RawProfile>, apps: &[AppConfig], errors: &mut Vec<
                 groups,
                 verbs,
                 resources,
+                names,
             } = k;
             for (field, list) in [
                 ("clusters", &clusters),
@@ -460,12 +515,22 @@ fn validate_profiles(raw: Vec<RawProfile>, apps: &[AppConfig], errors: &mut Vec<
             ] {
                 non_empty_list(&format!("{at}.kube.{field}"), list, errors);
             }
+            check_kube_scope(
+                &at,
+                &clusters,
+                &verbs,
+                &resources,
+                names.as_deref(),
+                clusters_config,
+                errors,
+            );
             KubeScope {
                 clusters,
                 namespaces,
                 groups,
                 verbs,
                 resources,
+                names: names.unwrap_or_default(),
             }
         });
         let http = http.map(|h| HttpScope {

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod apps;
+pub mod kube;
 pub mod ssh;
+pub mod throttle;
 pub mod tls;
 pub mod web;

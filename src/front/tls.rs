@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::front::apps::AppsFront;
+use crate::front::kube::{KubeFront, PREFIX as KUBE_PREFIX};
 
 /// The address a request came from, as seen on the TCP connection.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +59,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 pub struct Routes {
     pub router: Router,
     pub apps: Arc<AppsFront>,
+    pub kube: Arc<KubeFront>,
     /// `server.base_domain`: hosts under it that name no app get a 404, not the console.
     pub base_domain: String,
     /// The proxy's own host name, lower case.
@@ -95,6 +97,9 @@ impl Routes {
             if under && h != self.own_host {
                 return plain(StatusCode::NOT_FOUND, "jitgate: no app is served at this host");
             }
+        }
+        if req.uri().path().starts_with(KUBE_PREFIX) {
+            return self.kube.handle(req, peer).await;
         }
         match self.router.clone().oneshot(req).await {
             Ok(r) => r,

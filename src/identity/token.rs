@@ -28,6 +28,10 @@ pub struct Claims {
     /// Where the identity came from: "local" or an `[[oidc]]` provider's name.
     #[serde(default = "local")]
     pub idp: String,
+    /// For a token minted from a login token (a cluster's kubectl credential): the login
+    /// token's `jti`, so that logging out ends it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 fn local() -> String {
@@ -178,7 +182,41 @@ impl TokenIssuer {
             exp: iat + i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX / 2),
             jti: random_id(""),
             idp: idp.to_owned(),
+            parent: None,
         };
+        self.sign(claims)
+    }
+
+    /// A token for another audience than the API (`kube:{cluster}`), minted from a login
+    /// token's claims: the same identity, never outliving the login, at most `ttl`.
+    pub fn derive(
+        &self,
+        login: &Claims,
+        audience: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<(String, Claims), String> {
+        let iat = now.as_millis() / 1000;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: audience.to_owned(),
+            sub: login.sub.clone(),
+            groups: login.groups.clone(),
+            iat,
+            exp: (iat + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2)).min(login.exp),
+            jti: random_id(""),
+            idp: login.idp.clone(),
+            parent: Some(login.jti.clone()),
+        };
+        self.sign(claims)
+    }
+
+    /// Checks a token minted by `derive` for `audience`.
+    pub fn verify_for(&self, token: &str, audience: &str) -> Result<Claims, TokenError> {
+        self.decode(token, audience, &["exp", "iss", "aud", "sub"])
+    }
+
+    fn sign(&self, claims: Claims) -> Result<(String, Claims), String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let token =
@@ -328,5 +366,24 @@ mod tests {
         // Same kid but a different key and issuer: rejected either way.
         let (t, _) = elsewhere.issue(&alice, "local", Timestamp::now()).unwrap();
         assert!(iss.verify(&t).is_err());
+    }
+
+    #[test]
+    fn a_derived_token_serves_only_its_audience_and_never_outlives_its_login() {
+        let iss = issuer(Duration::from_secs(600));
+        let alice = Identity::new("alice", ["dba"]);
+        let now = Timestamp::now();
+        let (login, claims) = iss.issue(&alice, "local", now).unwrap();
+        let (kube, derived) = iss
+            .derive(&claims, "kube:prod", Duration::from_secs(3600), now)
+            .unwrap();
+        assert_eq!(derived.exp, claims.exp, "capped at the login's expiry");
+        assert_eq!(derived.parent.as_deref(), Some(claims.jti.as_str()));
+        assert_eq!(iss.verify_for(&kube, "kube:prod").unwrap().sub, "alice");
+        assert_eq!(iss.verify_for(&kube, "kube:staging"), Err(TokenError::WrongAudience));
+        assert_eq!(iss.verify(&kube), Err(TokenError::WrongAudience));
+        assert_eq!(iss.verify_for(&login, "kube:prod"), Err(TokenError::WrongAudience));
+        let (_, short) = iss.derive(&claims, "kube:prod", Duration::from_secs(60), now).unwrap();
+        assert_eq!(short.exp, short.iat + 60);
     }
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod idp;
+pub mod kube;
 pub mod nginx;
 pub mod sshd;
 pub mod upstream;

@@ -3,6 +3,7 @@
 
 mod access;
 mod auth;
+mod kube;
 mod ops;
 pub mod ssh;
 
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub ssh: ssh::SshState,
     /// The configured browser apps, for the login handoff and the request page.
     pub apps: Vec<crate::front::apps::AppSite>,
+    /// `[[kube.clusters]]` names, for kubectl credentials.
+    pub kube_clusters: Vec<String>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -72,6 +75,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/grants/{id}", get(access::get_grant))
         .route("/api/v1/grants/{id}/revoke", post(access::revoke))
         .route("/api/v1/audit", get(ops::audit))
+        .route("/api/v1/kube/clusters", get(kube::clusters))
+        .route("/api/v1/kube/token", post(kube::token))
         .route("/api/v1/ssh/cert", post(ssh::cert))
         .route("/api/v1/ssh/config", get(ssh::config))
         .route("/ssh/connect", get(ssh::connect))

@@ -5,7 +5,7 @@
 //! registered with `live` and cut when their grant ends.
 
 mod forward;
-mod headers;
+pub(crate) mod headers;
 pub mod path;
 mod signin;
 mod upstream;
@@ -25,6 +25,7 @@ use crate::access::{Action, Authorized, Resource};
 use crate::audit::AuditDraft;
 use crate::config::AppConfig;
 use crate::front::api::ApiState;
+use crate::front::throttle::DenialThrottle;
 use crate::front::web;
 use crate::identity::session::Session;
 use crate::live::LiveHandle;
@@ -42,9 +43,6 @@ const DECISION_CACHE_ENTRIES: u64 = 100_000;
 /// How long a checked app cookie is trusted without checking its signature again; never
 /// past its own expiry by more than this.
 const COOKIE_TRUST: Duration = Duration::from_secs(60);
-/// The same denial (user, app, method, path) is audited once in this long.
-const DENIAL_REPEAT: Duration = Duration::from_secs(10);
-const DENIALS_PER_MINUTE: u32 = 60;
 /// The assertion lives this long; one is reused while it has more than half left.
 const ASSERTION_TTL: Duration = Duration::from_secs(60);
 pub const CALLBACK_PATH: &str = "/.jitgate/callback";
@@ -126,9 +124,7 @@ pub struct AppsFront {
     first_seen: Cache<(Arc<str>, Arc<str>), ()>,
     /// App cookies whose signature checked out: cookie → (app, session id hash).
     cookies: Cache<String, (Arc<str>, Arc<str>)>,
-    /// Denials audited lately, and each user's count of denial events this minute.
-    denials: Cache<String, ()>,
-    denial_budget: Cache<String, Arc<std::sync::atomic::AtomicU32>>,
+    denials: DenialThrottle,
 }
 
 impl AppsFront {
@@ -161,14 +157,7 @@ impl AppsFront {
                 .max_capacity(DECISION_CACHE_ENTRIES)
                 .time_to_live(COOKIE_TRUST)
                 .build(),
-            denials: Cache::builder()
-                .max_capacity(DECISION_CACHE_ENTRIES)
-                .time_to_live(DENIAL_REPEAT)
-                .build(),
-            denial_budget: Cache::builder()
-                .max_capacity(DECISION_CACHE_ENTRIES)
-                .time_to_live(Duration::from_secs(60))
-                .build(),
+            denials: DenialThrottle::new(DECISION_CACHE_ENTRIES),
         })
     }
 
@@ -353,32 +342,6 @@ impl AppsFront {
         Ok(Some(Arc::new(Access { grants: held })))
     }
 
-    /// Whether a denial goes to the audit log: the same denial again within
-    /// `DENIAL_REPEAT` is only counted, and one user gets at most `DENIALS_PER_MINUTE`
-    /// events a minute, so a client that loops on refused requests cannot flood the chain.
-    async fn worth_auditing(&self, user: &str, app: &str, method: &str, path: &str) -> bool {
-        let key = format!("{user}\0{app}\0{}\0{}", capped(method, 16), capped(path, 512));
-        if self.denials.contains_key(&key) {
-            return false;
-        }
-        self.denials.insert(key, ()).await;
-        let budget = self
-            .denial_budget
-            .get_with(user.to_owned(), async {
-                Arc::new(std::sync::atomic::AtomicU32::new(0))
-            })
-            .await;
-        let n = budget.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n == DENIALS_PER_MINUTE {
-            tracing::warn!(
-                user,
-                app,
-                "too many denials; not auditing more of this user's for a minute"
-            );
-        }
-        n < DENIALS_PER_MINUTE
-    }
-
     /// The answer to a request no grant allows: audited, and for a browser's page load
     /// without any grant for the app, the proxy's page to request one.
     async fn denied(&self, app: &App, session: &Session, method: &str, path: &str, now: Timestamp) -> Response<Body> {
@@ -404,10 +367,8 @@ impl AppsFront {
                 );
             }
         };
-        if self
-            .worth_auditing(&session.identity.user, &app.name, method, path)
-            .await
-        {
+        let what = format!("{}\0{}\0{}", app.name, capped(method, 16), capped(path, 512));
+        if self.denials.worth_auditing(&session.identity.user, &what).await {
             let event = AuditDraft::new(
                 "app.denied",
                 &session.identity.user,

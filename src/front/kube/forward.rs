@@ -1,0 +1,425 @@
+//! An allowed request on its way to the API server, as the proxy acting for the user, and
+//! the answer on its way back: bodies bounded, streams cut with their grant, upgrades
+//! (exec, attach, port-forward over SPDY or WebSocket) spliced until the grant ends.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{request, Request, Response, StatusCode, Uri, Version};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use serde::Deserialize;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::attrs::Attrs;
+use super::{status, Cluster, Held};
+use crate::front::apps::headers::{is_reserved, strip_hop_by_hop};
+
+/// The API server's own limit on a request body (3 MiB); larger ones never pass.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+/// Until the API server's first byte; a watch answers its headers at once.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A WebSocket subprotocol that carries a bearer token (for browsers): never forwarded, so
+/// no credential but the proxy's reaches the API server.
+const TOKEN_SUBPROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
+pub(super) struct Forward<'a> {
+    pub(super) cluster: &'a Cluster,
+    pub(super) held: Arc<Held>,
+    /// The decoded path under the cluster, as checked.
+    pub(super) path: &'a str,
+    pub(super) attrs: &'a Attrs<'a>,
+    pub(super) peer: SocketAddr,
+}
+
+impl Forward<'_> {
+    pub(super) async fn send(self, mut req: Request<Incoming>) -> Response<Body> {
+        if let Some(protocol) = upgrade_protocol(req.headers()) {
+            let from_client = hyper::upgrade::on(&mut req);
+            let (parts, _) = req.into_parts();
+            return self.upgrade(parts, protocol, from_client).await;
+        }
+        let (parts, body) = req.into_parts();
+        let body = match read_body(&parts.headers, body).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        if let Err(resp) = self.same_namespace(&parts, &body) {
+            return resp;
+        }
+        self.plain(parts, body).await
+    }
+
+    /// A request with its whole body read.
+    pub(super) async fn plain(self, mut parts: request::Parts, body: Bytes) -> Response<Body> {
+        let client = match self.cluster.upstream.clients() {
+            Ok((pooled, _)) => pooled,
+            Err(e) => return self.unreachable(&e),
+        };
+        if let Err(resp) = self.toward_cluster(&mut parts).await {
+            return resp;
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        if !body.is_empty() {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        let up = Request::from_parts(parts, Body::from(body));
+        let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(up)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.unreachable(&error_chain(&e)),
+            Err(_) => return self.unreachable("no answer within 60s"),
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let last = self.last_words(&parts.headers);
+        Response::from_parts(parts, CutBody::around(body, Arc::clone(&self.held), last))
+    }
+
+    /// The request head as the API server gets it: the checked path on the server, the
+    /// client's credentials and claimed identities gone, the proxy's credential and the
+    /// impersonation of the grant's holder in their place.
+    async fn toward_cluster(&self, parts: &mut request::Parts) -> Result<(), Response<Body>> {
+        let base = &self.cluster.upstream.base;
+        let uri = match parts.uri.query() {
+            Some(q) => format!("{base}{}?{q}", self.path),
+            None => format!("{base}{}", self.path),
+        };
+        parts.uri = uri
+            .parse::<Uri>()
+            .map_err(|_| status::bad_request("jitgate: the request's URL cannot be forwarded"))?;
+        parts.version = Version::HTTP_11;
+        let credential = self
+            .cluster
+            .upstream
+            .authorization()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        clean_request(&mut parts.headers);
+        let h = &mut parts.headers;
+        if let Ok(v) = HeaderValue::from_str(&self.peer.ip().to_string()) {
+            h.insert("x-forwarded-for", v);
+        }
+        if let Some(c) = credential {
+            h.insert(header::AUTHORIZATION, c);
+        }
+        h.insert("impersonate-user", self.held.user.clone());
+        for g in &self.held.groups {
+            h.append("impersonate-group", g.clone());
+        }
+        h.insert("impersonate-extra-jitgate-grant", self.held.grant.clone());
+        Ok(())
+    }
+
+    /// A body's `metadata.namespace` must be the path's: the proxy checked the path.
+    #[allow(clippy::result_large_err)]
+    fn same_namespace(&self, parts: &request::Parts, body: &Bytes) -> Result<(), Response<Body>> {
+        let Attrs::Resource(r) = self.attrs else { return Ok(()) };
+        let (Some(ns), false) = (r.namespace, body.is_empty()) else {
+            return Ok(());
+        };
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("json"));
+        if !json {
+            return Ok(());
+        }
+        #[derive(Deserialize)]
+        struct Object {
+            metadata: Option<Meta>,
+        }
+        #[derive(Deserialize)]
+        struct Meta {
+            namespace: Option<String>,
+        }
+        // What does not parse as an object is the API server's to refuse.
+        let Ok(Object {
+            metadata: Some(Meta { namespace: Some(inner) }),
+        }) = serde_json::from_slice::<Object>(body)
+        else {
+            return Ok(());
+        };
+        if !inner.is_empty() && inner != ns {
+            return Err(status::bad_request(&format!(
+                "jitgate: the object's metadata.namespace ({inner:?}) is not the request's namespace ({ns:?})"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn upgrade(
+        self,
+        mut parts: request::Parts,
+        protocol: HeaderValue,
+        from_client: hyper::upgrade::OnUpgrade,
+    ) -> Response<Body> {
+        let client = match self.cluster.upstream.clients() {
+            Ok((_, upgrades)) => upgrades,
+            Err(e) => return self.unreachable(&e),
+        };
+        if let Err(resp) = self.toward_cluster(&mut parts).await {
+            return resp;
+        }
+        // The upgrade request goes without a body: no length may claim one.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol);
+        let up = Request::from_parts(parts, Body::empty());
+        let mut resp = match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(up)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return self.unreachable(&error_chain(&e)),
+            Err(_) => return self.unreachable("no answer to the upgrade within 60s"),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Response::from_parts(parts, CutBody::around(body, Arc::clone(&self.held), None));
+        }
+        let from_cluster = hyper::upgrade::on(&mut resp);
+        let held = Arc::clone(&self.held);
+        let cluster = Arc::clone(&self.cluster.name);
+        let what = match self.attrs {
+            Attrs::Resource(r) => super::describe(r, &cluster),
+            Attrs::NonResource { path, .. } => path.to_string(),
+        };
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::join!(from_client, from_cluster) {
+                (Ok(c), Ok(u)) => (c, u),
+                (c, u) => {
+                    tracing::debug!(client = ?c.err(), upstream = ?u.err(), "a kube upgrade did not complete");
+                    return;
+                }
+            };
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                _ = held.live.cancelled() => {
+                    tracing::info!(%cluster, grant = %held.auth.grant_id(), stream = %what, "grant ended; closing its stream");
+                }
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        let agreed = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Some(p) = agreed {
+            parts.headers.insert(header::UPGRADE, p);
+        }
+        Response::from_parts(parts, Body::empty())
+    }
+
+    /// What a stream says when its grant ends: a watch gets an ERROR event with a Status
+    /// (kubectl prints its message), a log a last line.
+    fn last_words(&self, headers: &HeaderMap) -> Option<Bytes> {
+        let Attrs::Resource(r) = self.attrs else { return None };
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/json"));
+        let message =
+            format!(
+            "jitgate: grant {} ended at {}; request access again with: jitgate request {} --reason TEXT --for DURATION",
+            self.held.auth.grant_id(),
+            self.held.auth.expires_at().min(crate::time::Timestamp::now()).to_rfc3339(),
+            self.held.auth.profile().name,
+        );
+        if r.verb == "watch" && json {
+            Some(status::watch_error_event("Expired", &message))
+        } else if r.subresource == Some("log") {
+            Some(Bytes::from(format!("{message}\n")))
+        } else {
+            None
+        }
+    }
+
+    fn unreachable(&self, why: &str) -> Response<Body> {
+        tracing::warn!(cluster = %self.cluster.name, grant = %self.held.auth.grant_id(), error = %why, "API server unreachable");
+        status::status(
+            StatusCode::BAD_GATEWAY,
+            "ServiceUnavailable",
+            &format!(
+                "jitgate: cluster {:?} did not answer through the proxy: {why}",
+                self.cluster.name
+            ),
+        )
+    }
+}
+
+/// An error with its causes: hyper's own message ("client error (Connect)") says little.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Headers the API server must never get from a client: credentials, identities to act
+/// as (`Impersonate-*`, and `X-Remote-*` for front-proxy authentication), forwarding
+/// claims, cookies, and hop-by-hop headers. `_` counts as `-`, as some servers read it.
+fn clean_request(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    let refused: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| {
+            let name = n.as_str().replace('_', "-");
+            is_reserved(n)
+                || name.starts_with("impersonate-")
+                || name.starts_with("x-remote-")
+                || matches!(name.as_str(), "authorization" | "cookie" | "host")
+        })
+        .cloned()
+        .collect();
+    for name in refused {
+        headers.remove(name);
+    }
+    let protocols: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.starts_with(TOKEN_SUBPROTOCOL))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if !protocols.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&protocols.join(", ")) {
+            headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+        }
+    }
+}
+
+/// `SPDY/3.1` or `websocket`, when the request asks to upgrade to one of them.
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    if !connection {
+        return None;
+    }
+    let value = headers.get(header::UPGRADE)?;
+    let text = value.to_str().ok()?.trim();
+    (text.eq_ignore_ascii_case("websocket") || text.eq_ignore_ascii_case("SPDY/3.1")).then(|| value.clone())
+}
+
+/// The whole request body, at most `MAX_BODY`.
+#[allow(clippy::result_large_err)]
+pub(super) async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        status::status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            &format!("jitgate: the request body is larger than {} MiB", MAX_BODY >> 20),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(status::bad_request("jitgate: the request body could not be read")),
+    }
+}
+
+/// An API server's answer, ended when the grant that allowed it is cut: after its last
+/// words (a watch's ERROR event, a log's last line) the stream ends cleanly, since an
+/// HTTP/2 reset would discard them unsent; without last words it ends as an error, so the
+/// client cannot take it for complete.
+struct CutBody {
+    inner: Incoming,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    last: Option<Bytes>,
+    /// Whether what was sent so far ends on a line: only then can a last line or event be
+    /// added without breaking one in two.
+    at_line_end: bool,
+    ended: bool,
+    said_last: bool,
+    _held: Arc<Held>,
+}
+
+impl CutBody {
+    fn around(inner: Incoming, held: Arc<Held>, last: Option<Bytes>) -> Body {
+        let cut = held.live.token().child_token().cancelled_owned();
+        Body::new(CutBody {
+            inner,
+            cut: Box::pin(cut),
+            last,
+            at_line_end: true,
+            ended: false,
+            said_last: false,
+            _held: held,
+        })
+    }
+}
+
+impl hyper::body::Body for CutBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.ended {
+            if self.said_last {
+                return Poll::Ready(None);
+            }
+            return Poll::Ready(Some(Err("the grant ended".into())));
+        }
+        if std::future::Future::poll(self.cut.as_mut(), cx).is_ready() {
+            self.ended = true;
+            if let Some(last) = self.last.take().filter(|_| self.at_line_end) {
+                self.said_last = true;
+                return Poll::Ready(Some(Ok(Frame::data(last))));
+            }
+            return Poll::Ready(Some(Err("the grant ended".into())));
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                if let Some(&b) = data.last() {
+                    self.at_line_end = b == b'\n';
+                }
+            }
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.ended {
+            return false;
+        }
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        // Last words would not fit an exact length.
+        if self.last.is_some() {
+            return hyper::body::SizeHint::default();
+        }
+        self.inner.size_hint()
+    }
+}

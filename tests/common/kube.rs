@@ -1,0 +1,285 @@
+//! A real Kubernetes control plane for the tests: etcd and kube-apiserver with RBAC, built
+//! from the Kubernetes modules by scripts/test (tests/kube/build.sh) into .cache/kube, and
+//! real kubectl from the same build. Static tokens name an admin (for set-up) and the
+//! proxy, whose only power is to impersonate. Both processes end with the test process:
+//! they exit when their stdin, a pipe this process holds, closes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+pub const PROXY_TOKEN: &str = "jitgate-proxy-token-for-tests";
+
+pub struct Cluster {
+    /// `https://127.0.0.1:PORT`
+    pub server: String,
+    /// The CA of the API server's self-signed serving certificate.
+    pub ca_file: PathBuf,
+    /// The proxy's token on the cluster (a file, as `token_file` wants).
+    pub proxy_token_file: PathBuf,
+    /// A kubeconfig for the cluster's admin, for set-up and checks.
+    pub admin_kubeconfig: PathBuf,
+    pub dir: PathBuf,
+    _processes: Vec<(Child, ChildStdin)>,
+}
+
+/// Where scripts/test put kube-apiserver, etcd and kubectl.
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("JITGATE_TEST_KUBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kube"));
+    assert!(
+        dir.join("kube-cluster").is_file(),
+        "{} has no kube-cluster: the Kubernetes tests need kube-apiserver, etcd and kubectl built by scripts/test (tests/kube/build.sh .cache/kube)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn kubectl_path() -> PathBuf {
+    bin_dir().join("kubectl")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The one cluster of this test process, started by the first test that asks.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> (Child, ChildStdin) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("KUBE_CLUSTER_EXIT_WITH_STDIN", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(log.with_extension("err")).unwrap()))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let bin = bin_dir();
+        let dir = std::env::temp_dir().join(format!("jitgate-kube-{}", super::random_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let etcd_port = free_port();
+        let etcd = spawn(
+            &bin.join("etcd"),
+            &[
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-url=http://127.0.0.1:{etcd_port}"),
+                format!("--listen-peer-url=http://127.0.0.1:{}", free_port()),
+            ],
+            &dir.join("etcd.log"),
+        );
+        // The service account signing key: the API server needs one even if no test uses it.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(dir.join("sa.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("sa.pub"), key.public_key_pem()).unwrap();
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},test-admin,uid-admin,system:masters\n{PROXY_TOKEN},jitgate-proxy,uid-proxy,\n"),
+        )
+        .unwrap();
+        let proxy_token_file = dir.join("proxy.token");
+        std::fs::write(&proxy_token_file, format!("{PROXY_TOKEN}\n")).unwrap();
+        let port = free_port();
+        let api = spawn(
+            &bin.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                format!("--cert-dir={}", dir.join("pki").display()),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", dir.join("sa.pub").display()),
+                format!("--service-account-signing-key-file={}", dir.join("sa.key").display()),
+                "--service-cluster-ip-range=10.96.0.0/24".into(),
+                "--authorization-mode=RBAC".into(),
+                format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                // No controller manager runs: pods need no service account to be created.
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--v=0".into(),
+            ],
+            &dir.join("apiserver.log"),
+        );
+        let server = format!("https://127.0.0.1:{port}");
+        let ca_file = dir.join("pki/apiserver.crt");
+        let admin_kubeconfig = dir.join("admin.kubeconfig");
+        std::fs::write(
+            &admin_kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n",
+                ca = ca_file.display()
+            ),
+        )
+        .unwrap();
+        let cluster = Cluster {
+            server,
+            ca_file,
+            proxy_token_file,
+            admin_kubeconfig,
+            dir,
+            _processes: vec![etcd, api],
+        };
+        cluster.wait_ready();
+        cluster.apply(PROXY_RBAC);
+        cluster
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            let out = self.admin(&["get", "--raw", "/readyz"]);
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok") {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(90) {
+                let log = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+                let tail = |s: String| {
+                    s.lines()
+                        .rev()
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                panic!(
+                    "kube-apiserver did not become ready in 90s:\n{}\n--- etcd:\n{}",
+                    tail(log("apiserver.err")),
+                    tail(log("etcd.err"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// kubectl as the cluster's admin.
+    pub fn admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// `kubectl apply -f -` as the admin; panics on failure.
+    pub fn apply(&self, yaml: &str) {
+        use std::io::Write;
+        let mut child = Command::new(kubectl_path())
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A namespace of this test's own, with each group bound to a ClusterRole (`test-view`,
+    /// `test-edit`) in it, and one pod object (no kubelet runs it).
+    pub fn namespace(&self, prefix: &str, bindings: &[(&str, &str)]) -> String {
+        let ns = format!("{prefix}-{}", super::random_suffix());
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: {ns}\nspec:\n  containers:\n  - name: web\n    image: registry.invalid/web:1\n"
+        );
+        for (i, (group, role)) in bindings.iter().enumerate() {
+            yaml.push_str(&format!(
+                "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: jit-{i}\n  namespace: {ns}\nsubjects:\n- kind: Group\n  name: \"{group}\"\n  apiGroup: rbac.authorization.k8s.io\nroleRef:\n  kind: ClusterRole\n  name: {role}\n  apiGroup: rbac.authorization.k8s.io\n"
+            ));
+        }
+        self.apply(&yaml);
+        ns
+    }
+}
+
+/// What the README asks of a cluster admin: the proxy may impersonate, nothing more. And
+/// two roles for the jit groups: the built-in view and edit are aggregated by the controller
+/// manager, which does not run here.
+pub const PROXY_RBAC: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: test-view
+rules:
+- apiGroups: [""]
+  resources: ["pods", "pods/log", "configmaps"]
+  verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: test-edit
+rules:
+- apiGroups: [""]
+  resources: ["pods", "pods/log", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods/exec", "pods/attach", "pods/portforward"]
+  verbs: ["get", "create"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: jitgate-impersonator
+rules:
+- apiGroups: [""]
+  resources: ["users", "groups"]
+  verbs: ["impersonate"]
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["userextras/jitgate-grant"]
+  verbs: ["impersonate"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: jitgate-impersonator
+subjects:
+- kind: User
+  name: jitgate-proxy
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  kind: ClusterRole
+  name: jitgate-impersonator
+  apiGroup: rbac.authorization.k8s.io
+"#;
+
+/// Reads a child's output lines as they come, with when each arrived.
+pub fn timed_lines(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<(Instant, String)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
