@@ -59,8 +59,12 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(Cluster::start)
 }
 
-fn spawn(bin: &Path, args: &[String], log: &Path) -> (Child, ChildStdin) {
-    let mut child = Command::new(bin)
+fn spawn(bin: &Path, args: &[String], log: &Path, remove_on_exit: Option<&Path>) -> (Child, ChildStdin) {
+    let mut command = Command::new(bin);
+    if let Some(dir) = remove_on_exit {
+        command.env("KUBE_CLUSTER_REMOVE_ON_EXIT", dir);
+    }
+    let mut child = command
         .args(args)
         .env("KUBE_CLUSTER_EXIT_WITH_STDIN", "1")
         .stdin(Stdio::piped())
@@ -75,7 +79,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> (Child, ChildStdin) {
 impl Cluster {
     fn start() -> Cluster {
         let bin = bin_dir();
-        let dir = std::env::temp_dir().join(format!("jitgate-kube-{}", super::random_suffix()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kube-{}", super::random_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let etcd_port = free_port();
         let etcd = spawn(
@@ -86,6 +90,8 @@ impl Cluster {
                 format!("--listen-peer-url=http://127.0.0.1:{}", free_port()),
             ],
             &dir.join("etcd.log"),
+            // Whoever outlives the other, etcd removes the folder when this process ends.
+            Some(&dir),
         );
         // The service account signing key: the API server needs one even if no test uses it.
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -117,6 +123,7 @@ impl Cluster {
                 "--v=0".into(),
             ],
             &dir.join("apiserver.log"),
+            None,
         );
         let server = format!("https://127.0.0.1:{port}");
         let ca_file = dir.join("pki/apiserver.crt");

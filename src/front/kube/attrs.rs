@@ -402,4 +402,116 @@ mod tests {
         );
         assert_eq!(decode_path("/api/v1/pods/").unwrap(), "/api/v1/pods/");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn word() -> impl Strategy<Value = String> {
+            "[a-z][a-z0-9-]{0,10}"
+        }
+
+        /// A request as kubectl would build it, with what the API server reads from it.
+        fn request() -> impl Strategy<
+            Value = (
+                String,
+                String,
+                Option<String>,
+                String,
+                Option<String>,
+                Option<String>,
+                &'static str,
+            ),
+        > {
+            (
+                prop_oneof![Just(String::new()), "[a-z]{1,8}(\\.[a-z]{1,8}){0,2}"],
+                "v[1-9](beta[1-9])?",
+                proptest::option::of(word()),
+                // Words the API server reads as something else in that place.
+                word().prop_filter("a plain resource", |r| {
+                    !matches!(r.as_str(), "namespaces" | "watch" | "proxy" | "status" | "finalize")
+                }),
+                proptest::option::of(word()),
+                proptest::option::of(prop_oneof![
+                    Just("log".to_owned()),
+                    Just("status".to_owned()),
+                    Just("scale".to_owned())
+                ]),
+                prop_oneof![Just("GET"), Just("POST"), Just("PUT"), Just("PATCH"), Just("DELETE")],
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn reads_back_what_kubectl_encodes((group, version, ns, resource, name, sub, method) in request(), watch in any::<bool>()) {
+                let mut path = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+                if let Some(ns) = &ns {
+                    path.push_str(&format!("/namespaces/{ns}"));
+                }
+                path.push('/');
+                path.push_str(&resource);
+                let sub = sub.filter(|_| name.is_some());
+                if let Some(name) = &name {
+                    path.push('/');
+                    path.push_str(name);
+                    if let Some(sub) = &sub {
+                        path.push('/');
+                        path.push_str(sub);
+                    }
+                }
+                let query = watch.then_some("watch=true");
+                let decoded = decode_path(&path).unwrap();
+                prop_assert_eq!(&decoded, &path);
+                let Attrs::Resource(r) = parse(method, &decoded, query).unwrap() else {
+                    return Err(TestCaseError::fail("not a resource request"));
+                };
+                let want_verb = match (method, name.is_some()) {
+                    ("GET", false) if watch => "watch",
+                    ("GET", false) => "list",
+                    ("GET", true) => "get",
+                    ("POST", _) => "create",
+                    ("PUT", _) => "update",
+                    ("PATCH", _) => "patch",
+                    ("DELETE", false) => "deletecollection",
+                    _ => "delete",
+                };
+                prop_assert_eq!(r.verb, want_verb);
+                prop_assert_eq!(r.group, group.as_str());
+                prop_assert_eq!(r.version, version.as_str());
+                prop_assert_eq!(r.namespace, ns.as_deref());
+                prop_assert_eq!(r.resource, resource.as_str());
+                prop_assert_eq!(r.name, name.as_deref());
+                prop_assert_eq!(r.subresource, sub.as_deref());
+            }
+
+            /// Whatever arrives, the parser answers without panicking, and a path it accepts
+            /// is one the API server reads the same way: no escapes left, no empty or dot
+            /// segments, and decoding it again changes nothing.
+            #[test]
+            fn any_input_is_read_or_refused_and_accepted_paths_are_plain(raw in "/[ -~]{0,80}", method in "[A-Z]{1,7}", query in proptest::option::of("[ -~]{0,40}")) {
+                if let Ok(decoded) = decode_path(&raw) {
+                    prop_assert!(!decoded.contains('%'));
+                    let inner = decoded.trim_matches('/');
+                    prop_assert!(inner.is_empty() || inner.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
+                    prop_assert_eq!(decode_path(&decoded).unwrap(), decoded.clone());
+                    let first = parse(&method, &decoded, query.as_deref());
+                    prop_assert_eq!(first, parse(&method, &decoded, query.as_deref()));
+                }
+            }
+
+            /// Spelling a watch parameter in escapes never hides it.
+            #[test]
+            fn an_escaped_watch_is_still_a_watch(mask in proptest::collection::vec(any::<bool>(), 9)) {
+                let escaped: String = "watch=true"
+                    .chars()
+                    .zip(mask.iter().chain(std::iter::repeat(&false)))
+                    .map(|(c, &e)| if e && c != '=' { format!("%{:02X}", c as u8) } else { c.to_string() })
+                    .collect();
+                let Attrs::Resource(r) = parse("GET", "/api/v1/namespaces/p/pods", Some(&escaped)).unwrap() else {
+                    return Err(TestCaseError::fail("not a resource request"));
+                };
+                prop_assert_eq!(r.verb, "watch");
+            }
+        }
+    }
 }

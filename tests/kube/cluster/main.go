@@ -22,10 +22,14 @@ import (
 
 func main() {
 	// A test harness that keeps the write end of our stdin can be sure we end with it, even
-	// when the harness itself is killed.
+	// when the harness itself is killed; the one that was told to also removes the
+	// cluster's folder (etcd's data is over 100 MB).
 	if os.Getenv("KUBE_CLUSTER_EXIT_WITH_STDIN") == "1" {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
+			if dir := os.Getenv("KUBE_CLUSTER_REMOVE_ON_EXIT"); dir != "" {
+				_ = os.RemoveAll(dir)
+			}
 			os.Exit(0)
 		}()
 	}
