@@ -69,6 +69,22 @@ approvals_required = 0
 kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:view"], verbs = ["create"], resources = ["configmaps"] }}
 
 [[profiles]]
+name = "payments-exec"
+description = "A shell in payments' pods"
+max_duration = "1h"
+requesters = ["group:devs"]
+approvals_required = 0
+kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:edit"], verbs = ["get", "create"], resources = ["pods", "pods/exec"] }}
+
+[[profiles]]
+name = "exec-get-only"
+description = "get on pods/exec, which is no exec"
+max_duration = "1h"
+requesters = ["group:devs"]
+approvals_required = 0
+kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:edit"], verbs = ["get"], resources = ["pods", "pods/exec"] }}
+
+[[profiles]]
 name = "payments-delete"
 description = "Delete pods in payments"
 max_duration = "1h"
@@ -163,7 +179,7 @@ fn kubectl_works_inside_the_grant_and_is_refused_outside_it() {
     let out = alice.run(&["get", "pods", "-n", ns]);
     refused(
         &out,
-        "Error from server (Forbidden): jitgate: no active grant allows access to cluster \"test\". Profiles that would: payments-read, payments-quick, config-writer.",
+        "Error from server (Forbidden): jitgate: no active grant allows access to cluster \"test\". Profiles that would: payments-read, payments-quick, config-writer, payments-exec, exec-get-only.",
     );
     assert!(
         text(&out.stderr).contains("jitgate request payments-read"),
@@ -609,4 +625,133 @@ fn ambiguous_paths_mismatched_namespaces_and_oversized_bodies_are_refused() {
         !text(&cms.stdout).contains("configmap/x"),
         "nothing was created elsewhere"
     );
+}
+
+#[test]
+fn a_followed_log_ends_at_expiry_and_exec_is_create_and_ends_with_a_revoke() {
+    let stand = stand();
+    let ns = &stand.ns;
+    let alice = Kubectl::new(&stand, "alice", "devs");
+    // Logs come from the stand-in kubelet through the real API server and the proxy.
+    let grant = alice.request("payments-quick", "6s");
+    let id = grant["grant_id"].as_str().unwrap().to_owned();
+    let grants = alice.user.json(&["grants"]);
+    let held = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["id"] == id.as_str())
+        .unwrap();
+    let expires = epoch(held["expires_at"].as_str().unwrap());
+    let log = ok(&alice.run(&["logs", "web-1", "-n", ns]));
+    assert!(log.starts_with(&format!("log of {ns}/web-1/web: line 1\n")), "{log}");
+
+    let mut follow = alice
+        .command(&["logs", "-f", "web-1", "-n", ns])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = timed_lines(follow.stdout.take().unwrap());
+    let (_, first) = lines.recv_timeout(Duration::from_secs(20)).expect("the log streams");
+    assert!(first.contains("line 1"), "{first}");
+    while follow.try_wait().unwrap().is_none() {
+        assert!(
+            SystemTime::now() < expires + Duration::from_secs(10),
+            "the log outlived its grant"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let late = SystemTime::now().duration_since(expires).unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(50));
+    let out: Vec<String> = lines.try_iter().map(|(_, l)| l).collect();
+    let last = out.last().cloned().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("jitgate: grant {id} ended at ")) && last.contains("jitgate request payments-quick"),
+        "the log's last line says why: {out:?}"
+    );
+    assert!(
+        out.iter().filter(|l| l.starts_with("line ")).count() > 10,
+        "it streamed: {out:?}"
+    );
+    assert!(
+        late < Duration::from_millis(100),
+        "ended {late:?} after the grant expired"
+    );
+    eprintln!("log -f ended {late:?} after expiry");
+
+    // get on pods/exec is not exec: the stream needs create.
+    alice.request("exec-get-only", "30m");
+    refused(
+        &alice.run(&["exec", "web-1", "-n", ns, "--", "sh"]),
+        &format!("jitgate: no active grant allows create pods/exec \"web-1\" in namespace \"{ns}\""),
+    );
+
+    let grant = alice.request("payments-exec", "30m");
+    let mut shell = alice
+        .command(&["exec", "-i", "web-1", "-n", ns, "--", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    let lines = timed_lines(shell.stdout.take().unwrap());
+    let errors = timed_lines(shell.stderr.take().unwrap());
+    let next = |lines: &std::sync::mpsc::Receiver<(Instant, String)>| {
+        lines
+            .recv_timeout(Duration::from_secs(20))
+            .map(|(_, l)| l)
+            .unwrap_or_else(|_| panic!("no output; stderr: {:?}", errors.try_iter().collect::<Vec<_>>()))
+    };
+    assert_eq!(next(&lines), "stand-in shell ready");
+    use std::io::Write;
+    stdin.write_all(b"hello through the proxy\n").unwrap();
+    stdin.flush().unwrap();
+    assert_eq!(next(&lines), "hello through the proxy");
+
+    let revoked = Instant::now();
+    alice
+        .user
+        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
+        .success();
+    let returned = revoked.elapsed();
+    let start = Instant::now();
+    while shell.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the shell outlived the revoke"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let after = start.elapsed();
+    assert!(!shell.wait().unwrap().success(), "the cut exec fails");
+    std::thread::sleep(Duration::from_millis(50));
+    let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+    assert!(
+        said.iter().any(|l| l.contains(&format!(
+            "jitgate: grant {} ended at",
+            grant["grant_id"].as_str().unwrap()
+        ))),
+        "kubectl says why: {said:?}"
+    );
+    assert!(
+        after < Duration::from_millis(100),
+        "ended {after:?} after `jitgate revoke` returned ({returned:?})"
+    );
+    drop(stdin);
+
+    // With a new grant, exec runs to its own end with its exit status.
+    alice.request("payments-exec", "30m");
+    let mut shell = alice
+        .command(&["exec", "-i", "web-1", "-n", ns, "--", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell.stdin.take().unwrap().write_all(b"one\nexit\n").unwrap();
+    let out = shell.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "stand-in shell ready\none\n");
 }

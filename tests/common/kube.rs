@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const PROXY_TOKEN: &str = "jitgate-proxy-token-for-tests";
+/// The one node, whose kubelet is the stand-in (tests/common/kubelet.rs).
+pub const NODE: &str = "stand-in-node";
 
 pub struct Cluster {
     /// `https://127.0.0.1:PORT`
@@ -146,7 +148,34 @@ impl Cluster {
         };
         cluster.wait_ready();
         cluster.apply(PROXY_RBAC);
+        cluster.add_node(super::kubelet::start());
         cluster
+    }
+
+    /// A Node whose kubelet is the stand-in at `kubelet`; every test pod is bound to it.
+    fn add_node(&self, kubelet: std::net::SocketAddr) {
+        self.apply(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n"));
+        let status = serde_json::json!({
+            "status": {
+                "addresses": [{ "type": "InternalIP", "address": kubelet.ip().to_string() }],
+                "daemonEndpoints": { "kubeletEndpoint": { "Port": kubelet.port() } },
+                "declaredFeatures": ["ExtendWebSocketsToKubelet"],
+            }
+        });
+        let out = self.admin(&[
+            "patch",
+            "node",
+            NODE,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
+        assert!(
+            out.status.success(),
+            "patch node status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn wait_ready(&self) {
@@ -216,7 +245,7 @@ impl Cluster {
     pub fn namespace(&self, prefix: &str, bindings: &[(&str, &str)]) -> String {
         let ns = format!("{prefix}-{}", super::random_suffix());
         let mut yaml = format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: {ns}\nspec:\n  containers:\n  - name: web\n    image: registry.invalid/web:1\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: {ns}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: web\n    image: registry.invalid/web:1\n"
         );
         for (i, (group, role)) in bindings.iter().enumerate() {
             yaml.push_str(&format!(

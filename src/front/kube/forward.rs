@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::attrs::Attrs;
-use super::{status, Cluster, Held};
+use super::{status, stream, Cluster, Held};
 use crate::front::apps::headers::{is_reserved, strip_hop_by_hop};
 
 /// The API server's own limit on a request body (3 MiB); larger ones never pass.
@@ -194,6 +194,16 @@ impl Forward<'_> {
             Attrs::Resource(r) => super::describe(r, &cluster),
             Attrs::NonResource { path, .. } => path.to_string(),
         };
+        // The channel protocols carry an exit Status on channel 3: a cut can say why there.
+        let channels = resp
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|p| matches!(p.trim(), "v5.channel.k8s.io" | "v4.channel.k8s.io"));
+        let last = channels.then(|| {
+            let held = Arc::clone(&held);
+            move || cut_message(&held)
+        });
         tokio::spawn(async move {
             let (client, upstream) = match tokio::join!(from_client, from_cluster) {
                 (Ok(c), Ok(u)) => (c, u),
@@ -202,14 +212,13 @@ impl Forward<'_> {
                     return;
                 }
             };
-            let mut client = hyper_util::rt::TokioIo::new(client);
-            let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-            tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                _ = held.live.cancelled() => {
-                    tracing::info!(%cluster, grant = %held.auth.grant_id(), stream = %what, "grant ended; closing its stream");
-                }
-            }
+            let client = hyper_util::rt::TokioIo::new(client);
+            let upstream = hyper_util::rt::TokioIo::new(upstream);
+            let cut = async {
+                held.live.cancelled().await;
+                tracing::info!(%cluster, grant = %held.auth.grant_id(), stream = %what, "grant ended; closing its stream");
+            };
+            stream::splice(client, upstream, last, cut).await;
         });
         let (mut parts, _) = resp.into_parts();
         let agreed = parts.headers.get(header::UPGRADE).cloned();
@@ -223,25 +232,18 @@ impl Forward<'_> {
         Response::from_parts(parts, Body::empty())
     }
 
-    /// What a stream says when its grant ends: a watch gets an ERROR event with a Status
-    /// (kubectl prints its message), a log a last line.
-    fn last_words(&self, headers: &HeaderMap) -> Option<Bytes> {
+    /// What a stream says when its grant ends, if it can say anything: a JSON watch and a
+    /// log can.
+    fn last_words(&self, headers: &HeaderMap) -> Option<LastWords> {
         let Attrs::Resource(r) = self.attrs else { return None };
         let json = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.starts_with("application/json"));
-        let message =
-            format!(
-            "jitgate: grant {} ended at {}; request access again with: jitgate request {} --reason TEXT --for DURATION",
-            self.held.auth.grant_id(),
-            self.held.auth.expires_at().min(crate::time::Timestamp::now()).to_rfc3339(),
-            self.held.auth.profile().name,
-        );
         if r.verb == "watch" && json {
-            Some(status::watch_error_event("Expired", &message))
+            Some(LastWords::WatchEvent)
         } else if r.subresource == Some("log") {
-            Some(Bytes::from(format!("{message}\n")))
+            Some(LastWords::LogLine)
         } else {
             None
         }
@@ -257,6 +259,36 @@ impl Forward<'_> {
                 self.cluster.name
             ),
         )
+    }
+}
+
+/// Why a stream ended, and how to get access again. Made when the cut happens, so the time
+/// is when it ended (the expiry, or the revocation before it).
+fn cut_message(held: &Held) -> String {
+    format!(
+        "jitgate: grant {} ended at {}; request access again with: jitgate request {} --reason TEXT --for DURATION",
+        held.auth.grant_id(),
+        held.auth.expires_at().min(crate::time::Timestamp::now()).to_rfc3339(),
+        held.auth.profile().name,
+    )
+}
+
+/// What a stream says when its grant ends.
+#[derive(Clone, Copy)]
+enum LastWords {
+    /// A JSON watch: an ERROR event with a Status (kubectl prints its message).
+    WatchEvent,
+    /// A log: a last line.
+    LogLine,
+}
+
+impl LastWords {
+    fn say(self, held: &Held) -> Bytes {
+        let message = cut_message(held);
+        match self {
+            LastWords::WatchEvent => status::watch_error_event("Expired", &message),
+            LastWords::LogLine => Bytes::from(format!("{message}\n")),
+        }
     }
 }
 
@@ -354,17 +386,17 @@ pub(super) async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Byt
 struct CutBody {
     inner: Incoming,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    last: Option<Bytes>,
+    last: Option<LastWords>,
     /// Whether what was sent so far ends on a line: only then can a last line or event be
     /// added without breaking one in two.
     at_line_end: bool,
     ended: bool,
     said_last: bool,
-    _held: Arc<Held>,
+    held: Arc<Held>,
 }
 
 impl CutBody {
-    fn around(inner: Incoming, held: Arc<Held>, last: Option<Bytes>) -> Body {
+    fn around(inner: Incoming, held: Arc<Held>, last: Option<LastWords>) -> Body {
         let cut = held.live.token().child_token().cancelled_owned();
         Body::new(CutBody {
             inner,
@@ -373,7 +405,7 @@ impl CutBody {
             at_line_end: true,
             ended: false,
             said_last: false,
-            _held: held,
+            held,
         })
     }
 }
@@ -393,7 +425,7 @@ impl hyper::body::Body for CutBody {
             self.ended = true;
             if let Some(last) = self.last.take().filter(|_| self.at_line_end) {
                 self.said_last = true;
-                return Poll::Ready(Some(Ok(Frame::data(last))));
+                return Poll::Ready(Some(Ok(Frame::data(last.say(&self.held)))));
             }
             return Poll::Ready(Some(Err("the grant ended".into())));
         }

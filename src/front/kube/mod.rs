@@ -10,6 +10,7 @@ pub mod attrs;
 mod forward;
 mod review;
 pub mod status;
+mod stream;
 mod upstream;
 
 use std::collections::HashMap;

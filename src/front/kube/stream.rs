@@ -1,0 +1,208 @@
+//! An upgraded stream (exec, attach, port-forward) between kubectl and the API server, held
+//! until either side ends it or its grant is cut. For the Kubernetes WebSocket channel
+//! protocols (`v4`/`v5.channel.k8s.io`) the proxy follows the frames the server sends, so
+//! that a cut can end the stream as the kubelet ends one: a Status on the error channel
+//! (kubectl prints its message and fails) and a close frame. Nothing is parsed on the way in;
+//! on the way out only frame headers are read (written by hand: no WebSocket crate reads a
+//! stream it did not open, frame by frame, without taking it over).
+
+use std::future::Future;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What a cut says on a channel-protocol WebSocket: a binary frame on channel 3 with a
+/// Failure Status, then a normal close.
+fn last_frames(message: &str) -> Vec<u8> {
+    let status = serde_json::json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "Expired",
+    })
+    .to_string();
+    let mut payload = Vec::with_capacity(status.len() + 1);
+    payload.push(3u8);
+    payload.extend_from_slice(status.as_bytes());
+    let mut out = Vec::with_capacity(payload.len() + 16);
+    frame(&mut out, 0x2, &payload);
+    frame(&mut out, 0x8, &1000u16.to_be_bytes());
+    out
+}
+
+/// An unmasked (server-to-client) frame with FIN set.
+fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Where the server-to-client byte stream stands in its frames.
+#[derive(Default)]
+struct Frames {
+    /// Header bytes of the frame being read, until complete.
+    header: Vec<u8>,
+    /// Payload bytes still to come in the current frame.
+    remaining: u64,
+    /// Whether the last complete data frame ended its message (FIN), so a new message may
+    /// start here. Control frames do not change it.
+    message_done: bool,
+    /// The stream broke the framing rules (a masked server frame): no last words then.
+    lost: bool,
+}
+
+impl Frames {
+    fn new() -> Frames {
+        Frames {
+            message_done: true,
+            ..Frames::default()
+        }
+    }
+
+    fn at_message_boundary(&self) -> bool {
+        !self.lost && self.header.is_empty() && self.remaining == 0 && self.message_done
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && !self.lost {
+            if self.remaining > 0 {
+                let take = (self.remaining.min(data.len() as u64)) as usize;
+                self.remaining -= take as u64;
+                data = &data[take..];
+                continue;
+            }
+            self.header.push(data[0]);
+            data = &data[1..];
+            if let Some((len, fin, control)) = self.parse_header() {
+                if !control {
+                    self.message_done = fin;
+                }
+                self.remaining = len;
+                self.header.clear();
+            }
+        }
+    }
+
+    /// The payload length, FIN and whether it is a control frame, once the header is whole.
+    fn parse_header(&mut self) -> Option<(u64, bool, bool)> {
+        let h = &self.header;
+        if h.len() < 2 {
+            return None;
+        }
+        if h[1] & 0x80 != 0 {
+            self.lost = true;
+            return None;
+        }
+        let (need, len) = match h[1] & 0x7f {
+            126 => (4, h.get(2..4).map(|b| u64::from(u16::from_be_bytes([b[0], b[1]])))),
+            127 => (
+                10,
+                h.get(2..10)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("eight bytes"))),
+            ),
+            n => (2, Some(u64::from(n))),
+        };
+        if h.len() < need {
+            return None;
+        }
+        Some((len?, h[0] & 0x80 != 0, h[0] & 0x08 != 0))
+    }
+}
+
+/// Copies both ways until a side closes or `cut` resolves; on a cut, a channel-protocol
+/// WebSocket gets the message `last` makes when the server's side is between messages.
+pub(super) async fn splice<C, U>(
+    client: C,
+    upstream: U,
+    last: Option<impl FnOnce() -> String>,
+    cut: impl Future<Output = ()>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let mut frames = Frames::new();
+    let up = async {
+        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let _ = upstream_write.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match upstream_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if last.is_some() {
+                frames.feed(&buf[..n]);
+            }
+            if client_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = client_write.shutdown().await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => return,
+        _ = cut => {}
+    }
+    if let Some(last) = last.filter(|_| frames.at_message_boundary()) {
+        // Bounded: a client that does not read its last words does not hold the task.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), async {
+            let _ = client_write.write_all(&last_frames(&last())).await;
+            let _ = client_write.shutdown().await;
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_frames_across_reads() {
+        let mut f = Frames::new();
+        let mut stream = Vec::new();
+        frame(&mut stream, 0x2, &[1; 10]);
+        frame(&mut stream, 0x2, &[1; 300]);
+        frame(&mut stream, 0x2, &[1; 70_000]);
+        for chunk in stream.chunks(7) {
+            f.feed(chunk);
+        }
+        assert!(f.at_message_boundary());
+        // A fragmented message: not a boundary until its last fragment.
+        f.feed(&[0x02, 3, 1, 2, 3]);
+        assert!(!f.at_message_boundary());
+        f.feed(&[0x89, 0]); // a ping in between
+        assert!(!f.at_message_boundary());
+        f.feed(&[0x80, 1]);
+        assert!(!f.at_message_boundary(), "payload still to come");
+        f.feed(&[9]);
+        assert!(f.at_message_boundary());
+        // A masked frame from the server breaks the rules: never inject after it.
+        f.feed(&[0x82, 0x81, 0, 0, 0, 0, 1]);
+        assert!(!f.at_message_boundary());
+    }
+
+    #[test]
+    fn last_words_are_a_status_on_channel_3_and_a_close() {
+        let bytes = last_frames("jitgate: grant g ended");
+        assert_eq!(bytes[0], 0x82);
+        let len = bytes[1] as usize;
+        assert_eq!(bytes[2], 3);
+        let status: serde_json::Value = serde_json::from_slice(&bytes[3..2 + len]).unwrap();
+        assert_eq!(status["status"], "Failure");
+        assert_eq!(&bytes[2 + len..], &[0x88, 2, 0x03, 0xE8]);
+    }
+}
