@@ -132,7 +132,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             jump: jump.clone(),
         },
         apps: app_sites,
-        kube_clusters: config.kube.iter().map(|c| c.name.clone()).collect(),
+        kube_clusters: {
+            let mut names: Vec<String> = config.kube.iter().map(|c| c.name.clone()).collect();
+            names.sort();
+            names
+        },
     });
     let apps_front = Arc::new(apps::AppsFront::new(Arc::clone(&state), &config.apps).map_err(ServeError::Setup)?);
     let kube_front = Arc::new(kube::KubeFront::new(Arc::clone(&state), &config.kube));

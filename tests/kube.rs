@@ -36,12 +36,20 @@ fn stand() -> Stand {
             c.proxy_token_file.display()
         )
     };
+    let by_cert = format!(
+        "[[kube.clusters]]\nname = \"viacert\"\nserver = \"{}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        c.server,
+        c.ca_file.display(),
+        c.proxy_cert_file.display(),
+        c.proxy_key_file.display()
+    );
     let config = format!(
         r#"
 admins = ["group:security"]
 
 {test}
 {staging}
+{by_cert}
 
 [[profiles]]
 name = "payments-read"
@@ -58,7 +66,7 @@ description = "The same, approved by policy"
 max_duration = "1h"
 requesters = ["group:devs"]
 approvals_required = 0
-kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:view"], verbs = ["get", "list", "watch"], resources = ["pods", "pods/log"] }}
+kube = {{ clusters = ["test", "viacert"], namespaces = ["{ns}"], groups = ["jit:view"], verbs = ["get", "list", "watch"], resources = ["pods", "pods/log"] }}
 
 [[profiles]]
 name = "config-writer"
@@ -446,6 +454,22 @@ fn client_sent_impersonation_and_credentials_never_reach_the_cluster() {
         assert!(!groups.contains(&"system:masters"), "{groups:?}");
         assert_eq!(who["extra"]["jitgate-grant"], serde_json::json!([grant_id]), "{review}");
 
+        // The same through a cluster where the proxy signs in with a client certificate.
+        let viacert = kube_token(&alice.user, "viacert");
+        let resp = http
+            .post(format!(
+                "{}/k8s/viacert/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                stand.proxy.url
+            ))
+            .bearer_auth(&viacert)
+            .header("Impersonate-User", "test-admin")
+            .json(&serde_json::json!({ "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview" }))
+            .send()
+            .await
+            .unwrap();
+        let review: Value = resp.json().await.unwrap();
+        assert_eq!(review["status"]["userInfo"]["username"], "alice", "{review}");
+
         // An identity claim does not widen the grant either.
         let resp = http
             .get(format!("{base}/api/v1/namespaces/{}/secrets", stand.ns))
@@ -533,7 +557,10 @@ fn missing_foreign_forged_expired_and_logged_out_tokens_are_refused() {
         )
         .await;
         assert_eq!(code, 404);
-        assert_eq!(message, "jitgate: no cluster \"nope\" here (clusters: staging, test)");
+        assert_eq!(
+            message,
+            "jitgate: no cluster \"nope\" here (clusters: staging, test, viacert)"
+        );
     });
 
     // Logging out ends the kubectl credential minted from that login, unused or not.
@@ -754,4 +781,65 @@ fn a_followed_log_ends_at_expiry_and_exec_is_create_and_ends_with_a_revoke() {
     let out = shell.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "stand-in shell ready\none\n");
+}
+
+#[test]
+fn kubeconfig_merge_adds_the_context_with_kubectl_and_keeps_the_others() {
+    let stand = stand();
+    let alice = Kubectl::new(&stand, "alice", "devs");
+    let merged = alice.user.home.join("merged-kubeconfig");
+    std::fs::write(
+        &merged,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: elsewhere\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: elsewhere\n  context:\n    cluster: elsewhere\n    user: \"\"\ncurrent-context: elsewhere\nusers: []\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        common::kube::bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = [
+        ("JITGATE_HOME", alice.user.home.to_str().unwrap()),
+        ("KUBECONFIG", merged.to_str().unwrap()),
+        ("PATH", path.as_str()),
+    ];
+    let run = common::run(&["kubeconfig", "--cluster", "test", "--merge"], &env, None).success();
+    assert!(
+        run.stderr.contains("context \"jitgate-test\" added and made current"),
+        "{}",
+        run.stderr
+    );
+    let kubectl = |args: &[&str]| {
+        Command::new(kubectl_path())
+            .args(args)
+            .env("KUBECONFIG", &merged)
+            .env("JITGATE_HOME", &alice.user.home)
+            .env("HOME", &alice.user.home)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert_eq!(ok(&kubectl(&["config", "current-context"])).trim(), "jitgate-test");
+    let contexts = ok(&kubectl(&["config", "get-contexts", "-o", "name"]));
+    assert!(
+        contexts.contains("elsewhere") && contexts.contains("jitgate-test"),
+        "{contexts}"
+    );
+    alice.request("payments-quick", "10m");
+    assert_eq!(
+        ok(&kubectl(&["get", "pods", "-n", &stand.ns, "-o", "name"])).trim(),
+        "pod/web-1"
+    );
+    // kubectl missing: a one-line error that says what to do instead.
+    let env = [
+        ("JITGATE_HOME", alice.user.home.to_str().unwrap()),
+        ("KUBECONFIG", merged.to_str().unwrap()),
+        ("PATH", "/nonexistent"),
+    ];
+    common::run(&["kubeconfig", "--cluster", "test", "--merge"], &env, None).fails(1, "cannot run kubectl");
+    let unknown = alice.user.run(&["kubeconfig", "--cluster", "nope"], None);
+    unknown.fails(
+        1,
+        "no cluster \"nope\" behind the proxy (clusters: staging, test, viacert)",
+    );
 }

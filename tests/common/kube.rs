@@ -24,6 +24,10 @@ pub struct Cluster {
     pub ca_file: PathBuf,
     /// The proxy's token on the cluster (a file, as `token_file` wants).
     pub proxy_token_file: PathBuf,
+    /// A client certificate and key for the proxy (user `jitgate-proxy-cert`), from a CA
+    /// the API server trusts for client certificates.
+    pub proxy_cert_file: PathBuf,
+    pub proxy_key_file: PathBuf,
     /// A kubeconfig for the cluster's admin, for set-up and checks.
     pub admin_kubeconfig: PathBuf,
     pub dir: PathBuf,
@@ -106,6 +110,7 @@ impl Cluster {
         .unwrap();
         let proxy_token_file = dir.join("proxy.token");
         std::fs::write(&proxy_token_file, format!("{PROXY_TOKEN}\n")).unwrap();
+        let (proxy_cert_file, proxy_key_file) = client_ca_and_cert(&dir);
         let port = free_port();
         let api = spawn(
             &bin.join("kube-apiserver"),
@@ -120,6 +125,7 @@ impl Cluster {
                 "--service-cluster-ip-range=10.96.0.0/24".into(),
                 "--authorization-mode=RBAC".into(),
                 format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+                format!("--client-ca-file={}", dir.join("client-ca.pem").display()),
                 // No controller manager runs: pods need no service account to be created.
                 "--disable-admission-plugins=ServiceAccount".into(),
                 "--v=0".into(),
@@ -142,6 +148,8 @@ impl Cluster {
             server,
             ca_file,
             proxy_token_file,
+            proxy_cert_file,
+            proxy_key_file,
             admin_kubeconfig,
             dir,
             _processes: vec![etcd, api],
@@ -257,6 +265,30 @@ impl Cluster {
     }
 }
 
+/// A CA for client certificates (written to `client-ca.pem`) and a certificate from it for
+/// the proxy: CN `jitgate-proxy-cert`, as the API server reads a user from a certificate.
+fn client_ca_and_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name.push(DnType::CommonName, "test client CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.distinguished_name = DistinguishedName::new();
+    leaf.distinguished_name.push(DnType::CommonName, "jitgate-proxy-cert");
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join("client-ca.pem"), ca_cert.pem()).unwrap();
+    let (cert_file, key_file) = (dir.join("proxy-client.pem"), dir.join("proxy-client-key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
 /// What the README asks of a cluster admin: the proxy may impersonate, nothing more. And
 /// two roles for the jit groups: the built-in view and edit are aggregated by the controller
 /// manager, which does not run here.
@@ -300,6 +332,9 @@ metadata:
 subjects:
 - kind: User
   name: jitgate-proxy
+  apiGroup: rbac.authorization.k8s.io
+- kind: User
+  name: jitgate-proxy-cert
   apiGroup: rbac.authorization.k8s.io
 roleRef:
   kind: ClusterRole
