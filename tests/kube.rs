@@ -247,6 +247,11 @@ fn kubectl_works_inside_the_grant_and_is_refused_outside_it() {
     );
     let no = alice.run(&["auth", "can-i", "list", "pods", "-n", other]);
     assert!(text(&no.stdout).starts_with("no - jitgate:"), "{}", text(&no.stdout));
+    // The cluster's list of rules would say more than the grant allows, and not what it does.
+    refused(
+        &alice.run(&["auth", "can-i", "--list", "-n", ns]),
+        "jitgate: `kubectl auth can-i --list` is not answered through the proxy",
+    );
 
     // A grant that allows what the cluster's RBAC does not: the cluster says no, to alice.
     alice.request("config-writer", "10m");
@@ -469,6 +474,15 @@ fn client_sent_impersonation_and_credentials_never_reach_the_cluster() {
             .unwrap();
         let review: Value = resp.json().await.unwrap();
         assert_eq!(review["status"]["userInfo"]["username"], "alice", "{review}");
+        // The grant's first request on each cluster is in the audit log.
+        let audit = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+        let firsts: Vec<String> = audit
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["action"] == "kube.first_request")
+            .map(|e| e["target"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(firsts, ["test", "viacert"]);
 
         // An identity claim does not widen the grant either.
         let resp = http
@@ -533,6 +547,10 @@ fn missing_foreign_forged_expired_and_logged_out_tokens_are_refused() {
             async move { answer(req.send().await.unwrap()).await }
         };
         assert_eq!(get(Some(good.clone())).await.0, 200);
+        // A token for another cluster, even one just used (and so checked) there.
+        let staging_pods = format!("{}/k8s/staging/api/v1/namespaces/{}/pods", stand.proxy.url, stand.ns);
+        let (code, _) = answer(http.get(&staging_pods).bearer_auth(&staging).send().await.unwrap()).await;
+        assert_eq!(code, 403, "staging's own token passes its check; no grant there");
         for (token, says) in [
             (
                 None,
@@ -559,7 +577,7 @@ fn missing_foreign_forged_expired_and_logged_out_tokens_are_refused() {
         assert_eq!(code, 404);
         assert_eq!(
             message,
-            "jitgate: no cluster \"nope\" here (clusters: staging, test, viacert)"
+            "jitgate: no cluster \"nope\" here; `jitgate kubeconfig --cluster NAME` names the ones there are"
         );
     });
 
@@ -607,6 +625,7 @@ fn ambiguous_paths_mismatched_namespaces_and_oversized_bodies_are_refused() {
             (format!("/k8s/test/api/v1/namespaces/{ns}//pods"), "empty"),
             (format!("/k8s/test/api/v1/namespaces/{ns}/pods?watch="), "empty watch parameter"),
             (format!("/k8s/test/api/v1/namespaces/{ns}/pods?watch=false&watch=true"), "given twice"),
+            (format!("/k8s/test/api/v1/proxy/namespaces/{ns}/pods/web-1"), "legacy /proxy/ paths"),
         ] {
             let got = raw(format!("GET {path}"), "", b"").await;
             assert_eq!(status(&got), 400, "{path}: {got}");

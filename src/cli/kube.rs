@@ -191,8 +191,17 @@ fn merge_into_kubeconfig(name: &str, cluster: &str, server: &str, ca_pem: Option
 struct Cached {
     token: String,
     expires_at: Timestamp,
-    /// SHA-256 of the login token it was derived from: a new login makes it stale.
+    /// SHA-256 of the proxy's URL and the login token it was derived from: a new login,
+    /// or a login to another proxy, makes it stale.
     login: String,
+}
+
+fn login_key(session: &Session) -> String {
+    let mut h = Sha256::new();
+    h.update(session.proxy.as_bytes());
+    h.update([0]);
+    h.update(session.token.as_bytes());
+    hex::encode(h.finalize())
 }
 
 pub async fn kube_credential(cluster: &str) -> CliResult {
@@ -206,7 +215,7 @@ pub async fn kube_credential(cluster: &str) -> CliResult {
     let session = Session::load()?;
     let now = Timestamp::now();
     let path = home()?.join("kube").join(format!("{cluster}.json"));
-    let login = hex::encode(Sha256::digest(session.token.as_bytes()));
+    let login = login_key(&session);
     let cached = fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str::<Cached>(&t).ok())
@@ -226,7 +235,7 @@ pub async fn kube_credential(cluster: &str) -> CliResult {
             let fresh = Cached {
                 token,
                 expires_at,
-                login: hex::encode(Sha256::digest(session.token.as_bytes())),
+                login: login_key(&session),
             };
             let text = serde_json::to_vec(&fresh).expect("a credential serializes");
             // A cache that cannot be written only costs a call next time.

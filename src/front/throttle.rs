@@ -46,3 +46,16 @@ impl DenialThrottle {
         n < PER_MINUTE
     }
 }
+
+/// At most `max` bytes of `s`, cut on a character boundary: what a client sends is stored
+/// only so far.
+pub fn capped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -20,10 +20,56 @@ use crate::identity::local::{burn_verify, verify_password};
 use crate::identity::oidc::{DevicePoll, OidcError};
 use crate::identity::session::same_secret;
 use crate::identity::{Claims, TokenError};
+use crate::store::StoreError;
 use crate::time::Timestamp;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
+
+/// Why checked claims no longer give access.
+pub enum Invalid {
+    Refused(String),
+    /// The store could not say: fail closed.
+    Store(StoreError),
+}
+
+impl ApiState {
+    /// What a signature cannot tell about a proxy token: whether its login was logged out
+    /// (the token's own `jti`, and for a derived token its login's), whether its kind of
+    /// login is still allowed here, and whether its user is still enabled. Fails closed.
+    pub async fn still_valid(&self, claims: &Claims) -> Result<(), Invalid> {
+        let store = self.broker.store();
+        for jti in std::iter::once(&claims.jti).chain(&claims.parent) {
+            if store.token_revoked(jti).await.map_err(Invalid::Store)? {
+                return Err(Invalid::Refused(TokenError::Revoked.to_string()));
+            }
+        }
+        if claims.idp == "local" && !self.site.local_users {
+            return Err(Invalid::Refused(
+                "local users are turned off here; log in through the identity provider".into(),
+            ));
+        }
+        if claims.idp != "local" && self.idps.pick(Some(&claims.idp)).is_err() {
+            return Err(Invalid::Refused(format!(
+                "the identity provider {} is no longer configured here; log in again",
+                claims.idp
+            )));
+        }
+        // Every login, local or from an IdP, has a users row: disabling the user ends its
+        // power at once, not when the token expires.
+        if store
+            .user(&claims.sub)
+            .await
+            .map_err(Invalid::Store)?
+            .is_none_or(|u| u.disabled)
+        {
+            return Err(Invalid::Refused(
+                "the user is disabled or no longer exists; ask an admin".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// The verified caller of an API request.
 pub struct Caller {
@@ -49,27 +95,10 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .tokens
             .verify(token.trim())
             .map_err(|e| unauthorized(&e.to_string()))?;
-        // Fail closed: if the deny-list cannot be read, the token is not accepted.
-        let store = state.broker.store();
-        if store.token_revoked(&claims.jti).await? {
-            return Err(unauthorized(&TokenError::Revoked.to_string()));
-        }
-        if claims.idp == "local" && !state.site.local_users {
-            return Err(unauthorized(
-                "local users are turned off here; log in through the identity provider",
-            ));
-        }
-        if claims.idp != "local" && state.idps.pick(Some(&claims.idp)).is_err() {
-            return Err(unauthorized(&format!(
-                "the identity provider {} is no longer configured here; log in again",
-                claims.idp
-            )));
-        }
-        // Every login, local or from an IdP, has a users row: disabling the user ends its
-        // power at once, not when the token expires.
-        if store.user(&claims.sub).await?.is_none_or(|u| u.disabled) {
-            return Err(unauthorized("the user is disabled or no longer exists; ask an admin"));
-        }
+        state.still_valid(&claims).await.map_err(|e| match e {
+            Invalid::Refused(why) => unauthorized(&why),
+            Invalid::Store(e) => e.into(),
+        })?;
         Ok(Caller {
             identity: claims.identity(),
             claims,

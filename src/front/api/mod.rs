@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod kube;
+pub use auth::Invalid;
 mod ops;
 pub mod ssh;
 

@@ -25,7 +25,7 @@ use crate::access::{Action, Authorized, Resource};
 use crate::audit::AuditDraft;
 use crate::config::AppConfig;
 use crate::front::api::ApiState;
-use crate::front::throttle::DenialThrottle;
+use crate::front::throttle::{capped, DenialThrottle};
 use crate::front::web;
 use crate::identity::session::Session;
 use crate::live::LiveHandle;
@@ -469,19 +469,6 @@ impl std::ops::Deref for HeldRef {
     fn deref(&self) -> &Held {
         self.held()
     }
-}
-
-/// At most `max` bytes of `s`, cut on a character boundary: what a client sends is stored
-/// only so far.
-fn capped(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {

@@ -146,7 +146,14 @@ pub fn parse<'a>(method: &str, path: &'a str, query: Option<&str>) -> Result<Att
     let version = parts.remove(0);
     let mut verb = method_verb;
     let mut special = false;
-    if matches!(parts[0], "proxy" | "watch") {
+    if parts[0] == "proxy" {
+        // The legacy `/api/v1/proxy/…` paths: the API server no longer serves them, and
+        // their verb has no place in a grant.
+        return Err(BadRequest(
+            "the legacy /proxy/ paths are not served; use the proxy subresource (…/pods/NAME/proxy)",
+        ));
+    }
+    if parts[0] == "watch" {
         if parts.len() < 2 {
             return Err(BadRequest("the path names no kind after its verb"));
         }
@@ -164,11 +171,7 @@ pub fn parse<'a>(method: &str, path: &'a str, query: Option<&str>) -> Result<Att
     // A field selector on metadata.name narrows a list to one name for the API server's
     // RBAC; here it does not, so a name-scoped grant allows no list.
     let name = parts.get(1).copied();
-    let subresource = if parts.len() >= 3 && verb != "proxy" {
-        Some(parts[2])
-    } else {
-        None
-    };
+    let subresource = if parts.len() >= 3 { Some(parts[2]) } else { None };
     if name.is_none() && verb == "get" {
         verb = if watches(query)? { "watch" } else { "list" };
     }
@@ -178,9 +181,6 @@ pub fn parse<'a>(method: &str, path: &'a str, query: Option<&str>) -> Result<Att
     // Streams into a pod or through it are `create` whatever the method: a WebSocket
     // upgrade arrives as GET, and the API server checks create for it too.
     if !special && matches!(subresource, Some("exec" | "attach" | "portforward" | "proxy")) {
-        verb = "create";
-    }
-    if special && verb == "proxy" {
         verb = "create";
     }
     Ok(Attrs::Resource(ResourceAttrs {
@@ -345,8 +345,7 @@ mod tests {
         }
         let r = res("GET", "/api/v1/namespaces/payments/pods/web-1/proxy/metrics", None);
         assert_eq!((r.verb, r.subresource), ("create", Some("proxy")));
-        let r = res("GET", "/api/v1/proxy/namespaces/payments/pods/web-1", None);
-        assert_eq!((r.verb, r.resource, r.subresource), ("create", "pods", None));
+        assert!(parse("GET", "/api/v1/proxy/namespaces/payments/pods/web-1", None).is_err());
         let r = res("GET", "/api/v1/watch/namespaces/payments/pods", None);
         assert_eq!((r.verb, r.resource, r.namespace), ("watch", "pods", Some("payments")));
     }

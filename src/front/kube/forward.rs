@@ -205,7 +205,12 @@ impl Forward<'_> {
             move || cut_message(&held)
         });
         tokio::spawn(async move {
-            let (client, upstream) = match tokio::join!(from_client, from_cluster) {
+            // The cut is watched from the start, the upgrade's completion included.
+            let both = tokio::select! {
+                both = async { tokio::join!(from_client, from_cluster) } => both,
+                _ = held.live.cancelled() => return,
+            };
+            let (client, upstream) = match both {
                 (Ok(c), Ok(u)) => (c, u),
                 (c, u) => {
                     tracing::debug!(client = ?c.err(), upstream = ?u.err(), "a kube upgrade did not complete");

@@ -27,8 +27,8 @@ use moka::future::Cache;
 use crate::access::{Action, Authorized, Identity, Resource};
 use crate::audit::AuditDraft;
 use crate::config::{KubeCluster, KubeTls};
-use crate::front::api::ApiState;
-use crate::front::throttle::DenialThrottle;
+use crate::front::api::{ApiState, Invalid};
+use crate::front::throttle::{capped, DenialThrottle};
 use crate::live::LiveHandle;
 use crate::time::Timestamp;
 use attrs::{Attrs, ResourceAttrs};
@@ -76,8 +76,10 @@ struct Held {
 pub struct KubeFront {
     state: Arc<ApiState>,
     clusters: HashMap<String, Arc<Cluster>>,
-    callers: Cache<Arc<str>, Arc<Caller>>,
-    held: Cache<Arc<str>, Arc<Held>>,
+    /// Checked tokens, by (cluster, token): a token is good on its own cluster only.
+    callers: Cache<(Arc<str>, Arc<str>), Arc<Caller>>,
+    /// Grants in use, by (grant, cluster).
+    held: Cache<(Arc<str>, Arc<str>), Arc<Held>>,
     /// (grant, cluster) pairs whose first request is already in the audit log.
     first_seen: Cache<(Arc<str>, Arc<str>), ()>,
     denials: DenialThrottle,
@@ -136,11 +138,15 @@ impl KubeFront {
             None => (rest, "/"),
         };
         let Some(cluster) = self.clusters.get(name).cloned() else {
-            let known = self.cluster_names().join(", ");
+            // Unauthenticated so far: the names of the clusters are for logged-in callers
+            // (`/api/v1/kube/clusters`).
             return status::status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                &format!("jitgate: no cluster {name:?} here (clusters: {known})"),
+                &format!(
+                    "jitgate: no cluster {:?} here; `jitgate kubeconfig --cluster NAME` names the ones there are",
+                    capped(name, 64)
+                ),
             );
         };
         let caller = match self.caller(&cluster, req.headers()).await {
@@ -190,7 +196,8 @@ impl KubeFront {
                 ))
             })?;
         let now = Timestamp::now();
-        if let Some(c) = self.callers.get(token).await {
+        let key: (Arc<str>, Arc<str>) = (Arc::clone(&cluster.name), token.into());
+        if let Some(c) = self.callers.get(&key).await {
             if now < c.expires_at {
                 return Ok(c);
             }
@@ -206,36 +213,33 @@ impl KubeFront {
                 )),
                 e => status::unauthorized(&format!("jitgate: {e}")),
             })?;
-        let store = self.state.broker.store();
-        let unavailable = |e: crate::store::StoreError| {
-            tracing::error!(error = %e, "cannot check a kube token; refusing");
-            status::unavailable("jitgate: the proxy cannot check your token right now; try again shortly")
-        };
-        // Fail closed: a login that was logged out, or a user disabled since, ends here.
-        let logged_out = match &claims.parent {
-            Some(jti) => store.token_revoked(jti).await.map_err(unavailable)?,
-            None => true,
-        };
-        if logged_out || store.token_revoked(&claims.jti).await.map_err(unavailable)? {
+        // A token from `derive` names its login; an API token never reaches here (its
+        // audience is not a cluster's), and without a login behind it a token is refused.
+        if claims.parent.is_none() {
             return Err(status::unauthorized(
-                "jitgate: the login behind this token was logged out; run `jitgate login` again",
+                "jitgate: this token was not made for kubectl; use `jitgate kube-credential`",
             ));
         }
-        if store
-            .user(&claims.sub)
-            .await
-            .map_err(unavailable)?
-            .is_none_or(|u| u.disabled)
-        {
-            return Err(status::unauthorized(
-                "jitgate: the user is disabled or no longer exists; ask an admin",
-            ));
+        self.state.still_valid(&claims).await.map_err(|e| match e {
+            Invalid::Refused(why) => status::unauthorized(&format!("jitgate: {why}")),
+            Invalid::Store(e) => {
+                tracing::error!(error = %e, "cannot check a kube token; refusing");
+                status::unavailable("jitgate: the proxy cannot check your token right now; try again shortly")
+            }
+        })?;
+        // Kubernetes reserves `system:` names for its own components and gives them roles;
+        // an IdP user must never be impersonated as one.
+        if claims.sub.starts_with("system:") {
+            return Err(status::forbidden(&format!(
+                "jitgate: the user name {:?} is reserved by Kubernetes (system:); it cannot be impersonated",
+                claims.sub
+            )));
         }
         let caller = Arc::new(Caller {
             identity: claims.identity(),
             expires_at: claims.expires_at(),
         });
-        self.callers.insert(token.into(), Arc::clone(&caller)).await;
+        self.callers.insert(key, Arc::clone(&caller)).await;
         Ok(caller)
     }
 
@@ -248,6 +252,11 @@ impl KubeFront {
         now: Timestamp,
     ) -> Result<Arc<Held>, Response<Body>> {
         let (resource, verb) = match attrs {
+            Attrs::Resource(r) if review::is_rules_review(r) => {
+                return Err(status::forbidden(
+                    "jitgate: `kubectl auth can-i --list` is not answered through the proxy; `jitgate grants` shows what your grants allow, and `kubectl auth can-i VERB RESOURCE` checks one access",
+                ))
+            }
             // What the caller may ask about themselves is open to any grant on the cluster;
             // an access review's answer is narrowed to the grants in `access_review`.
             Attrs::Resource(r) if review::is_self_review(r) => (Resource::KubeDiscovery { cluster: &cluster.name }, "get"),
@@ -279,13 +288,13 @@ impl KubeFront {
     /// first request on a cluster is audited before it goes through.
     async fn hold(&self, cluster: &Cluster, caller: &Caller, auth: Authorized) -> Result<Arc<Held>, Response<Body>> {
         let id: Arc<str> = auth.grant_id().into();
-        if let Some(h) = self.held.get(&id).await {
+        let pair = (Arc::clone(&id), Arc::clone(&cluster.name));
+        if let Some(h) = self.held.get(&pair).await {
             if !h.live.is_cut() {
                 return Ok(h);
             }
-            self.held.invalidate(&id).await;
+            self.held.invalidate(&pair).await;
         }
-        let pair = (Arc::clone(&id), Arc::clone(&cluster.name));
         if !self.first_seen.contains_key(&pair) {
             let event = AuditDraft::new("kube.first_request", &caller.identity.user, &cluster.name)
                 .grant(&id)
@@ -297,10 +306,13 @@ impl KubeFront {
                     "jitgate: the proxy cannot record this access right now; try again shortly",
                 ));
             }
-            self.first_seen.insert(pair, ()).await;
+            self.first_seen.insert(pair.clone(), ()).await;
         }
         let headers = || -> Result<(HeaderValue, HeaderValue, Vec<HeaderValue>), String> {
-            let value = |v: &str| HeaderValue::from_str(v).map_err(|_| format!("{v:?} cannot be sent in a header"));
+            // UTF-8 bytes as they are: Go reads header values as bytes too.
+            let value = |v: &str| {
+                HeaderValue::from_bytes(v.as_bytes()).map_err(|_| format!("{v:?} cannot be sent in a header"))
+            };
             let groups = auth.profile().kube.as_ref().map(|k| &k.groups[..]).unwrap_or_default();
             Ok((
                 value(&caller.identity.user)?,
@@ -328,7 +340,7 @@ impl KubeFront {
                 held.auth.grant_id()
             )));
         }
-        self.held.insert(id, Arc::clone(&held)).await;
+        self.held.insert(pair, Arc::clone(&held)).await;
         Ok(held)
     }
 

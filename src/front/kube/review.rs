@@ -19,17 +19,23 @@ use crate::time::Timestamp;
 
 const AUTHORIZATION_GROUP: &str = "authorization.k8s.io";
 
-/// Reviews of the caller's own access and identity (`auth can-i`, `can-i --list`,
-/// `auth whoami`): any grant on the cluster may ask them.
+/// Reviews of the caller's own access and identity (`auth can-i`, `auth whoami`): any
+/// grant on the cluster may ask them.
 pub(super) fn is_self_review(r: &ResourceAttrs<'_>) -> bool {
     r.verb == "create"
         && r.subresource.is_none()
         && r.name.is_none()
         && match r.group {
-            AUTHORIZATION_GROUP => matches!(r.resource, "selfsubjectaccessreviews" | "selfsubjectrulesreviews"),
+            AUTHORIZATION_GROUP => r.resource == "selfsubjectaccessreviews",
             "authentication.k8s.io" => r.resource == "selfsubjectreviews",
             _ => false,
         }
+}
+
+/// `kubectl auth can-i --list`: the cluster would answer with the RBAC rules of the grant's
+/// groups in any namespace, which says more than the grant allows and not what it allows.
+pub(super) fn is_rules_review(r: &ResourceAttrs<'_>) -> bool {
+    r.verb == "create" && r.group == AUTHORIZATION_GROUP && r.resource == "selfsubjectrulesreviews"
 }
 
 pub(super) fn is_access_review(r: &ResourceAttrs<'_>) -> bool {

@@ -58,6 +58,9 @@ struct Frames {
     message_done: bool,
     /// The stream broke the framing rules (a masked server frame): no last words then.
     lost: bool,
+    /// Bytes fed here are being written to the client: a cut now would leave part of them
+    /// unsent, so no frame may follow.
+    in_flight: bool,
 }
 
 impl Frames {
@@ -69,7 +72,7 @@ impl Frames {
     }
 
     fn at_message_boundary(&self) -> bool {
-        !self.lost && self.header.is_empty() && self.remaining == 0 && self.message_done
+        !self.lost && !self.in_flight && self.header.is_empty() && self.remaining == 0 && self.message_done
     }
 
     fn feed(&mut self, mut data: &[u8]) {
@@ -118,8 +121,12 @@ impl Frames {
     }
 }
 
-/// Copies both ways until a side closes or `cut` resolves; on a cut, a channel-protocol
-/// WebSocket gets the message `last` makes when the server's side is between messages.
+/// After the client stops sending, how long the server's side may still finish.
+const HALF_CLOSED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Copies both ways until the server's side closes (or the client's, plus a short grace)
+/// or `cut` resolves; on a cut, a channel-protocol WebSocket gets the message `last` makes
+/// when the server's side is between messages and nothing is half written.
 pub(super) async fn splice<C, U>(
     client: C,
     upstream: U,
@@ -135,6 +142,7 @@ pub(super) async fn splice<C, U>(
     let up = async {
         let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
         let _ = upstream_write.shutdown().await;
+        tokio::time::sleep(HALF_CLOSED_GRACE).await;
     };
     let down = async {
         let mut buf = vec![0u8; 16 * 1024];
@@ -145,15 +153,18 @@ pub(super) async fn splice<C, U>(
             };
             if last.is_some() {
                 frames.feed(&buf[..n]);
+                frames.in_flight = true;
             }
             if client_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }
+            frames.in_flight = false;
         }
         let _ = client_write.shutdown().await;
     };
     tokio::select! {
-        _ = async { tokio::join!(up, down) } => return,
+        _ = up => return,
+        _ = down => return,
         _ = cut => {}
     }
     if let Some(last) = last.filter(|_| frames.at_message_boundary()) {
@@ -190,6 +201,10 @@ mod tests {
         assert!(!f.at_message_boundary(), "payload still to come");
         f.feed(&[9]);
         assert!(f.at_message_boundary());
+        // Bytes still being written: not a boundary for a new frame.
+        f.in_flight = true;
+        assert!(!f.at_message_boundary());
+        f.in_flight = false;
         // A masked frame from the server breaks the rules: never inject after it.
         f.feed(&[0x82, 0x81, 0, 0, 0, 0, 1]);
         assert!(!f.at_message_boundary());
