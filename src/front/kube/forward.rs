@@ -314,19 +314,22 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// claims, cookies, and hop-by-hop headers. `_` counts as `-`, as some servers read it.
 fn clean_request(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
-    let refused: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| {
-            let name = n.as_str().replace('_', "-");
-            is_reserved(n)
-                || name.starts_with("impersonate-")
-                || name.starts_with("x-remote-")
-                || matches!(name.as_str(), "authorization" | "cookie" | "host")
-        })
-        .cloned()
-        .collect();
-    for name in refused {
-        headers.remove(name);
+    // Most requests carry nothing to remove: look before collecting anything.
+    let refused = |n: &HeaderName| {
+        let name = n.as_str();
+        is_reserved(n)
+            || same_name_prefix(name, "impersonate-")
+            || same_name_prefix(name, "x-remote-")
+            || matches!(name, "authorization" | "cookie" | "host")
+    };
+    if headers.keys().any(refused) {
+        let names: Vec<HeaderName> = headers.keys().filter(|n| refused(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+    if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        return;
     }
     let protocols: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -343,6 +346,15 @@ fn clean_request(headers: &mut HeaderMap) {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
+}
+
+/// Whether a (lower-case) header name starts with `prefix`, reading `_` as `-`.
+fn same_name_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .bytes()
+            .zip(prefix.bytes())
+            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
 }
 
 /// `SPDY/3.1` or `websocket`, when the request asks to upgrade to one of them.
