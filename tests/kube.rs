@@ -82,7 +82,7 @@ description = "A shell in payments' pods"
 max_duration = "1h"
 requesters = ["group:devs"]
 approvals_required = 0
-kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:edit"], verbs = ["get", "create"], resources = ["pods", "pods/exec"] }}
+kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:edit"], verbs = ["get", "create"], resources = ["pods", "pods/exec", "pods/attach"] }}
 
 [[profiles]]
 name = "exec-get-only"
@@ -861,4 +861,36 @@ fn kubeconfig_merge_adds_the_context_with_kubectl_and_keeps_the_others() {
         1,
         "no cluster \"nope\" behind the proxy (clusters: staging, test, viacert)",
     );
+}
+
+#[test]
+fn attach_and_cp_pass_through_as_create_on_their_subresources() {
+    let stand = stand();
+    let ns = &stand.ns;
+    let alice = Kubectl::new(&stand, "alice", "devs");
+    alice.request("exec-get-only", "30m");
+    refused(
+        &alice.run(&["attach", "web-1", "-n", ns, "-q"]),
+        &format!("jitgate: no active grant allows create pods/attach \"web-1\" in namespace \"{ns}\""),
+    );
+    alice.request("payments-exec", "30m");
+
+    // kubectl cp runs `tar cf - PATH` through exec and unpacks what comes back.
+    let dest = alice.user.home.join("motd");
+    let from = format!("{ns}/web-1:/etc/motd");
+    ok(&alice.run(&["cp", &from, dest.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&dest).unwrap(), common::kubelet::CP_CONTENT);
+
+    let mut attached = alice
+        .command(&["attach", "-i", "-q", "web-1", "-n", ns])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    attached.stdin.take().unwrap().write_all(b"hi\nexit\n").unwrap();
+    let out = attached.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "attached to the stand-in container\nhi\n");
 }

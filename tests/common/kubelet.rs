@@ -5,8 +5,9 @@
 //! for those: `GET /containerLogs/{ns}/{pod}/{container}` (a chunked text stream, endless
 //! with `follow=true`), and `/exec/{ns}/{pod}/{container}` over WebSocket with the
 //! `v5.channel.k8s.io` protocol (one byte of stream id before each message: 0 stdin,
-//! 1 stdout, 2 stderr, 3 the exit Status, 255 closes a stream). Its shell echoes each stdin
-//! line back on stdout and ends on `exit`.
+//! 1 stdout, 2 stderr, 3 the exit Status, 255 closes a stream), and `/attach/…` the same way.
+//! Its shell echoes each stdin line back on stdout and ends on `exit`; `tar cf - PATH` (what
+//! `kubectl cp` runs) answers with a tar archive holding PATH with `CP_CONTENT`.
 
 #![allow(dead_code)]
 
@@ -24,6 +25,8 @@ use hyper_util::server::conn::auto;
 use tower::ServiceExt;
 
 pub const V5: &str = "v5.channel.k8s.io";
+/// What every file holds for `kubectl cp` from a pod.
+pub const CP_CONTENT: &[u8] = b"copied out of the stand-in pod through the proxy\n";
 
 /// Starts the stand-in on a thread of its own (it outlives any one test's runtime) and
 /// returns its address.
@@ -61,7 +64,8 @@ async fn serve(listener: tokio::net::TcpListener) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls());
     let app = axum::Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
-        .route("/exec/{ns}/{pod}/{container}", get(exec));
+        .route("/exec/{ns}/{pod}/{container}", get(exec))
+        .route("/attach/{ns}/{pod}/{container}", get(attach));
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
@@ -105,14 +109,80 @@ async fn logs(
     ([("content-type", "text/plain")], Body::from_stream(stream))
 }
 
-async fn exec(ws: WebSocketUpgrade) -> impl IntoResponse {
-    ws.protocols([V5]).on_upgrade(|mut socket| async move {
-        let frame = |stream: u8, data: &[u8]| {
-            let mut v = vec![stream];
-            v.extend_from_slice(data);
-            Message::Binary(v.into())
-        };
-        if socket.send(frame(1, b"stand-in shell ready\n")).await.is_err() {
+fn frame(stream: u8, data: &[u8]) -> Message {
+    let mut v = vec![stream];
+    v.extend_from_slice(data);
+    Message::Binary(v.into())
+}
+
+fn normal_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: 1000,
+        reason: "".into(),
+    }))
+}
+
+const SUCCESS: &[u8] = br#"{"metadata":{},"status":"Success"}"#;
+
+async fn exec(ws: WebSocketUpgrade, axum::extract::RawQuery(query): axum::extract::RawQuery) -> impl IntoResponse {
+    let command: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    if command.len() == 4 && command[..3] == ["tar", "cf", "-"] {
+        let archive = tar_of(&command[3], CP_CONTENT);
+        return ws
+            .protocols([V5])
+            .on_upgrade(|mut socket| async move {
+                for chunk in archive.chunks(8 * 1024) {
+                    if socket.send(frame(1, chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = socket.send(frame(3, SUCCESS)).await;
+                let _ = socket.send(normal_close()).await;
+            })
+            .into_response();
+    }
+    shell(ws, "stand-in shell ready\n").await.into_response()
+}
+
+async fn attach(ws: WebSocketUpgrade) -> impl IntoResponse {
+    shell(ws, "attached to the stand-in container\n").await
+}
+
+/// A ustar archive with one file, as `tar cf - PATH` writes it (kubectl cp reads it with
+/// Go's archive/tar, which checks the header checksum).
+fn tar_of(path: &str, content: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    let name = path.trim_start_matches('/').as_bytes();
+    header[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+    let mut field = |at: usize, width: usize, value: u64| {
+        let text = format!("{value:0w$o}\0", w = width - 1);
+        header[at..at + width].copy_from_slice(text.as_bytes());
+    };
+    field(100, 8, 0o644);
+    field(108, 8, 0);
+    field(116, 8, 0);
+    field(124, 12, content.len() as u64);
+    field(136, 12, 1_700_000_000);
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = header.to_vec();
+    out.extend_from_slice(content);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// The echo shell: `greeting` first, then each stdin line back, until `exit`.
+async fn shell(ws: WebSocketUpgrade, greeting: &'static str) -> impl IntoResponse {
+    ws.protocols([V5]).on_upgrade(move |mut socket| async move {
+        if socket.send(frame(1, greeting.as_bytes())).await.is_err() {
             return;
         }
         let mut pending = Vec::new();
@@ -126,13 +196,8 @@ async fn exec(ws: WebSocketUpgrade) -> impl IntoResponse {
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 if line.trim_ascii() == b"exit" {
-                    let status = br#"{"metadata":{},"status":"Success"}"#;
-                    let _ = socket.send(frame(3, status)).await;
-                    let normal = axum::extract::ws::CloseFrame {
-                        code: 1000,
-                        reason: "".into(),
-                    };
-                    let _ = socket.send(Message::Close(Some(normal))).await;
+                    let _ = socket.send(frame(3, SUCCESS)).await;
+                    let _ = socket.send(normal_close()).await;
                     return;
                 }
                 if socket.send(frame(1, &line)).await.is_err() {
