@@ -82,7 +82,7 @@ description = "A shell in payments' pods"
 max_duration = "1h"
 requesters = ["group:devs"]
 approvals_required = 0
-kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:edit"], verbs = ["get", "create"], resources = ["pods", "pods/exec", "pods/attach"] }}
+kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:edit"], verbs = ["get", "create"], resources = ["pods", "pods/exec", "pods/attach", "pods/portforward"] }}
 
 [[profiles]]
 name = "exec-get-only"
@@ -771,9 +771,10 @@ fn a_followed_log_ends_at_expiry_and_exec_is_create_and_ends_with_a_revoke() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let after = start.elapsed();
-    assert!(!shell.wait().unwrap().success(), "the cut exec fails");
+    let status = shell.wait().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+    assert!(!status.success(), "the cut exec fails: {status:?} {said:?}");
     assert!(
         said.iter().any(|l| l.contains(&format!(
             "jitgate: grant {} ended at",
@@ -879,7 +880,7 @@ fn attach_and_cp_pass_through_as_create_on_their_subresources() {
     let dest = alice.user.home.join("motd");
     let from = format!("{ns}/web-1:/etc/motd");
     ok(&alice.run(&["cp", &from, dest.to_str().unwrap()]));
-    assert_eq!(std::fs::read(&dest).unwrap(), common::kubelet::CP_CONTENT);
+    assert_eq!(std::fs::read(&dest).unwrap(), common::kube::CP_CONTENT);
 
     let mut attached = alice
         .command(&["attach", "-i", "-q", "web-1", "-n", ns])
@@ -893,4 +894,144 @@ fn attach_and_cp_pass_through_as_create_on_their_subresources() {
     let out = attached.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "attached to the stand-in container\nhi\n");
+}
+
+/// A TCP echo server on 127.0.0.1, standing for a port in the pod (the stand-in kubelet
+/// forwards a pod's port N to 127.0.0.1:N).
+fn echo_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = conn.try_clone().unwrap();
+                let mut writer = conn;
+                let _ = std::io::copy(&mut reader, &mut writer);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn port_forward_and_spdy_streams_pass_and_end_with_their_grant() {
+    use std::io::{BufRead, Read, Write};
+    let stand = stand();
+    let ns = &stand.ns;
+    let alice = Kubectl::new(&stand, "alice", "devs");
+    alice.request("exec-get-only", "30m");
+    let remote = echo_server();
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ports = format!("{local}:{remote}");
+    refused(
+        &alice.run(&["port-forward", "web-1", "-n", ns, &ports]),
+        &format!("jitgate: no active grant allows create pods/portforward \"web-1\" in namespace \"{ns}\""),
+    );
+    let grant = alice.request("payments-exec", "30m");
+
+    let mut forward = alice
+        .command(&["port-forward", "web-1", "-n", ns, &ports])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = timed_lines(forward.stdout.take().unwrap());
+    let errors = timed_lines(forward.stderr.take().unwrap());
+    let (_, first) = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("port-forward starts");
+    assert!(
+        first.starts_with(&format!("Forwarding from 127.0.0.1:{local} -> {remote}")),
+        "{first}"
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(b"ping through the proxy\n").unwrap();
+    let mut echoed = String::new();
+    std::io::BufReader::new(conn.try_clone().unwrap())
+        .read_line(&mut echoed)
+        .unwrap();
+    assert_eq!(echoed, "ping through the proxy\n");
+
+    // A revoke ends the forward: the open connection closes and kubectl says so.
+    alice
+        .user
+        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
+        .success();
+    let revoked = Instant::now();
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    let closed = revoked.elapsed();
+    assert!(
+        closed < Duration::from_secs(2),
+        "the forwarded connection stayed open {closed:?}"
+    );
+    let start = Instant::now();
+    while forward.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = forward.kill();
+    let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("lost connection to pod") || l.contains("jitgate: grant")),
+        "{said:?}"
+    );
+
+    // exec over SPDY end to end (as kubectl before WebSockets, or with them turned off): the
+    // cut names the grant on the error stream there too.
+    let grant = alice.request("payments-exec", "30m");
+    let mut shell = alice
+        .command(&["exec", "-i", "web-1", "-n", ns, "--", "sh"])
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    let lines = timed_lines(shell.stdout.take().unwrap());
+    let errors = timed_lines(shell.stderr.take().unwrap());
+    stdin.write_all(b"over spdy\n").unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (_, l) = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{seen:?} {:?}", errors.try_iter().collect::<Vec<_>>()));
+        seen.push(l);
+    }
+    assert_eq!(seen, ["stand-in shell ready", "over spdy"]);
+    alice
+        .user
+        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
+        .success();
+    let start = Instant::now();
+    while shell.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the SPDY exec outlived the revoke"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let after = start.elapsed();
+    let status = shell.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+    assert!(!status.success(), "the cut SPDY exec fails: {status:?} {said:?}");
+    assert!(
+        said.iter().any(|l| l.contains(&format!(
+            "jitgate: grant {} ended at",
+            grant["grant_id"].as_str().unwrap()
+        ))),
+        "kubectl says why: {said:?}"
+    );
+    assert!(
+        after < Duration::from_millis(100),
+        "ended {after:?} after `jitgate revoke` returned"
+    );
+    drop(stdin);
 }

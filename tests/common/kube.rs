@@ -1,6 +1,7 @@
 //! A real Kubernetes control plane for the tests: etcd and kube-apiserver with RBAC, built
-//! from the Kubernetes modules by scripts/test (tests/kube/build.sh) into .cache/kube, and
-//! real kubectl from the same build. Static tokens name an admin (for set-up) and the
+//! from the Kubernetes modules by scripts/test (tests/kube/build.sh) into .cache/kube, real
+//! kubectl from the same build, and a stand-in kubelet (tests/kube/cluster/kubelet.go: the
+//! kubelet's own streaming code over a make-believe container) that one Node names. Static tokens name an admin (for set-up) and the
 //! proxy, whose only power is to impersonate. Both processes end with the test process:
 //! they exit when their stdin, a pipe this process holds, closes.
 
@@ -16,6 +17,8 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 pub const PROXY_TOKEN: &str = "jitgate-proxy-token-for-tests";
 /// The one node, whose kubelet is the stand-in (tests/common/kubelet.rs).
 pub const NODE: &str = "stand-in-node";
+/// What every file holds for `kubectl cp` out of a pod (tests/kube/cluster/kubelet.go).
+pub const CP_CONTENT: &[u8] = b"copied out of the stand-in pod through the proxy\n";
 
 pub struct Cluster {
     /// `https://127.0.0.1:PORT`
@@ -156,18 +159,28 @@ impl Cluster {
         };
         cluster.wait_ready();
         cluster.apply(PROXY_RBAC);
-        cluster.add_node(super::kubelet::start());
+        let kubelet_port = free_port();
+        let kubelet = spawn(
+            &bin.join("kubelet"),
+            &[format!("--listen=127.0.0.1:{kubelet_port}")],
+            &cluster.dir.join("kubelet.log"),
+            None,
+        );
+        let mut cluster = cluster;
+        cluster._processes.push(kubelet);
+        cluster.add_node(([127, 0, 0, 1], kubelet_port).into());
         cluster
     }
 
-    /// A Node whose kubelet is the stand-in at `kubelet`; every test pod is bound to it.
+    /// A Node whose kubelet is the stand-in at `kubelet`; every test pod is bound to it. It
+    /// declares no `ExtendWebSocketsToKubelet`, as most kubelets, so the API server turns
+    /// kubectl's WebSocket streams into SPDY toward it.
     fn add_node(&self, kubelet: std::net::SocketAddr) {
         self.apply(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE}\n"));
         let status = serde_json::json!({
             "status": {
                 "addresses": [{ "type": "InternalIP", "address": kubelet.ip().to_string() }],
                 "daemonEndpoints": { "kubeletEndpoint": { "Port": kubelet.port() } },
-                "declaredFeatures": ["ExtendWebSocketsToKubelet"],
             }
         });
         let out = self.admin(&[
@@ -249,7 +262,7 @@ impl Cluster {
     }
 
     /// A namespace of this test's own, with each group bound to a ClusterRole (`test-view`,
-    /// `test-edit`) in it, and one pod object (no kubelet runs it).
+    /// `test-edit`) in it, and one pod on the stand-in node, said to be running.
     pub fn namespace(&self, prefix: &str, bindings: &[(&str, &str)]) -> String {
         let ns = format!("{prefix}-{}", super::random_suffix());
         let mut yaml = format!(
@@ -261,6 +274,24 @@ impl Cluster {
             ));
         }
         self.apply(&yaml);
+        // No kubelet reports on it: say it runs, as kubectl port-forward wants.
+        let running = r#"{"status":{"phase":"Running"}}"#;
+        let out = self.admin(&[
+            "patch",
+            "pod",
+            "web-1",
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            running,
+        ]);
+        assert!(
+            out.status.success(),
+            "patch pod status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ns
     }
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 pub mod idp;
 pub mod kube;
-pub mod kubelet;
 pub mod nginx;
 pub mod sshd;
 pub mod upstream;

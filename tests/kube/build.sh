@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver, etcd and kubectl in one binary, from the
+# Builds the test control plane (kube-apiserver, etcd, kubectl and a stand-in kubelet in one binary, from the
 # published Kubernetes modules; see cluster/go.mod) into DIR, once per version: the tests
 # find it there. Usage: tests/kube/build.sh DIR
 set -euo pipefail
@@ -24,5 +24,5 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$bin.tmp" .
 mv "$bin.tmp" "$bin"
-for name in kube-apiserver etcd kubectl; do ln -sf kube-cluster "$out/$name"; done
+for name in kube-apiserver etcd kubectl kubelet; do ln -sf kube-cluster "$out/$name"; done
 echo "$want" > "$stamp"

@@ -194,15 +194,32 @@ impl Forward<'_> {
             Attrs::Resource(r) => super::describe(r, &cluster),
             Attrs::NonResource { path, .. } => path.to_string(),
         };
-        // The channel protocols carry an exit Status on channel 3: a cut can say why there.
-        let channels = resp
-            .headers()
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|p| matches!(p.trim(), "v5.channel.k8s.io" | "v4.channel.k8s.io"));
-        let last = channels.then(|| {
+        // Where the error stream is, and what it carries, by the protocol agreed.
+        let agreed = |name: header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_ascii_lowercase())
+                .unwrap_or_default()
+        };
+        let upgrade_to = agreed(header::UPGRADE);
+        let framing = if upgrade_to == "websocket" {
+            matches!(
+                agreed(header::SEC_WEBSOCKET_PROTOCOL).as_str(),
+                "v5.channel.k8s.io" | "v4.channel.k8s.io"
+            )
+            .then_some(stream::Framing::Channels)
+        } else if upgrade_to == "spdy/3.1" {
+            let version = agreed(header::HeaderName::from_static("x-stream-protocol-version"));
+            Some(stream::Framing::Spdy {
+                status: version == "v4.channel.k8s.io",
+            })
+        } else {
+            None
+        };
+        let last = framing.map(|f| {
             let held = Arc::clone(&held);
-            move || cut_message(&held)
+            (f, move || cut_message(&held))
         });
         tokio::spawn(async move {
             // The cut is watched from the start, the upgrade's completion included.

@@ -1,25 +1,74 @@
 //! An upgraded stream (exec, attach, port-forward) between kubectl and the API server, held
-//! until either side ends it or its grant is cut. For the Kubernetes WebSocket channel
-//! protocols (`v4`/`v5.channel.k8s.io`) the proxy follows the frames the server sends, so
-//! that a cut can end the stream as the kubelet ends one: a Status on the error channel
-//! (kubectl prints its message and fails) and a close frame. Nothing is parsed on the way in;
-//! on the way out only frame headers are read (written by hand: no WebSocket crate reads a
-//! stream it did not open, frame by frame, without taking it over).
+//! until either side ends it or its grant is cut. The proxy follows the frames the server
+//! sends, so that a cut can end the stream as the kubelet ends one, with the reason on the
+//! error stream (kubectl prints it and fails) rather than a bare close that kubectl would
+//! take for success:
+//! - the WebSocket channel protocols (`v4`/`v5.channel.k8s.io`): a Status on channel 3, then
+//!   a close frame;
+//! - SPDY/3.1: a data frame on stream 1, which client-go always opens first as the error
+//!   stream, then that stream's FIN. The error stream carries a Status for the `v4`
+//!   remote-command protocol and plain text otherwise (older protocols, port-forward).
+//!
+//! Nothing is parsed on the way in; on the way out only frame headers are read (by hand: no
+//! WebSocket or SPDY crate reads a stream it did not open, frame by frame, without taking it
+//! over).
 
 use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// What a cut says on a channel-protocol WebSocket: a binary frame on channel 3 with a
-/// Failure Status, then a normal close.
-fn last_frames(message: &str) -> Vec<u8> {
-    let status = serde_json::json!({
+/// How the server's side of an upgraded stream is framed, so that last words can follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// `v4`/`v5.channel.k8s.io` over WebSocket.
+    Channels,
+    /// SPDY/3.1; whether the error stream carries a Status (`v4.channel.k8s.io`).
+    Spdy { status: bool },
+}
+
+fn failure_status(message: &str) -> String {
+    serde_json::json!({
         "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": "Expired",
     })
-    .to_string();
+    .to_string()
+}
+
+/// What a cut says, framed for the stream.
+fn last_frames(framing: Framing, message: &str) -> Vec<u8> {
+    match framing {
+        Framing::Channels => channel_frames(message),
+        Framing::Spdy { status } => {
+            let payload = if status {
+                failure_status(message)
+            } else {
+                message.to_owned()
+            };
+            let mut out = Vec::with_capacity(payload.len() + 16);
+            spdy_data(&mut out, ERROR_STREAM, 0, payload.as_bytes());
+            spdy_data(&mut out, ERROR_STREAM, SPDY_FIN, &[]);
+            out
+        }
+    }
+}
+
+/// client-go opens the error stream first, and a client's first SPDY stream is 1.
+const ERROR_STREAM: u32 = 1;
+const SPDY_FIN: u8 = 0x01;
+
+fn spdy_data(out: &mut Vec<u8>, stream: u32, flags: u8, payload: &[u8]) {
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.push(flags);
+    let len = payload.len().min(0xff_ffff) as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&payload[..len as usize]);
+}
+
+/// A binary frame on channel 3 with a Failure Status, then a normal close.
+fn channel_frames(message: &str) -> Vec<u8> {
+    let status = failure_status(message);
     let mut payload = Vec::with_capacity(status.len() + 1);
     payload.push(3u8);
     payload.extend_from_slice(status.as_bytes());
@@ -124,13 +173,83 @@ impl Frames {
 /// After the client stops sending, how long the server's side may still finish.
 const HALF_CLOSED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Where the server-to-client SPDY stream stands: 8-byte frame headers (data and control
+/// frames alike end their header with a 24-bit length), then that many bytes.
+#[derive(Default)]
+struct SpdyFrames {
+    header: Vec<u8>,
+    remaining: u32,
+    in_flight: bool,
+}
+
+impl SpdyFrames {
+    fn at_frame_boundary(&self) -> bool {
+        !self.in_flight && self.header.is_empty() && self.remaining == 0
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let take = (self.remaining as usize).min(data.len());
+                self.remaining -= take as u32;
+                data = &data[take..];
+                continue;
+            }
+            self.header.push(data[0]);
+            data = &data[1..];
+            if self.header.len() == 8 {
+                let h = &self.header;
+                self.remaining = u32::from_be_bytes([0, h[5], h[6], h[7]]);
+                self.header.clear();
+            }
+        }
+    }
+}
+
+/// Follows the server's frames for one framing.
+enum Tracker {
+    Channels(Frames),
+    Spdy(SpdyFrames),
+}
+
+impl Tracker {
+    fn new(framing: Framing) -> Tracker {
+        match framing {
+            Framing::Channels => Tracker::Channels(Frames::new()),
+            Framing::Spdy { .. } => Tracker::Spdy(SpdyFrames::default()),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        match self {
+            Tracker::Channels(f) => f.feed(data),
+            Tracker::Spdy(f) => f.feed(data),
+        }
+    }
+
+    fn set_in_flight(&mut self, on: bool) {
+        match self {
+            Tracker::Channels(f) => f.in_flight = on,
+            Tracker::Spdy(f) => f.in_flight = on,
+        }
+    }
+
+    /// Whether a frame of the proxy's own may be written now.
+    fn may_add(&self) -> bool {
+        match self {
+            Tracker::Channels(f) => f.at_message_boundary(),
+            Tracker::Spdy(f) => f.at_frame_boundary(),
+        }
+    }
+}
+
 /// Copies both ways until the server's side closes (or the client's, plus a short grace)
-/// or `cut` resolves; on a cut, a channel-protocol WebSocket gets the message `last` makes
-/// when the server's side is between messages and nothing is half written.
+/// or `cut` resolves; on a cut, a stream whose framing is known gets the message `last`
+/// makes when the server's side is between frames and nothing is half written.
 pub(super) async fn splice<C, U>(
     client: C,
     upstream: U,
-    last: Option<impl FnOnce() -> String>,
+    last: Option<(Framing, impl FnOnce() -> String)>,
     cut: impl Future<Output = ()>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -138,7 +257,7 @@ pub(super) async fn splice<C, U>(
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    let mut frames = Frames::new();
+    let mut tracker = last.as_ref().map(|(framing, _)| Tracker::new(*framing));
     let up = async {
         let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
         let _ = upstream_write.shutdown().await;
@@ -151,14 +270,16 @@ pub(super) async fn splice<C, U>(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if last.is_some() {
-                frames.feed(&buf[..n]);
-                frames.in_flight = true;
+            if let Some(t) = tracker.as_mut() {
+                t.feed(&buf[..n]);
+                t.set_in_flight(true);
             }
             if client_write.write_all(&buf[..n]).await.is_err() {
                 break;
             }
-            frames.in_flight = false;
+            if let Some(t) = tracker.as_mut() {
+                t.set_in_flight(false);
+            }
         }
         let _ = client_write.shutdown().await;
     };
@@ -167,10 +288,10 @@ pub(super) async fn splice<C, U>(
         _ = down => return,
         _ = cut => {}
     }
-    if let Some(last) = last.filter(|_| frames.at_message_boundary()) {
+    if let Some((framing, last)) = last.filter(|_| tracker.as_ref().is_some_and(Tracker::may_add)) {
         // Bounded: a client that does not read its last words does not hold the task.
         let _ = tokio::time::timeout(std::time::Duration::from_millis(100), async {
-            let _ = client_write.write_all(&last_frames(&last())).await;
+            let _ = client_write.write_all(&last_frames(framing, &last())).await;
             let _ = client_write.shutdown().await;
         })
         .await;
@@ -212,12 +333,35 @@ mod tests {
 
     #[test]
     fn last_words_are_a_status_on_channel_3_and_a_close() {
-        let bytes = last_frames("jitgate: grant g ended");
+        let bytes = last_frames(Framing::Channels, "jitgate: grant g ended");
         assert_eq!(bytes[0], 0x82);
         let len = bytes[1] as usize;
         assert_eq!(bytes[2], 3);
         let status: serde_json::Value = serde_json::from_slice(&bytes[3..2 + len]).unwrap();
         assert_eq!(status["status"], "Failure");
         assert_eq!(&bytes[2 + len..], &[0x88, 2, 0x03, 0xE8]);
+    }
+
+    #[test]
+    fn spdy_frames_are_followed_and_last_words_go_on_stream_1() {
+        let mut f = SpdyFrames::default();
+        let mut stream = Vec::new();
+        spdy_data(&mut stream, 5, 0, &[7; 1000]);
+        // A control frame (SYN_REPLY) has the same 24-bit length at the same place.
+        stream.extend_from_slice(&[0x80, 0x03, 0x00, 0x02, 0x00, 0x00, 0x00, 0x04, 0, 0, 0, 3]);
+        for chunk in stream.chunks(3) {
+            f.feed(chunk);
+        }
+        assert!(f.at_frame_boundary());
+        f.feed(&[0, 0, 0, 5, 0, 0, 0, 9, 1, 2]);
+        assert!(!f.at_frame_boundary());
+        let bytes = last_frames(Framing::Spdy { status: true }, "jitgate: grant g ended");
+        assert_eq!(&bytes[..5], &[0, 0, 0, 1, 0]);
+        let len = u32::from_be_bytes([0, bytes[5], bytes[6], bytes[7]]) as usize;
+        let status: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+        assert_eq!(status["message"], "jitgate: grant g ended");
+        assert_eq!(&bytes[8 + len..], &[0, 0, 0, 1, SPDY_FIN, 0, 0, 0]);
+        let plain = last_frames(Framing::Spdy { status: false }, "bye");
+        assert_eq!(&plain[8..11], b"bye");
     }
 }
