@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod idp;
 pub mod kube;
+pub mod kubectl;
 pub mod nginx;
 pub mod sshd;
 pub mod upstream;
