@@ -580,3 +580,54 @@ fn port_forward_and_spdy_streams_pass_and_end_with_their_grant() {
     );
     drop(stdin);
 }
+
+#[test]
+fn a_cut_in_the_middle_of_busy_output_still_names_the_grant() {
+    let stand = stand();
+    let ns = &stand.ns;
+    let alice = Kubectl::new(&stand, "alice", "devs");
+    // Over WebSocket (kubectl's default) and over SPDY, while the server sends without
+    // pause: the cut waits for the frame in flight, then says why.
+    for websockets in ["true", "false"] {
+        let grant = alice.request("payments-exec", "30m");
+        let id = grant["grant_id"].as_str().unwrap().to_owned();
+        let mut busy = alice
+            .command(&["exec", "web-1", "-n", ns, "--", "yes"])
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = timed_lines(busy.stdout.take().unwrap());
+        let errors = timed_lines(busy.stderr.take().unwrap());
+        for _ in 0..200 {
+            lines.recv_timeout(Duration::from_secs(20)).expect("busy output");
+        }
+        alice.user.run(&["revoke", &id], None).success();
+        let start = Instant::now();
+        while busy.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the busy exec outlived the revoke"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let after = start.elapsed();
+        let status = busy.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+        assert!(
+            !status.success(),
+            "websockets={websockets}: the cut exec fails: {said:?}"
+        );
+        assert!(
+            said.iter()
+                .any(|l| l.contains(&format!("jitgate: grant {id} ended at"))),
+            "websockets={websockets}: kubectl says why: {said:?}"
+        );
+        assert!(
+            after < Duration::from_millis(200),
+            "websockets={websockets}: ended {after:?} after the revoke"
+        );
+    }
+}

@@ -11,7 +11,7 @@ version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ { print $2; exit } $1 == "
 minor=$(echo "$version" | cut -d. -f2)
 bin="$out/kube-cluster"
 stamp="$out/built-from"
-want="$version $(cat "$here/cluster/go.mod" "$here/cluster/go.sum" "$here/cluster/main.go" | sha256sum | cut -c1-16)"
+want="$version $(cat "$here/cluster/go.mod" "$here/cluster/go.sum" "$here"/cluster/*.go | sha256sum | cut -c1-16)"
 if [ -x "$bin" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi

@@ -203,7 +203,13 @@ impl Forward<'_> {
                 .unwrap_or_default()
         };
         let upgrade_to = agreed(header::UPGRADE);
-        let framing = if upgrade_to == "websocket" {
+        // Only exec and attach have an error stream to speak on; a port-forward's
+        // connections just close, and kubectl reports them lost.
+        let remote_command =
+            matches!(self.attrs, Attrs::Resource(r) if matches!(r.subresource, Some("exec" | "attach")));
+        let framing = if !remote_command {
+            None
+        } else if upgrade_to == "websocket" {
             matches!(
                 agreed(header::SEC_WEBSOCKET_PROTOCOL).as_str(),
                 "v5.channel.k8s.io" | "v4.channel.k8s.io"

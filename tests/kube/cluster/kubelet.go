@@ -5,8 +5,9 @@ package main
 // kubelet's own streaming code (k8s.io/cri-streaming: SPDY and WebSocket, as a kubelet
 // negotiates them) in front of a make-believe container:
 //   - its logs are three lines, then with follow=true one more every 20 ms;
-//   - exec and attach run an echo shell (each stdin line back on stdout until "exit"), and
-//     `tar cf - PATH` (what `kubectl cp` runs) writes an archive of PATH holding CPContent;
+//   - exec and attach run an echo shell (each stdin line back on stdout until "exit");
+//     `tar cf - PATH` (what `kubectl cp` runs) writes an archive of PATH holding CPContent,
+//     and `yes` writes lines without end (busy output, for cuts mid-frame);
 //   - port-forward to port N reaches 127.0.0.1:N on this machine.
 
 import (
@@ -98,6 +99,14 @@ type container struct{}
 func (container) ExecInContainer(_ context.Context, _, _, _ string, cmd []string, in io.Reader, out, _ io.WriteCloser, _ bool, _ <-chan remotecommand.TerminalSize, _ time.Duration) error {
 	if len(cmd) == 4 && cmd[0] == "tar" && cmd[1] == "cf" && cmd[2] == "-" {
 		return writeTar(out, cmd[3])
+	}
+	if len(cmd) == 1 && cmd[0] == "yes" && out != nil {
+		line := []byte(strings.Repeat("y", 1000) + "\n")
+		for {
+			if _, err := out.Write(line); err != nil {
+				return err
+			}
+		}
 	}
 	return echoShell(in, out, "stand-in shell ready\n")
 }
