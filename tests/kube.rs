@@ -301,36 +301,8 @@ fn a_followed_log_ends_at_expiry_and_exec_is_create_and_ends_with_a_revoke() {
     stdin.flush().unwrap();
     assert_eq!(next(&lines), "hello through the proxy");
 
-    let revoked = Instant::now();
-    alice
-        .user
-        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
-        .success();
-    let returned = revoked.elapsed();
-    let start = Instant::now();
-    while shell.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the shell outlived the revoke"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let after = start.elapsed();
-    let status = shell.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
-    assert!(!status.success(), "the cut exec fails: {status:?} {said:?}");
-    assert!(
-        said.iter().any(|l| l.contains(&format!(
-            "jitgate: grant {} ended at",
-            grant["grant_id"].as_str().unwrap()
-        ))),
-        "kubectl says why: {said:?}"
-    );
-    assert!(
-        after < Duration::from_millis(100),
-        "ended {after:?} after `jitgate revoke` returned ({returned:?})"
-    );
+    let id = grant["grant_id"].as_str().unwrap();
+    revoked_mid_stream(&alice, id, &mut shell, &errors, Duration::from_millis(100));
     drop(stdin);
 
     // With a new grant, exec runs to its own end with its exit status.
@@ -550,35 +522,40 @@ fn port_forward_and_spdy_streams_pass_and_end_with_their_grant() {
         seen.push(l);
     }
     assert_eq!(seen, ["stand-in shell ready", "over spdy"]);
-    alice
-        .user
-        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
-        .success();
+    let id = grant["grant_id"].as_str().unwrap();
+    revoked_mid_stream(&alice, id, &mut shell, &errors, Duration::from_millis(100));
+    drop(stdin);
+}
+
+/// Revokes the grant `id` while `kubectl` streams, and checks how it ends: within `within`
+/// of `jitgate revoke` returning, failing, and saying why on stderr (`errors`).
+fn revoked_mid_stream(
+    alice: &Kubectl,
+    id: &str,
+    kubectl: &mut std::process::Child,
+    errors: &std::sync::mpsc::Receiver<(Instant, String)>,
+    within: Duration,
+) {
+    alice.user.run(&["revoke", id], None).success();
     let start = Instant::now();
-    while shell.try_wait().unwrap().is_none() {
+    while kubectl.try_wait().unwrap().is_none() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "the SPDY exec outlived the revoke"
+            "the stream outlived the revoke"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
     let after = start.elapsed();
-    let status = shell.wait().unwrap();
+    let status = kubectl.wait().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
-    assert!(!status.success(), "the cut SPDY exec fails: {status:?} {said:?}");
+    assert!(!status.success(), "the cut stream fails: {status:?} {said:?}");
     assert!(
-        said.iter().any(|l| l.contains(&format!(
-            "jitgate: grant {} ended at",
-            grant["grant_id"].as_str().unwrap()
-        ))),
+        said.iter()
+            .any(|l| l.contains(&format!("jitgate: grant {id} ended at"))),
         "kubectl says why: {said:?}"
     );
-    assert!(
-        after < Duration::from_millis(100),
-        "ended {after:?} after `jitgate revoke` returned"
-    );
-    drop(stdin);
+    assert!(after < within, "ended {after:?} after `jitgate revoke` returned");
 }
 
 #[test]
@@ -603,31 +580,7 @@ fn a_cut_in_the_middle_of_busy_output_still_names_the_grant() {
         for _ in 0..200 {
             lines.recv_timeout(Duration::from_secs(20)).expect("busy output");
         }
-        alice.user.run(&["revoke", &id], None).success();
-        let start = Instant::now();
-        while busy.try_wait().unwrap().is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "the busy exec outlived the revoke"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let after = start.elapsed();
-        let status = busy.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
-        assert!(
-            !status.success(),
-            "websockets={websockets}: the cut exec fails: {said:?}"
-        );
-        assert!(
-            said.iter()
-                .any(|l| l.contains(&format!("jitgate: grant {id} ended at"))),
-            "websockets={websockets}: kubectl says why: {said:?}"
-        );
-        assert!(
-            after < Duration::from_millis(200),
-            "websockets={websockets}: ended {after:?} after the revoke"
-        );
+        eprintln!("exec with KUBECTL_REMOTE_COMMAND_WEBSOCKETS={websockets}");
+        revoked_mid_stream(&alice, &id, &mut busy, &errors, Duration::from_millis(200));
     }
 }

@@ -50,6 +50,28 @@ fn lock_session() -> Result<fs::File, CliError> {
     Ok(file)
 }
 
+/// Writes `bytes` to `path` whole, readable by the owner alone, in a folder only the owner
+/// may enter. A temporary file of this process's own first: two commands writing at once
+/// must not write into one file, and a reader never sees half of it.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), CliError> {
+    let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    let fail = |e: std::io::Error| CliError::Refused(format!("cannot write {}: {e}", path.display()));
+    fs::create_dir_all(&dir).map_err(fail)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(bytes).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    fs::rename(&tmp, path).map_err(fail)
+}
+
 pub fn home() -> Result<PathBuf, CliError> {
     if let Some(h) = std::env::var_os("JITGATE_HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(h));
@@ -105,29 +127,9 @@ impl Session {
     }
 
     pub fn save(&self) -> Result<PathBuf, CliError> {
-        let dir = home()?;
-        let fail = |e: std::io::Error| CliError::Refused(format!("cannot write {}: {e}", dir.display()));
-        fs::create_dir_all(&dir).map_err(fail)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
-        let path = dir.join(SESSION_FILE);
-        // A temporary file of this process's own: two commands saving at once must not
-        // write into one file.
-        let tmp = dir.join(format!(".session.json.{}.tmp", std::process::id()));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(
-            serde_json::to_string_pretty(self)
-                .expect("session serializes")
-                .as_bytes(),
-        )
-        .map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        fs::rename(&tmp, &path).map_err(fail)?;
+        let path = home()?.join(SESSION_FILE);
+        let text = serde_json::to_string_pretty(self).expect("session serializes");
+        write_private(&path, text.as_bytes())?;
         Ok(path)
     }
 

@@ -4,9 +4,6 @@
 //! token for the one cluster, reused from `$JITGATE_HOME/kube/` while it has time left.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -15,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::client::{home, Api, Session};
+use super::client::{home, write_private, Api, Session};
 use super::{CliError, CliResult, Output};
 use crate::time::Timestamp;
 
@@ -255,26 +252,4 @@ pub async fn kube_credential(cluster: &str) -> CliResult {
     });
     println!("{credential}");
     Ok(())
-}
-
-/// Writes `bytes` to `path` readable by the owner alone, replacing it whole.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let fail = |e: std::io::Error| CliError::Refused(format!("cannot write {}: {e}", path.display()));
-    let dir: PathBuf = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    fs::create_dir_all(&dir).map_err(fail)?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(fail)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(bytes).map_err(fail)?;
-    fs::rename(&tmp, path).map_err(fail)
 }

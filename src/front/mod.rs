@@ -7,4 +7,5 @@ pub mod kube;
 pub mod ssh;
 pub mod throttle;
 pub mod tls;
+pub mod upstream_tls;
 pub mod web;

@@ -5,22 +5,15 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::http::HeaderValue;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use moka::future::Cache;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 
 use crate::config::{KubeCluster, KubeCredential, KubeTls};
+use crate::front::upstream_tls::{self, AcceptOnly};
 
-pub type KubeClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type KubeClient = upstream_tls::UpstreamClient;
 
-const POOL_IDLE: Duration = Duration::from_secs(50);
 /// A rotated service account token is picked up within this long (client-go re-reads its
 /// token file every minute too).
 const TOKEN_REREAD: Duration = Duration::from_secs(60);
@@ -91,58 +84,23 @@ impl Upstream {
 }
 
 fn build_clients(cluster: &KubeCluster) -> Result<(KubeClient, KubeClient), String> {
-    let tls = tls_config(cluster)?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(cluster.connect_timeout));
-    let pooled = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls.clone())
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http.clone());
-    let h1 = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .wrap_connector(http);
-    let build = |connector, idle| {
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(idle)
-            .build(connector)
-    };
-    Ok((build(pooled, 64), build(h1, 0)))
+    Ok(upstream_tls::clients(
+        tls_config(cluster)?,
+        cluster.connect_timeout,
+        false,
+    ))
 }
 
 fn tls_config(cluster: &KubeCluster) -> Result<rustls::ClientConfig, String> {
     let name = &cluster.name;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+    let builder = upstream_tls::builder()?;
     let builder = match &cluster.tls {
         KubeTls::CaFile(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("cluster {name:?}: ca_file {}: {e}", path.display()))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("cluster {name:?}: ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("cluster {name:?}: ca_file {}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!(
-                    "cluster {name:?}: ca_file {} holds no certificate",
-                    path.display()
-                ));
-            }
-            builder.with_root_certificates(roots)
+            builder.with_root_certificates(upstream_tls::roots(path, &format!("cluster {name:?}: ca_file"))?)
         }
         KubeTls::InsecureSkipVerify => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification { provider })),
+            .with_custom_certificate_verifier(AcceptOnly::new(None)),
     };
     match &cluster.credential {
         KubeCredential::TokenFile(_) => Ok(builder.with_no_client_auth()),
@@ -161,47 +119,5 @@ fn tls_config(cluster: &KubeCluster) -> Result<rustls::ClientConfig, String> {
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| format!("cluster {name:?}: client certificate: {e}"))
         }
-    }
-}
-
-/// `insecure_skip_verify`: any certificate passes, though the handshake's signature is
-/// still checked against it. For throwaway test clusters only; the proxy warns at start.
-#[derive(Debug)]
-struct NoVerification {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
