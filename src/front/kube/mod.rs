@@ -124,12 +124,6 @@ impl KubeFront {
         }
     }
 
-    pub fn cluster_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.clusters.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     /// Serves one request under `/k8s/`.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let rest = req.uri().path().strip_prefix(PREFIX).unwrap_or_default();

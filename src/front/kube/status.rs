@@ -8,15 +8,7 @@ use axum::http::{Response, StatusCode};
 /// A `Status` with `reason` (Forbidden, Unauthorized, NotFound, BadRequest, …) and a
 /// message for people.
 pub fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code.as_u16(),
-    });
+    let body = failure(code, reason, message);
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = code;
     resp.headers_mut()
@@ -45,19 +37,20 @@ pub fn unavailable(message: &str) -> Response<Body> {
 /// One watch event of type ERROR carrying a Status, as the API server ends a watch it can
 /// no longer serve (JSON watch framing: one object per line).
 pub fn watch_error_event(reason: &str, message: &str) -> bytes::Bytes {
-    let event = serde_json::json!({
-        "type": "ERROR",
-        "object": {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": 403,
-        }
-    });
+    let event = serde_json::json!({ "type": "ERROR", "object": failure(StatusCode::FORBIDDEN, reason, message) });
     let mut line = event.to_string().into_bytes();
     line.push(b'\n');
     line.into()
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
 }
