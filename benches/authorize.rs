@@ -54,6 +54,8 @@ fn profile(i: usize) -> AccessProfile {
         http: Some(HttpScope {
             apps: vec![AppScope::unrestricted(&format!("app-{i}"))],
         }),
+        notify: Vec::new(),
+        approve_in_chat: false,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::access::{
 };
 use crate::audit::AuditDraft;
 use crate::identity::token::random_id;
-use crate::live::Live;
+use crate::live::{CutReport, Live};
 use crate::store::{GrantFilter, RequestFilter, Store, StoreError};
 use crate::time::{format_duration, Timestamp};
 
@@ -526,6 +526,31 @@ impl Broker {
             active_only: !include_ended,
         };
         Ok(self.store.grants(filter).await?)
+    }
+
+    /// Records each cut of open connections in the audit log (`session.cut`): the proof that
+    /// access ended, and the event webhooks announce.
+    pub async fn record_cuts(self: Arc<Self>, mut reports: tokio::sync::mpsc::Receiver<CutReport>) {
+        while let Some(cut) = reports.recv().await {
+            let grant = match self.store.grant(&cut.grant_id).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(grant_id = %cut.grant_id, error = %e, "cannot look up a cut grant");
+                    None
+                }
+            };
+            let mut event = AuditDraft::new("session.cut", "system", grant.as_ref().map_or("", |g| g.user.as_str()))
+                .grant(&cut.grant_id)
+                .reason(Some(&cut.why))
+                .details(serde_json::json!({"connections": cut.connections}));
+            event.time = Some(cut.at);
+            if let Some(g) = &grant {
+                event = event.request(&g.request_id);
+            }
+            if let Err(e) = self.store.append_audit(vec![event]).await {
+                tracing::error!(grant_id = %cut.grant_id, error = %e, "cannot record the cut");
+            }
+        }
     }
 
     pub async fn pending_count(&self) -> Result<u64, BrokerError> {

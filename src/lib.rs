@@ -2,7 +2,7 @@
 //!
 //! The modules follow the boxes of the design: `access` is the protocol-free core, `store`
 //! and `audit` keep state, `identity` and `ca` mint credentials, `live` cuts connections,
-//! `front` holds every piece of protocol code and `cli` the client commands.
+//! `notify` tells Slack and webhooks, `front` holds every piece of protocol code and `cli` the client commands.
 
 pub mod access;
 pub mod audit;
@@ -13,6 +13,7 @@ pub mod config;
 pub mod front;
 pub mod identity;
 pub mod live;
+pub mod notify;
 pub mod server;
 pub mod store;
 pub mod time;

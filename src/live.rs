@@ -13,6 +13,17 @@ use crate::time::Timestamp;
 #[derive(Clone, Default)]
 pub struct Live {
     grants: Arc<Mutex<Registry>>,
+    /// Where cuts are reported, to be recorded (`session.cut`) and announced.
+    reports: Option<tokio::sync::mpsc::Sender<CutReport>>,
+}
+
+/// That the open connections of a grant were cut, and why.
+#[derive(Clone, Debug)]
+pub struct CutReport {
+    pub grant_id: String,
+    pub connections: usize,
+    pub why: String,
+    pub at: Timestamp,
 }
 
 #[derive(Default)]
@@ -82,6 +93,14 @@ impl Live {
         Live::default()
     }
 
+    /// A registry that reports each cut of open connections to `reports`.
+    pub fn reporting(reports: tokio::sync::mpsc::Sender<CutReport>) -> Self {
+        Live {
+            reports: Some(reports),
+            ..Live::default()
+        }
+    }
+
     /// Registers a connection under the grant that authorized it. The connection is cut at
     /// the grant's expiry even if nobody calls `cut`. Must be called inside a Tokio runtime.
     pub fn register(&self, auth: &Authorized) -> LiveHandle {
@@ -102,7 +121,12 @@ impl Live {
         }
         let entry = registry.open.entry(Arc::clone(&grant_id)).or_insert_with(|| {
             let cut = CancellationToken::new();
-            spawn_expiry_timer(cut.clone(), now.until(auth.expires_at()), Arc::clone(&grant_id));
+            spawn_expiry_timer(
+                self.clone(),
+                cut.clone(),
+                now.until(auth.expires_at()),
+                Arc::clone(&grant_id),
+            );
             GrantConnections { cut, open: 0 }
         });
         entry.open += 1;
@@ -128,6 +152,18 @@ impl Live {
             Some(e) => {
                 e.cut.cancel();
                 tracing::info!(grant_id, connections = e.open, why, "cut connections of grant");
+                if let Some(reports) = self.reports.as_ref().filter(|_| e.open > 0) {
+                    let report = CutReport {
+                        grant_id: grant_id.to_owned(),
+                        connections: e.open,
+                        why: why.to_owned(),
+                        at: Timestamp::now(),
+                    };
+                    // A full queue means the store is far behind; the cut itself has happened.
+                    if reports.try_send(report).is_err() {
+                        tracing::warn!(grant_id, "cut not recorded: the report queue is full");
+                    }
+                }
                 e.open
             }
             None => 0,
@@ -156,13 +192,13 @@ impl Live {
     }
 }
 
-fn spawn_expiry_timer(cut: CancellationToken, after: std::time::Duration, grant_id: Arc<str>) {
+fn spawn_expiry_timer(live: Live, cut: CancellationToken, after: std::time::Duration, grant_id: Arc<str>) {
     tokio::spawn(async move {
         tokio::select! {
             _ = cut.cancelled() => {}
             _ = tokio::time::sleep(after) => {
                 tracing::info!(grant_id = &*grant_id, "grant reached its expiry; cutting its connections");
-                cut.cancel();
+                live.cut(&grant_id, "expired");
             }
         }
     });

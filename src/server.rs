@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::ca::x509;
-use crate::config::{redact_url, Config};
+use crate::config::{redact_url, Config, NotifyTarget, TargetKind};
 use crate::front::api::{self, ApiState, LoginLimiter};
 use crate::front::apps;
 use crate::front::kube;
@@ -21,6 +21,7 @@ use crate::identity::oidc::Providers;
 use crate::identity::session::Sessions;
 use crate::identity::TokenIssuer;
 use crate::live::Live;
+use crate::notify::Notifier;
 use crate::store;
 use crate::time::Timestamp;
 
@@ -103,7 +104,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         server.token_lifetime,
         sources,
     );
-    let broker = Arc::new(Broker::new(policy, store, Live::new(), server.request_ttl));
+    let (cut_reports, cuts) = tokio::sync::mpsc::channel(1024);
+    let notify_targets: Vec<String> = config.notify.targets.iter().map(describe_target).collect();
+    let notifier = if config.notify.targets.is_empty() {
+        None
+    } else {
+        let notifier = Notifier::new(Arc::clone(&store), Arc::clone(&policy), config.notify, &public_url)
+            .map_err(ServeError::Setup)?;
+        Some(Arc::new(notifier))
+    };
+    let broker = Arc::new(Broker::new(
+        policy,
+        store,
+        Live::reporting(cut_reports),
+        server.request_ttl,
+    ));
     let ssh_cas = Arc::new(ssh_cas);
     let jump = ssh::JumpAddress::new(ssh_addr, &public_url);
     let recordings = server.data_dir.join("recordings");
@@ -170,6 +185,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             cluster.name
         );
     }
+    for target in &notify_targets {
+        println!("  notify:  {target}");
+    }
     println!(
         "  CA:      {}  SHA-256 {}",
         certs.ca_cert.display(),
@@ -198,9 +216,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tracing::info!(%public_url, store = %url, "serving");
 
     tokio::spawn(sweep_forever(Arc::clone(&broker), shutdown.clone()));
+    tokio::spawn(Arc::clone(&broker).record_cuts(cuts));
+    if let Some(notifier) = notifier {
+        tokio::spawn(notifier.run(shutdown.clone()));
+    }
     tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
     tls::serve(listener, tls_config, routes, shutdown).await;
     Ok(())
+}
+
+/// One line for the banner: where a target sends, without its secrets.
+fn describe_target(t: &NotifyTarget) -> String {
+    match &t.kind {
+        TargetKind::Slack { channel, .. } => format!("{} -> Slack {channel}", t.name),
+        // Only the origin: a webhook's path or query often carries a token.
+        TargetKind::Webhook { url, .. } => format!("{} -> webhook at {}", t.name, url.origin().ascii_serialization()),
+    }
 }
 
 /// Session recordings are for auditors only: the directory is the proxy user's alone.

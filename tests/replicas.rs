@@ -30,6 +30,8 @@ fn policy() -> Arc<Policy> {
         }),
         kube: None,
         http: None,
+        notify: Vec::new(),
+        approve_in_chat: false,
     };
     Arc::new(Policy::new(vec![profile], vec![]))
 }

@@ -222,6 +222,8 @@ fn build_profile(k: usize, spec: &ProfileSpec) -> AccessProfile {
         http: Some(HttpScope {
             apps: vec![AppScope::unrestricted(&format!("app{k}"))],
         }),
+        notify: Vec::new(),
+        approve_in_chat: false,
     }
 }
 

@@ -56,6 +56,8 @@ fn profile(name: &str, approvals_required: u32) -> AccessProfile {
         }),
         kube: None,
         http: None,
+        notify: Vec::new(),
+        approve_in_chat: false,
     }
 }
 

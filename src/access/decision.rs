@@ -52,6 +52,8 @@ impl Authorized {
             ssh: None,
             kube: None,
             http: None,
+            notify: Vec::new(),
+            approve_in_chat: false,
         };
         Authorized {
             grant_id: grant_id.into(),
@@ -267,6 +269,8 @@ mod tests {
                 names: vec![],
             }),
             http: None,
+            notify: Vec::new(),
+            approve_in_chat: false,
         }
     }
 

@@ -19,6 +19,11 @@ pub struct AccessProfile {
     pub ssh: Option<SshScope>,
     pub kube: Option<KubeScope>,
     pub http: Option<HttpScope>,
+    /// The `[[notify]]` targets told of this profile's requests and grants.
+    pub notify: Vec<String>,
+    /// Whether an approver may decide from a chat message's buttons (once their chat
+    /// account is linked to them), not only from the CLI or the console.
+    pub approve_in_chat: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -169,6 +174,50 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
 }
 
 impl AccessProfile {
+    /// What a grant of this profile lets its holder do, one line per protocol, in words.
+    pub fn scope_lines(&self) -> Vec<String> {
+        let mut lines = Vec::with_capacity(3);
+        if let Some(ssh) = &self.ssh {
+            let labels = ssh
+                .hosts
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let hosts = match (labels.is_empty(), ssh.host_names.is_empty()) {
+                (true, true) => "SSH to any host".to_owned(),
+                (false, true) => format!("SSH to hosts labelled {labels}"),
+                (true, false) => format!("SSH to {}", ssh.host_names.join(", ")),
+                (false, false) => format!("SSH to hosts labelled {labels} and to {}", ssh.host_names.join(", ")),
+            };
+            let forwarding = if ssh.port_forwarding {
+                ", with port forwarding"
+            } else {
+                ""
+            };
+            lines.push(format!("{hosts} as {}{forwarding}", ssh.logins.join(", ")));
+        }
+        if let Some(k) = &self.kube {
+            let groups = if k.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" (as groups {})", k.groups.join(", "))
+            };
+            lines.push(format!(
+                "Kubernetes clusters {}, namespaces {}: {} on {}{groups}",
+                k.clusters.join(", "),
+                k.namespaces.join(", "),
+                k.verbs.join(", "),
+                k.resources.join(", ")
+            ));
+        }
+        if let Some(h) = &self.http {
+            let apps: Vec<String> = h.apps.iter().map(AppScope::describe).collect();
+            lines.push(format!("Web apps {}", apps.join(", ")));
+        }
+        lines
+    }
+
     pub fn may_request(&self, who: &Identity) -> bool {
         Principal::any_matches(&self.requesters, who)
     }

@@ -339,6 +339,8 @@ mod tests {
             http: Some(HttpScope {
                 apps: vec![crate::access::AppScope::unrestricted("grafana")],
             }),
+            notify: Vec::new(),
+            approve_in_chat: false,
         }
     }
 

@@ -2,7 +2,6 @@
 //! unknown fields, then converted into a `Config` whose values cannot be wrong: durations
 //! parsed, principals parsed, profiles cross-checked. Every error names its path.
 
-use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,22 +9,27 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::access::{AccessProfile, HttpScope, KubeScope, Policy, Principal, SshScope};
+use crate::access::{Policy, Principal};
 use crate::time::parse_duration;
 
 /// The configuration `jitgate serve` uses when given no file.
 mod apps;
 mod auth;
 mod kube;
+mod notify;
+mod profiles;
 mod ssh;
 
-use apps::{validate_app_scopes, validate_apps, RawApp, RawAppScope};
+use apps::{validate_apps, RawApp};
 pub use apps::{AppConfig, UpstreamTls};
 
 use auth::{validate_auth, validate_oidc, RawAuth, RawOidc};
 pub use auth::{AuthConfig, OidcConfig};
-use kube::{resource_entry_ok, validate_kube, RawKubeSection, KUBE_VERBS};
+use kube::{validate_kube, RawKubeSection};
 pub use kube::{KubeCluster, KubeCredential, KubeTls};
+use notify::{validate_notify, RawDelivery, RawSlack, RawTarget};
+pub use notify::{webhook_key, Delivery, NotifyConfig, NotifyTarget, SecretBytes, SlackApp, TargetKind, NOTICE_EVENTS};
+use profiles::{check_host_names, validate_profiles, RawProfile};
 use ssh::{validate_ssh, RawSshSection};
 pub use ssh::{HostKeyCheck, SshConfig, SshHost};
 
@@ -40,6 +44,7 @@ pub struct Config {
     pub ssh: SshConfig,
     pub apps: Vec<AppConfig>,
     pub kube: Vec<KubeCluster>,
+    pub notify: NotifyConfig,
     pub policy: Policy,
     /// Where this configuration came from, for messages.
     pub source: String,
@@ -104,6 +109,11 @@ struct RawConfig {
     admins: Vec<String>,
     #[serde(default)]
     profiles: Vec<RawProfile>,
+    slack: Option<RawSlack>,
+    #[serde(default)]
+    notify: Vec<RawTarget>,
+    #[serde(default)]
+    notifications: RawDelivery,
 }
 
 #[derive(Deserialize, Default)]
@@ -122,63 +132,6 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProfile {
-    name: String,
-    #[serde(default)]
-    description: String,
-    max_duration: String,
-    requesters: Vec<String>,
-    #[serde(default)]
-    approvers: Vec<String>,
-    #[serde(default = "one")]
-    approvals_required: u32,
-    #[serde(default = "yes")]
-    require_reason: bool,
-    ssh: Option<RawSsh>,
-    kube: Option<RawKube>,
-    http: Option<RawHttp>,
-}
-
-fn one() -> u32 {
-    1
-}
-fn yes() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSsh {
-    #[serde(default)]
-    hosts: BTreeMap<String, String>,
-    #[serde(default)]
-    host_names: Vec<String>,
-    logins: Vec<String>,
-    #[serde(default)]
-    port_forwarding: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKube {
-    clusters: Vec<String>,
-    namespaces: Vec<String>,
-    #[serde(default)]
-    groups: Vec<String>,
-    verbs: Vec<String>,
-    resources: Vec<String>,
-    #[serde(default)]
-    names: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    apps: Vec<RawAppScope>,
 }
 
 impl Config {
@@ -223,6 +176,9 @@ impl Config {
             kube,
             admins,
             profiles,
+            slack,
+            notify,
+            notifications,
         } = raw;
         let server = validate_server(server, errors);
         let apps = validate_apps(apps, &server.base_domain, server.public_url.as_deref(), errors);
@@ -236,7 +192,8 @@ impl Config {
         }
         let admins = principals("admins", &admins, errors);
         let kube = validate_kube(kube, errors);
-        let profiles = validate_profiles(profiles, &apps, &kube, errors);
+        let notify = validate_notify(slack, notify, notifications, errors);
+        let profiles = validate_profiles(profiles, &apps, &kube, &notify, errors);
         let auth = validate_auth(auth, errors);
         let oidc = validate_oidc(oidc, errors);
         let ssh = validate_ssh(ssh, errors);
@@ -254,6 +211,7 @@ impl Config {
             ssh,
             apps,
             kube,
+            notify,
             policy: Policy::new(profiles, admins),
             source: source.to_owned(),
         }
@@ -377,218 +335,11 @@ fn validate_server(raw: RawServer, errors: &mut Vec<String>) -> ServerConfig {
     }
 }
 
-fn principals(path: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Principal> {
+pub(super) fn principals(path: &str, list: &[String], errors: &mut Vec<String>) -> Vec<Principal> {
     list.iter()
         .enumerate()
         .filter_map(|(i, s)| s.parse().map_err(|e| errors.push(format!("{path}[{i}]: {e}"))).ok())
         .collect()
-}
-
-/// Profiles that name hosts must name hosts the inventory has. `"*"` is no name: it would
-/// quietly undo the profile's label restriction (with neither, every host is in scope).
-fn check_host_names(profiles: &[AccessProfile], ssh: &SshConfig, errors: &mut Vec<String>) {
-    for (i, p) in profiles.iter().enumerate() {
-        for (j, name) in p.ssh.iter().flat_map(|s| s.host_names.iter()).enumerate() {
-            if name == "*" {
-                errors.push(format!(
-                    "profiles[{i}].ssh.host_names[{j}]: \"*\" is not a host name; leave out hosts and host_names for every host"
-                ));
-            } else if !ssh.hosts.iter().any(|h| h.name == *name) {
-                errors.push(format!(
-                    "profiles[{i}].ssh.host_names[{j}]: no host {name:?} in [[ssh.hosts]]"
-                ));
-            }
-        }
-    }
-}
-
-/// A kube scope names clusters that exist, verbs the API server uses, resources in a form
-/// that matches something, and no empty name list (which would read as "any").
-fn check_kube_scope(
-    at: &str,
-    clusters: &[String],
-    verbs: &[String],
-    resources: &[String],
-    names: Option<&[String]>,
-    known: &[KubeCluster],
-    errors: &mut Vec<String>,
-) {
-    for (j, c) in clusters.iter().enumerate() {
-        if c != "*" && !known.iter().any(|k| k.name == *c) {
-            errors.push(format!(
-                "{at}.kube.clusters[{j}]: no cluster {c:?} in [[kube.clusters]]"
-            ));
-        }
-    }
-    for (j, v) in verbs.iter().enumerate() {
-        if v != "*" && !KUBE_VERBS.contains(&v.as_str()) {
-            errors.push(format!(
-                "{at}.kube.verbs[{j}]: {v:?} is not one of {} (exec, attach, port-forward and proxy are create on their subresource)",
-                KUBE_VERBS.join(", ")
-            ));
-        }
-    }
-    for (j, r) in resources.iter().enumerate() {
-        if !resource_entry_ok(r) {
-            errors.push(format!(
-                "{at}.kube.resources[{j}]: {r:?} must be like \"pods\", \"pods/log\", \"pods/*\", \"deployments.apps\" or \"*\""
-            ));
-        }
-    }
-    if names.is_some_and(<[String]>::is_empty) {
-        errors.push(format!("{at}.kube.names: is empty; leave it out to allow any name"));
-    }
-}
-
-fn non_empty_list(path: &str, list: &[String], errors: &mut Vec<String>) {
-    if list.is_empty() {
-        errors.push(format!("{path}: must not be empty (use [\"*\"] for any)"));
-    }
-}
-
-fn validate_profiles(
-    raw: Vec<RawProfile>,
-    apps: &[AppConfig],
-    clusters_config: &[KubeCluster],
-    errors: &mut Vec<String>,
-) -> Vec<AccessProfile> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, p) in raw.into_iter().enumerate() {
-        let at = format!("profiles[{i}]");
-        let RawProfile {
-            name,
-            description,
-            max_duration,
-            requesters,
-            approvers,
-            approvals_required,
-            require_reason,
-            ssh,
-            kube,
-            http,
-        } = p;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            errors.push(format!("{at}.name: {name:?} must be letters, digits, '-' or '_'"));
-        }
-        if !seen.insert(name.clone()) {
-            errors.push(format!("{at}.name: duplicate profile name {name:?}"));
-        }
-        let max_duration = parse_duration(&max_duration).unwrap_or_else(|e| {
-            errors.push(format!("{at}.max_duration: {e}"));
-            Duration::ZERO
-        });
-        if requesters.is_empty() {
-            errors.push(format!(
-                "{at}.requesters: is empty, so nobody could ever request {name:?}"
-            ));
-        }
-        let requesters = principals(&format!("{at}.requesters"), &requesters, errors);
-        let approvers = principals(&format!("{at}.approvers"), &approvers, errors);
-        check_approvers(&at, &requesters, &approvers, approvals_required, errors);
-        if ssh.is_none() && kube.is_none() && http.is_none() {
-            errors.push(format!("{at}: grants nothing; give it ssh, kube or http"));
-        }
-        let ssh = ssh.map(|s| {
-            non_empty_list(&format!("{at}.ssh.logins"), &s.logins, errors);
-            SshScope {
-                hosts: s.hosts,
-                host_names: s.host_names,
-                logins: s.logins,
-                port_forwarding: s.port_forwarding,
-            }
-        });
-        let kube = kube.map(|k| {
-            let RawKube {
-                clusters,
-                namespaces,
-                groups,
-                verbs,
-                resources,
-                names,
-            } = k;
-            for (field, list) in [
-                ("clusters", &clusters),
-                ("namespaces", &namespaces),
-                ("verbs", &verbs),
-                ("resources", &resources),
-            ] {
-                non_empty_list(&format!("{at}.kube.{field}"), list, errors);
-            }
-            check_kube_scope(
-                &at,
-                &clusters,
-                &verbs,
-                &resources,
-                names.as_deref(),
-                clusters_config,
-                errors,
-            );
-            KubeScope {
-                clusters,
-                namespaces,
-                groups,
-                verbs,
-                resources,
-                names: names.unwrap_or_default(),
-            }
-        });
-        let http = http.map(|h| HttpScope {
-            apps: validate_app_scopes(&format!("{at}.http.apps"), h.apps, apps, errors),
-        });
-        out.push(AccessProfile {
-            name,
-            description,
-            max_duration,
-            requesters,
-            approvers,
-            approvals_required,
-            require_reason,
-            ssh,
-            kube,
-            http,
-        });
-    }
-    out
-}
-
-/// A group may have any number of members, but named users are countable: a profile whose
-/// approvers are only users needs at least `approvals_required` of them.
-fn check_approvers(
-    at: &str,
-    requesters: &[Principal],
-    approvers: &[Principal],
-    required: u32,
-    errors: &mut Vec<String>,
-) {
-    if required == 0 {
-        return;
-    }
-    if approvers.is_empty() {
-        errors.push(format!(
-            "{at}.approvers: is empty, so approvals_required = {required} can never be met (use approvals_required = 0 to auto-approve)"
-        ));
-        return;
-    }
-    let only_users = approvers.iter().all(|p| matches!(p, Principal::User(_)));
-    if only_users && (approvers.len() as u64) < u64::from(required) {
-        errors.push(format!(
-            "{at}.approvals_required: {required} distinct approvers needed but only {} user{} listed",
-            approvers.len(),
-            if approvers.len() == 1 { " is" } else { "s are" }
-        ));
-        return;
-    }
-    // Nobody approves their own request: a requester who is also a listed approver has one
-    // approver fewer to draw on.
-    for r in requesters {
-        let others = approvers.iter().filter(|a| *a != r).count() as u64;
-        if only_users && matches!(r, Principal::User(_)) && others < u64::from(required) {
-            errors.push(format!(
-                "{at}.approvals_required: {required} distinct approvers needed, but a request by {r} can have only {others} (nobody approves their own)"
-            ));
-        }
-    }
 }
 
 #[cfg(test)]

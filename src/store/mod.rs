@@ -5,6 +5,7 @@
 //! cannot miss a transition. Changes to requests and grants are compare-and-swap on a
 //! version column: two approvers racing lose nothing, one of them retries.
 
+mod notices;
 mod rows;
 mod sql;
 
@@ -14,6 +15,7 @@ use crate::access::{AccessRequest, Grant};
 use crate::audit::{AuditDraft, AuditEvent, AuditHead};
 use crate::time::Timestamp;
 
+pub use notices::{Attempt, Notice, NoticeState, Notices};
 pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,7 @@ impl Default for RequestFilter<'_> {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Notices + Send + Sync + 'static {
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 

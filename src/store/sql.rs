@@ -17,7 +17,7 @@ use crate::audit::{AuditDraft, AuditEvent, AuditHead, GENESIS};
 use crate::time::Timestamp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dialect {
+pub(super) enum Dialect {
     Sqlite,
     Postgres,
 }
@@ -26,11 +26,13 @@ enum Dialect {
 const AUDIT_LOCK: i64 = 0x006a_6974_6761_7465;
 
 pub struct SqlStore {
-    dialect: Dialect,
+    pub(super) dialect: Dialect,
     /// SQLite allows one writer at a time; a single writer connection queues writes in
     /// process instead of failing them with SQLITE_BUSY. PostgreSQL uses `reader` for all.
-    writer: AnyPool,
-    reader: AnyPool,
+    pub(super) writer: AnyPool,
+    pub(super) reader: AnyPool,
+    /// Signalled after each commit, so readers of the audit log (the notifier) look at once.
+    pub(super) committed: tokio::sync::Notify,
 }
 
 const REQUEST_COLUMNS: &str = "id, profile, requester, requester_groups, reason, duration_ms, state, created_at, \
@@ -81,6 +83,7 @@ impl SqlStore {
                     dialect,
                     writer,
                     reader,
+                    committed: tokio::sync::Notify::new(),
                 }
             }
             Dialect::Postgres => {
@@ -89,6 +92,7 @@ impl SqlStore {
                     dialect,
                     writer: p.clone(),
                     reader: p,
+                    committed: tokio::sync::Notify::new(),
                 }
             }
         };
@@ -99,7 +103,7 @@ impl SqlStore {
         Ok(store)
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         match self.dialect {
             // IMMEDIATE takes the write lock up front (waiting on busy_timeout), so a
             // transaction that reads before it writes cannot fail midway because another
@@ -108,6 +112,13 @@ impl SqlStore {
             Dialect::Postgres => self.writer.begin().await,
         }
         .map_err(store_error)
+    }
+
+    /// Commits, then wakes whoever waits for new audit events.
+    pub(super) async fn commit(&self, tx: Transaction<'static, Any>) -> Result<(), StoreError> {
+        tx.commit().await.map_err(store_error)?;
+        self.committed.notify_one();
+        Ok(())
     }
 
     /// Runs an UPDATE of one row and, if it changed a row, records `event` with it; false
@@ -123,11 +134,15 @@ impl SqlStore {
             return Ok(false);
         }
         self.seal_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(store_error)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
-    async fn seal_events(&self, tx: &mut Transaction<'static, Any>, events: Vec<AuditDraft>) -> Result<(), StoreError> {
+    pub(super) async fn seal_events(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: Vec<AuditDraft>,
+    ) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -253,7 +268,7 @@ impl Store for SqlStore {
             other => other.map_err(store_error)?,
         };
         self.seal_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(store_error)
+        self.commit(tx).await
     }
 
     async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -346,7 +361,7 @@ impl Store for SqlStore {
                 record
             }
         };
-        tx.commit().await.map_err(store_error)?;
+        self.commit(tx).await?;
         Ok(record)
     }
 
@@ -375,7 +390,7 @@ impl Store for SqlStore {
         .await
         .map_err(store_error)?;
         self.seal_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(store_error)
+        self.commit(tx).await
     }
 
     async fn session(&self, id_hash: &str) -> Result<Option<SessionLookup>, StoreError> {
@@ -409,7 +424,7 @@ impl Store for SqlStore {
         for (key, payload, expires_at) in flows {
             insert_flow(&mut tx, key, payload, *expires_at).await?;
         }
-        tx.commit().await.map_err(store_error)
+        self.commit(tx).await
     }
 
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<String>, StoreError> {
@@ -419,7 +434,7 @@ impl Store for SqlStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        self.commit(tx).await?;
         match row {
             Some(r) if ts(&r, "expires_at")? > now => Ok(Some(get(&r, "payload")?)),
             _ => Ok(None),
@@ -445,7 +460,7 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        self.commit(tx).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -461,7 +476,7 @@ impl Store for SqlStore {
                 .await
                 .map_err(store_error)?;
         }
-        tx.commit().await.map_err(store_error)
+        self.commit(tx).await
     }
 
     async fn insert_request(
@@ -497,7 +512,7 @@ impl Store for SqlStore {
             Self::insert_grant(&mut tx, g).await?;
         }
         self.seal_events(&mut tx, events).await?;
-        tx.commit().await.map_err(store_error)
+        self.commit(tx).await
     }
 
     async fn update_request(
@@ -514,7 +529,7 @@ impl Store for SqlStore {
             Self::insert_grant(&mut tx, g).await?;
         }
         self.seal_events(&mut tx, events).await?;
-        tx.commit().await.map_err(store_error)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -583,7 +598,7 @@ impl Store for SqlStore {
             return Ok(false);
         }
         self.seal_events(&mut tx, events).await?;
-        tx.commit().await.map_err(store_error)?;
+        self.commit(tx).await?;
         Ok(true)
     }
 
@@ -651,7 +666,7 @@ impl Store for SqlStore {
             .await
             .map_err(store_error)?;
         self.seal_events(&mut tx, vec![event]).await?;
-        tx.commit().await.map_err(store_error)
+        self.commit(tx).await
     }
 
     async fn token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
@@ -666,7 +681,7 @@ impl Store for SqlStore {
     async fn append_audit(&self, events: Vec<AuditDraft>) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         self.seal_events(&mut tx, events).await?;
-        tx.commit().await.map_err(store_error)
+        self.commit(tx).await
     }
 
     async fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
@@ -722,7 +737,7 @@ async fn insert_flow(
     }
 }
 
-fn store_error(e: sqlx::Error) -> StoreError {
+pub(super) fn store_error(e: sqlx::Error) -> StoreError {
     match e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)

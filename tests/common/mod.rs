@@ -11,8 +11,10 @@ pub mod idp;
 pub mod kube;
 pub mod kubectl;
 pub mod nginx;
+pub mod slack;
 pub mod sshd;
 pub mod upstream;
+pub mod webhook;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_jitgate");
 

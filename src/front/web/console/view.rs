@@ -188,30 +188,7 @@ pub(super) fn live(back: Back, version: &str) -> Markup {
 pub(super) fn scope(p: &AccessProfile) -> Markup {
     html! {
         ul.scope {
-            @if let Some(ssh) = &p.ssh {
-                li {
-                    @if ssh.hosts.is_empty() && ssh.host_names.is_empty() { "SSH to any host" }
-                    @if !ssh.hosts.is_empty() {
-                        "SSH to hosts labelled "
-                        (ssh.hosts.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
-                    }
-                    @if !ssh.hosts.is_empty() && !ssh.host_names.is_empty() { " and to " }
-                    @else if !ssh.host_names.is_empty() { "SSH to " }
-                    (ssh.host_names.join(", "))
-                    " as " (ssh.logins.join(", "))
-                    @if ssh.port_forwarding { ", with port forwarding" }
-                }
-            }
-            @if let Some(k) = &p.kube {
-                li {
-                    "Kubernetes clusters " (k.clusters.join(", ")) ", namespaces " (k.namespaces.join(", "))
-                    ": " (k.verbs.join(", ")) " on " (k.resources.join(", "))
-                    @if !k.groups.is_empty() { " (as groups " (k.groups.join(", ")) ")" }
-                }
-            }
-            @if let Some(h) = &p.http {
-                li { "Web apps " (h.apps.iter().map(|a| a.describe()).collect::<Vec<_>>().join(", ")) }
-            }
+            @for line in p.scope_lines() { li { (line) } }
             li { "At most " (format_duration(p.max_duration)) "; " (approvals_needed(p.approvals_required)) }
         }
     }

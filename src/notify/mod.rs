@@ -1,0 +1,440 @@
+//! Notices of requests and grants to Slack and to signed webhooks.
+//!
+//! The audit log is the outbox: every change to a request or grant is sealed there in the
+//! transaction that makes it, so the notifier reads the log in order (`tail`) and queues a
+//! notice per target in the store, moving its cursor in that same transaction. A worker
+//! (`work`) delivers what is due, with retries and backoff; a Slack outage or a receiver
+//! that is down delays notices, never loses them, and never holds up a request.
+
+pub mod slack;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{AccessRequest, Policy};
+use crate::audit::{AuditDraft, AuditEvent};
+use crate::config::{Delivery, NotifyConfig, NotifyTarget, TargetKind, NOTICE_EVENTS};
+use crate::identity::token::random_id;
+use crate::store::{Attempt, Notice, NoticeState, Store, StoreError};
+use crate::time::{format_duration, Timestamp};
+
+/// Audit events read per look at the log.
+const TAIL_BATCH: u32 = 200;
+/// Deliveries under way at once.
+const IN_FLIGHT: usize = 16;
+/// How long a claimed notice is this replica's; past it another may try.
+const LEASE: Duration = Duration::from_secs(120);
+/// The longest the notifier waits without looking: how soon it sees changes made by other
+/// replicas, and notices that fell due.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Why a delivery attempt failed, and whether another attempt could succeed.
+#[derive(Debug)]
+pub struct SendError {
+    pub message: String,
+    pub permanent: bool,
+    /// How long the receiver asked us to wait (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    pub fn permanent(message: String) -> SendError {
+        SendError {
+            message,
+            permanent: true,
+            retry_after: None,
+        }
+    }
+
+    pub fn transient(message: String, retry_after: Option<Duration>) -> SendError {
+        SendError {
+            message,
+            permanent: false,
+            retry_after,
+        }
+    }
+}
+
+/// `Retry-After` in seconds, capped at an hour: a broken header must not park a notice.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
+pub struct Notifier {
+    store: Arc<dyn Store>,
+    policy: Arc<Policy>,
+    config: NotifyConfig,
+    /// The console's base URL, for links back to a request.
+    console: String,
+    slack: Option<slack::SlackApi>,
+    webhooks: webhook::Webhooks,
+    /// Wakes the worker when notices were queued.
+    queued: Notify,
+}
+
+impl Notifier {
+    pub fn new(
+        store: Arc<dyn Store>,
+        policy: Arc<Policy>,
+        config: NotifyConfig,
+        console: &str,
+    ) -> Result<Notifier, String> {
+        let timeout = config.delivery.timeout;
+        let slack_base = config
+            .slack
+            .as_ref()
+            .map(|s| s.api_url.clone())
+            .unwrap_or_else(|| url::Url::parse("https://slack.com/api/").expect("a valid URL"));
+        let uses_slack = config
+            .targets
+            .iter()
+            .any(|t| matches!(t.kind, TargetKind::Slack { .. }));
+        Ok(Notifier {
+            slack: if uses_slack || config.slack.is_some() {
+                Some(slack::SlackApi::new(slack_base, timeout)?)
+            } else {
+                None
+            },
+            webhooks: webhook::Webhooks::new(&config.delivery.allow_networks, timeout)?,
+            store,
+            policy,
+            config,
+            console: console.trim_end_matches('/').to_owned(),
+            queued: Notify::new(),
+        })
+    }
+
+    /// Reads the audit log and delivers notices until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tail = tokio::spawn(Arc::clone(&self).tail(shutdown.clone()));
+        self.work(shutdown).await;
+        let _ = tail.await;
+    }
+
+    async fn tail(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let more = match self.tail_once(Timestamp::now()).await {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the audit log for notices; trying again");
+                    false
+                }
+            };
+            if more {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.store.committed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    /// Queues the notices of the next batch of audit events; true when there may be more.
+    async fn tail_once(&self, now: Timestamp) -> Result<bool, StoreError> {
+        let from = self.store.notice_cursor().await?;
+        let events = self.store.audit_events(from, None, TAIL_BATCH).await?;
+        let Some(last) = events.last() else {
+            return Ok(false);
+        };
+        let to = last.seq;
+        let mut notices = Vec::new();
+        for event in events.iter().filter(|e| NOTICE_EVENTS.contains(&e.action.as_str())) {
+            let Some(request_id) = event.request_id.as_deref() else {
+                continue;
+            };
+            let Some(request) = self.store.request(request_id).await? else {
+                tracing::warn!(
+                    request_id,
+                    seq = event.seq,
+                    "an audit event names a request the store lacks"
+                );
+                continue;
+            };
+            self.notices_for(event, &request, now, &mut notices);
+        }
+        if !self.store.enqueue_notices(from, to, &notices).await? {
+            // Another replica queued this batch first.
+            return Ok(true);
+        }
+        if !notices.is_empty() {
+            tracing::debug!(notices = notices.len(), up_to = to, "notices queued");
+            self.queued.notify_one();
+        }
+        Ok(events.len() as u32 == TAIL_BATCH)
+    }
+
+    fn notices_for(&self, event: &AuditEvent, request: &AccessRequest, now: Timestamp, out: &mut Vec<Notice>) {
+        let Some(profile) = self.policy.profile(&request.profile) else {
+            return;
+        };
+        let targets = self
+            .config
+            .targets
+            .iter()
+            .filter(|t| t.all_profiles || profile.notify.contains(&t.name))
+            .filter(|t| t.wants(&event.action));
+        for target in targets {
+            let (id, lane, payload) = match &target.kind {
+                // One lane per request: a receiver learns of a request's changes in order.
+                TargetKind::Webhook { .. } => (
+                    random_id("msg_"),
+                    format!("hook:{}:{}", target.name, request.id),
+                    self.webhook_body(event, request),
+                ),
+                TargetKind::Slack { .. } => {
+                    let note = slack::note(event).filter(|_| event.action != "request.created");
+                    (
+                        random_id("ntc-"),
+                        format!("slack:{}:{}", target.name, request.id),
+                        json!({ "note": note }).to_string(),
+                    )
+                }
+            };
+            out.push(Notice {
+                id,
+                target: target.name.clone(),
+                lane,
+                event: event.action.clone(),
+                audit_seq: event.seq,
+                request_id: Some(request.id.clone()),
+                payload,
+                state: NoticeState::Pending,
+                attempts: 0,
+                next_at: now,
+                last_error: None,
+                created_at: now,
+                done_at: None,
+            });
+        }
+    }
+
+    /// The Standard Webhooks body: `type`, `timestamp` and `data`. The request is as it
+    /// stood when the notice was queued; the event's own facts say what changed.
+    fn webhook_body(&self, event: &AuditEvent, request: &AccessRequest) -> String {
+        let details: serde_json::Value = serde_json::from_str(&event.details).unwrap_or(json!({}));
+        json!({
+            "type": event.action,
+            "timestamp": event.time,
+            "data": {
+                "audit_seq": event.seq,
+                "actor": event.actor,
+                "reason": event.reason,
+                "grant_id": event.grant_id,
+                "details": details,
+                "request": request,
+                "console_url": format!("{}/requests/{}", self.console, request.id),
+            },
+        })
+        .to_string()
+    }
+
+    async fn work(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut running = JoinSet::new();
+        loop {
+            let now = Timestamp::now();
+            let room = IN_FLIGHT - running.len();
+            let mut claimed = 0;
+            if room > 0 {
+                match self
+                    .store
+                    .claim_notices(now, now.saturating_add(LEASE), room as u32)
+                    .await
+                {
+                    Ok(batch) => {
+                        claimed = batch.len();
+                        for notice in batch {
+                            running.spawn(Arc::clone(&self).deliver(notice));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot claim notices; trying again"),
+                }
+            }
+            if claimed > 0 && running.len() < IN_FLIGHT {
+                continue;
+            }
+            let wait = match self.store.next_notice_at().await {
+                Ok(Some(t)) => now.until(t).clamp(Duration::from_millis(10), POLL),
+                _ => POLL,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    running.abort_all();
+                    return;
+                }
+                _ = self.queued.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, notice: Notice) {
+        let started = std::time::Instant::now();
+        let result = match self.config.target(&notice.target) {
+            Some(target) => self.send(&notice, target).await,
+            None => Err(SendError::permanent(format!(
+                "no [[notify]] target is named {:?} any more",
+                notice.target
+            ))),
+        };
+        let now = Timestamp::now();
+        let outcome = match &result {
+            Ok(()) => "delivered",
+            Err(e) if e.permanent => "failed",
+            Err(_) => "retry",
+        };
+        metrics::counter!("jitgate_notices_total", "target" => notice.target.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("jitgate_notice_attempt_duration_seconds").record(started.elapsed().as_secs_f64());
+        let event = |action: &'static str, reason: Option<&str>| {
+            let mut e = AuditDraft::new(action, "system", &notice.target)
+                .reason(reason)
+                .details(json!({"notice": notice.id, "event": notice.event, "attempts": notice.attempts}));
+            if let Some(r) = &notice.request_id {
+                e = e.request(r);
+            }
+            e
+        };
+        let (attempt, audit) = match result {
+            Ok(()) => {
+                tracing::info!(notice = %notice.id, target = %notice.target, event = %notice.event, attempts = notice.attempts, "notice delivered");
+                (Attempt::Delivered, Some(event("notify.delivered", None)))
+            }
+            Err(e) => {
+                let retry_at = now.saturating_add(backoff(&self.config.delivery, notice.attempts, e.retry_after));
+                let deadline = notice.created_at.saturating_add(self.config.delivery.give_up_after);
+                if e.permanent || retry_at > deadline {
+                    let why = if e.permanent {
+                        e.message
+                    } else {
+                        format!(
+                            "not delivered within {}: {}",
+                            format_duration(self.config.delivery.give_up_after),
+                            e.message
+                        )
+                    };
+                    tracing::error!(notice = %notice.id, target = %notice.target, event = %notice.event, error = %why, "notice given up");
+                    let audit = event("notify.failed", Some(&why));
+                    (Attempt::Failed { error: why }, Some(audit))
+                } else {
+                    tracing::warn!(notice = %notice.id, target = %notice.target, event = %notice.event, attempts = notice.attempts, error = %e.message, retry_at = %retry_at, "notice not delivered; will retry");
+                    (
+                        Attempt::RetryAt {
+                            at: retry_at,
+                            error: e.message,
+                        },
+                        None,
+                    )
+                }
+            }
+        };
+        if let Err(e) = self.store.finish_notice(&notice.id, attempt, now, audit).await {
+            // The lease runs out and the notice is tried again: late, never lost.
+            tracing::error!(notice = %notice.id, error = %e, "cannot record a notice's delivery");
+        }
+        self.queued.notify_one();
+    }
+
+    async fn send(&self, notice: &Notice, target: &NotifyTarget) -> Result<(), SendError> {
+        match &target.kind {
+            TargetKind::Webhook { url, key } => self.webhooks.send(url, &key.0, &notice.id, &notice.payload).await,
+            TargetKind::Slack { channel, bot_token } => self.send_slack(notice, &target.name, channel, bot_token).await,
+        }
+    }
+
+    /// Posts the request's message in `place` the first time, then updates it to show the
+    /// request as it stands and threads the change's note under it.
+    async fn send_slack(
+        &self,
+        notice: &Notice,
+        place: &str,
+        channel: &str,
+        token: &secrecy::SecretString,
+    ) -> Result<(), SendError> {
+        let api = self
+            .slack
+            .as_ref()
+            .expect("a Slack client exists when a Slack target does");
+        let store_failed = |e: StoreError| SendError::transient(format!("the store: {e}"), None);
+        let request_id = notice.request_id.as_deref().unwrap_or_default();
+        let Some(request) = self.store.request(request_id).await.map_err(store_failed)? else {
+            return Err(SendError::permanent(format!(
+                "request {request_id} is not in the store"
+            )));
+        };
+        let grant = match &request.grant_id {
+            Some(id) => self.store.grant(id).await.map_err(store_failed)?,
+            None => None,
+        };
+        let message = slack::message(
+            &request,
+            grant.as_ref(),
+            self.policy.profile(&request.profile).map(|p| &**p),
+            &self.console,
+        );
+        let note: Option<String> = serde_json::from_str::<serde_json::Value>(&notice.payload)
+            .ok()
+            .and_then(|p| p["note"].as_str().map(str::to_owned));
+        let (channel_id, ts) = match self
+            .store
+            .slack_message(request_id, place)
+            .await
+            .map_err(store_failed)?
+        {
+            Some((channel_id, ts)) => {
+                api.update(token, &channel_id, &ts, &message).await?;
+                (channel_id, ts)
+            }
+            None => {
+                let (channel_id, ts) = api.post(token, channel, &message, None).await?;
+                self.store
+                    .put_slack_message(request_id, place, &channel_id, &ts)
+                    .await
+                    .map_err(store_failed)?;
+                (channel_id, ts)
+            }
+        };
+        if let Some(note) = note {
+            let note = slack::Message {
+                text: note.clone(),
+                blocks: json!([{"type": "section", "text": {"type": "mrkdwn", "text": note}}]),
+            };
+            api.post(token, &channel_id, &note, Some(&ts)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits double from one second with each attempt, up to `max_backoff`; a receiver's own
+/// `Retry-After` is honoured when longer.
+fn backoff(delivery: &Delivery, attempts: u32, asked: Option<Duration>) -> Duration {
+    let doubled = Duration::from_secs(1u64 << attempts.saturating_sub(1).min(20));
+    doubled.min(delivery.max_backoff).max(asked.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_honours_retry_after() {
+        let d = Delivery {
+            max_backoff: Duration::from_secs(60),
+            ..Delivery::default()
+        };
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(&d, n, None).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(&d, 1, Some(Duration::from_secs(30))).as_secs(), 30);
+        assert_eq!(backoff(&d, 7, Some(Duration::from_secs(5))).as_secs(), 60);
+        assert_eq!(backoff(&d, u32::MAX, None).as_secs(), 60);
+    }
+}

@@ -1,0 +1,300 @@
+//! The durable queue of notices to Slack and webhooks, the Slack messages that announce
+//! requests, and the chat accounts linked to users. A notice is claimed under a lease, so a
+//! replica that dies mid-delivery leaves it to another one once the lease runs out.
+
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+
+use super::rows::{get, opt_ts, ts};
+use super::sql::{store_error, SqlStore};
+use super::StoreError;
+use crate::audit::AuditDraft;
+use crate::time::Timestamp;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeState {
+    Pending,
+    Delivered,
+    /// Given up: refused for good by the receiver, or not delivered in time.
+    Failed,
+}
+
+impl NoticeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeState::Pending => "pending",
+            NoticeState::Delivered => "delivered",
+            NoticeState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "pending" => Ok(NoticeState::Pending),
+            "delivered" => Ok(NoticeState::Delivered),
+            "failed" => Ok(NoticeState::Failed),
+            other => Err(StoreError::Corrupt(format!("notice state {other:?}"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub id: String,
+    /// The `[[notify]]` target's name.
+    pub target: String,
+    /// Notices of one lane are delivered one at a time, in audit order.
+    pub lane: String,
+    pub event: String,
+    pub audit_seq: i64,
+    pub request_id: Option<String>,
+    /// JSON text: the webhook body, or what a Slack note needs.
+    pub payload: String,
+    pub state: NoticeState,
+    /// Attempts begun, the one under way included.
+    pub attempts: u32,
+    pub next_at: Timestamp,
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub done_at: Option<Timestamp>,
+}
+
+/// How one delivery attempt ended.
+#[derive(Clone, Debug)]
+pub enum Attempt {
+    Delivered,
+    RetryAt { at: Timestamp, error: String },
+    Failed { error: String },
+}
+
+#[async_trait]
+pub trait Notices {
+    /// Resolves after this process commits a change (and so, maybe, audit events).
+    async fn committed(&self);
+    /// The seq of the last audit event read for notices.
+    async fn notice_cursor(&self) -> Result<i64, StoreError>;
+    /// Queues `notices` and moves the cursor from `from` to `to`, both or neither; false
+    /// when someone else (another replica) moved the cursor first.
+    async fn enqueue_notices(&self, from: i64, to: i64, notices: &[Notice]) -> Result<bool, StoreError>;
+    /// Claims up to `limit` notices due at `now` until `lease_until`: only the oldest
+    /// pending notice of each lane, oldest first.
+    async fn claim_notices(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Notice>, StoreError>;
+    /// Records how an attempt ended, with its audit event if any.
+    async fn finish_notice(
+        &self,
+        id: &str,
+        attempt: Attempt,
+        now: Timestamp,
+        event: Option<AuditDraft>,
+    ) -> Result<(), StoreError>;
+    /// When the next pending notice falls due.
+    async fn next_notice_at(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// A request's notices, oldest first.
+    async fn request_notices(&self, request_id: &str) -> Result<Vec<Notice>, StoreError>;
+
+    /// The channel and timestamp of the message announcing a request in `place`.
+    async fn slack_message(&self, request_id: &str, place: &str) -> Result<Option<(String, String)>, StoreError>;
+    async fn put_slack_message(&self, request_id: &str, place: &str, channel: &str, ts: &str)
+        -> Result<(), StoreError>;
+}
+
+const NOTICE_COLUMNS: &str = "id, target, lane, event, audit_seq, request_id, payload, state, attempts, next_at, \
+     last_error, created_at, done_at";
+
+fn notice_from_row(row: &AnyRow) -> Result<Notice, StoreError> {
+    Ok(Notice {
+        id: get(row, "id")?,
+        target: get(row, "target")?,
+        lane: get(row, "lane")?,
+        event: get(row, "event")?,
+        audit_seq: get(row, "audit_seq")?,
+        request_id: get(row, "request_id")?,
+        payload: get(row, "payload")?,
+        state: NoticeState::parse(&get::<String>(row, "state")?)?,
+        attempts: u32::try_from(get::<i64>(row, "attempts")?).unwrap_or(u32::MAX),
+        next_at: ts(row, "next_at")?,
+        last_error: get(row, "last_error")?,
+        created_at: ts(row, "created_at")?,
+        done_at: opt_ts(row, "done_at")?,
+    })
+}
+
+#[async_trait]
+impl Notices for SqlStore {
+    async fn committed(&self) {
+        self.committed.notified().await
+    }
+
+    async fn notice_cursor(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT seq FROM notice_cursor WHERE id = 1")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        get(&row, "seq")
+    }
+
+    async fn enqueue_notices(&self, from: i64, to: i64, notices: &[Notice]) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let moved = sqlx::query("UPDATE notice_cursor SET seq = $1 WHERE id = 1 AND seq = $2")
+            .bind(to)
+            .bind(from)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for n in notices {
+            sqlx::query(&format!(
+                "INSERT INTO notices ({NOTICE_COLUMNS}, claimed_until) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,0)"
+            ))
+            .bind(&n.id)
+            .bind(&n.target)
+            .bind(&n.lane)
+            .bind(&n.event)
+            .bind(n.audit_seq)
+            .bind(&n.request_id)
+            .bind(&n.payload)
+            .bind(n.state.as_str())
+            .bind(i64::from(n.attempts))
+            .bind(n.next_at.as_millis())
+            .bind(&n.last_error)
+            .bind(n.created_at.as_millis())
+            .bind(n.done_at.map(Timestamp::as_millis))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn claim_notices(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Notice>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NOTICE_COLUMNS} FROM notices n \
+             WHERE n.state = 'pending' AND n.next_at <= $1 AND n.claimed_until <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM notices e \
+                 WHERE e.lane = n.lane AND e.state = 'pending' AND e.audit_seq < n.audit_seq) \
+             ORDER BY n.audit_seq, n.id LIMIT $2"
+        ))
+        .bind(now.as_millis())
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut n = notice_from_row(row)?;
+            // Compare-and-swap: of replicas racing for one notice, one gets it.
+            let won = sqlx::query(
+                "UPDATE notices SET claimed_until = $1, attempts = attempts + 1 \
+                 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3",
+            )
+            .bind(lease_until.as_millis())
+            .bind(&n.id)
+            .bind(now.as_millis())
+            .execute(&self.writer)
+            .await
+            .map_err(store_error)?;
+            if won.rows_affected() == 1 {
+                n.attempts += 1;
+                claimed.push(n);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_notice(
+        &self,
+        id: &str,
+        attempt: Attempt,
+        now: Timestamp,
+        event: Option<AuditDraft>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let (state, next_at, error) = match &attempt {
+            Attempt::Delivered => (NoticeState::Delivered, None, None),
+            Attempt::RetryAt { at, error } => (NoticeState::Pending, Some(*at), Some(error.as_str())),
+            Attempt::Failed { error } => (NoticeState::Failed, None, Some(error.as_str())),
+        };
+        let done_at = (state != NoticeState::Pending).then_some(now.as_millis());
+        sqlx::query(
+            "UPDATE notices SET state = $1, next_at = COALESCE($2, next_at), last_error = $3, done_at = $4, \
+             claimed_until = 0 WHERE id = $5",
+        )
+        .bind(state.as_str())
+        .bind(next_at.map(Timestamp::as_millis))
+        .bind(error)
+        .bind(done_at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if let Some(e) = event {
+            self.seal_events(&mut tx, vec![e]).await?;
+        }
+        // Not `self.commit`: the notifier's own audit events need no one woken.
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn next_notice_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        let row = sqlx::query("SELECT MIN(next_at) AS t FROM notices WHERE state = 'pending'")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        Ok(get::<Option<i64>>(&row, "t")?.map(Timestamp::from_millis))
+    }
+
+    async fn request_notices(&self, request_id: &str) -> Result<Vec<Notice>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NOTICE_COLUMNS} FROM notices WHERE request_id = $1 ORDER BY audit_seq, id"
+        ))
+        .bind(request_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(notice_from_row).collect()
+    }
+
+    async fn slack_message(&self, request_id: &str, place: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT channel, ts FROM slack_messages WHERE request_id = $1 AND place = $2")
+            .bind(request_id)
+            .bind(place)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?;
+        row.map(|r| Ok((get(&r, "channel")?, get(&r, "ts")?))).transpose()
+    }
+
+    async fn put_slack_message(
+        &self,
+        request_id: &str,
+        place: &str,
+        channel: &str,
+        ts: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO slack_messages (request_id, place, channel, ts) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (request_id, place) DO UPDATE SET channel = excluded.channel, ts = excluded.ts",
+        )
+        .bind(request_id)
+        .bind(place)
+        .bind(channel)
+        .bind(ts)
+        .execute(&self.writer)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+}

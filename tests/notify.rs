@@ -1,0 +1,419 @@
+//! Notices to Slack (the Web API stand-in) and signed webhooks (a receiver that checks
+//! signatures): a request is announced at once and its message follows every change;
+//! outages delay notices and lose none; receivers inside the proxy's network are refused.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::slack::Slack;
+use common::webhook::Receiver;
+use common::{eventually, Backend, Proxy, TestDb};
+use serde_json::Value;
+
+const CHANNEL: &str = "C0DBA";
+
+fn profiles(notify: &[&str]) -> String {
+    let names: Vec<String> = notify.iter().map(|n| format!("{n:?}")).collect();
+    format!(
+        r#"
+admins = ["group:security"]
+
+[[profiles]]
+name = "db-patch"
+description = "Patch the production database"
+max_duration = "2h"
+requesters = ["group:dba"]
+approvers = ["group:dba-leads"]
+approvals_required = 1
+ssh = {{ hosts = {{ env = "prod", role = "db" }}, logins = ["postgres"] }}
+notify = [{}]
+"#,
+        names.join(", ")
+    )
+}
+
+/// The config tables of a Slack target on `slack` and a webhook target on `hook`.
+fn targets(dir: &Path, slack: &Slack, channel: &str, hook: &Receiver, extra: &str) -> String {
+    std::fs::write(dir.join("slack.token"), &slack.token).unwrap();
+    std::fs::write(dir.join("hook.secret"), &hook.secret).unwrap();
+    format!(
+        r#"
+[slack]
+api_url = "{api}"
+bot_token_file = "{d}/slack.token"
+
+[[notify]]
+name = "dba-approvals"
+kind = "slack"
+channel = "{channel}"
+
+[[notify]]
+name = "audit-hook"
+kind = "webhook"
+url = "{url}"
+secret_file = "{d}/hook.secret"
+
+[notifications]
+max_backoff = "2s"
+allow_networks = ["127.0.0.1/32"]
+{extra}
+"#,
+        api = slack.api_url,
+        d = dir.display(),
+        url = hook.url,
+    )
+}
+
+fn workspace() -> Slack {
+    Slack::start(&[("#dba-approvals", CHANNEL)], &[])
+}
+
+/// Starts a proxy with alice (dba) and bob (dba-leads), both logged in.
+fn stand(db: &TestDb, config: &str) -> (Proxy, common::User, common::User) {
+    let proxy = Proxy::start(db.dir.path(), &db.url, config);
+    proxy.add_user("alice", &["dba"]);
+    proxy.add_user("bob", &["dba-leads"]);
+    let alice = proxy.login("alice");
+    let bob = proxy.login("bob");
+    (proxy, alice, bob)
+}
+
+fn request(alice: &common::User, reason: &str) -> String {
+    let r = alice.json(&["request", "db-patch", "--reason", reason, "--for", "1h"]);
+    r["id"].as_str().unwrap().to_owned()
+}
+
+fn audit(proxy: &Proxy) -> Vec<Value> {
+    let out = proxy.admin(&["audit", "export"], None).success().stdout;
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn audited(proxy: &Proxy, action: &str) -> Vec<Value> {
+    audit(proxy).into_iter().filter(|e| e["action"] == action).collect()
+}
+
+#[test]
+fn a_request_is_announced_and_its_message_follows_every_change() {
+    let db = TestDb::blocking(Backend::Sqlite);
+    let slack = workspace();
+    let hook = Receiver::start();
+    let config =
+        profiles(&["dba-approvals", "audit-hook"]) + &targets(db.dir.path(), &slack, "#dba-approvals", &hook, "");
+    let (proxy, alice, bob) = stand(&db, &config);
+
+    let id = request(&alice, "INC-4411 <!channel> & <https://evil.example|docs>");
+    let posted = eventually(Duration::from_secs(10), || slack.top_messages(CHANNEL).pop())
+        .expect("the request is announced in the channel");
+    assert_eq!(posted.buttons(), ["jitgate.approve", "jitgate.deny", "jitgate.open"]);
+    let text = posted.all_text();
+    for part in [
+        "*alice* requests *db-patch* for *1h*",
+        "SSH to hosts labelled env=prod, role=db as postgres",
+        "*Pending*: 0 of 1 approval",
+        &format!("Request `{id}`"),
+        // What the requester typed cannot mention the channel or hide a link.
+        "INC-4411 &lt;!channel&gt; &amp; &lt;https://evil.example|docs&gt;",
+    ] {
+        assert!(text.contains(part), "{part:?} not in {text}");
+    }
+    let buttons = &posted.blocks.as_array().unwrap()[3];
+    assert_eq!(buttons["block_id"], format!("jitgate:{id}"));
+    assert_eq!(buttons["elements"][0]["value"], id.as_str());
+    assert_eq!(
+        buttons["elements"][2]["url"],
+        format!("{}/requests/{id}", proxy.url).as_str()
+    );
+
+    bob.run(&["approve", &id], None).success();
+    let approved = eventually(Duration::from_secs(10), || {
+        slack
+            .top_messages(CHANNEL)
+            .pop()
+            .filter(|m| m.all_text().contains("*Approved* by bob"))
+    })
+    .expect("the message shows the approval");
+    assert_eq!(
+        approved.ts, posted.ts,
+        "the same message is updated, not a new one posted"
+    );
+    assert_eq!(approved.buttons(), ["jitgate.open"], "nothing left to decide");
+    let grant = alice.json(&["grants"])[0]["id"].as_str().unwrap().to_owned();
+    bob.run(&["revoke", &grant, "--reason", "done early"], None).success();
+    eventually(Duration::from_secs(10), || {
+        slack
+            .top_messages(CHANNEL)
+            .pop()
+            .filter(|m| m.all_text().contains("*Revoked* by bob"))
+    })
+    .expect("the message shows the revocation");
+    let notes: Vec<String> = eventually(Duration::from_secs(10), || {
+        let notes: Vec<String> = slack
+            .replies(CHANNEL, &posted.ts)
+            .iter()
+            .map(|m| m.text.clone())
+            .collect();
+        (notes.len() == 3).then_some(notes)
+    })
+    .expect("a note per change in the thread");
+    assert!(notes[0].starts_with("Approved by bob (1 of 1)"), "{notes:?}");
+    assert!(
+        notes[1].starts_with(&format!("Grant `{grant}` active until")),
+        "{notes:?}"
+    );
+    assert_eq!(notes[2], "Grant revoked by bob: done early");
+    assert_eq!(slack.top_messages(CHANNEL).len(), 1);
+
+    // The webhook receiver got each change once, signed, in order.
+    let types = eventually(Duration::from_secs(10), || {
+        let t = hook.types();
+        (t.len() == 4).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("webhooks: {:?} refused: {:?}", hook.types(), hook.refused()));
+    assert_eq!(
+        types,
+        [
+            "request.created",
+            "request.approved",
+            "grant.activated",
+            "grant.revoked"
+        ]
+    );
+    assert!(hook.refused().is_empty(), "{:?}", hook.refused());
+    let created = &hook.deliveries()[0].body;
+    assert_eq!(created["data"]["request"]["id"], id.as_str());
+    assert_eq!(created["data"]["request"]["requester"]["user"], "alice");
+    assert_eq!(created["data"]["actor"], "alice");
+    assert_eq!(
+        created["data"]["console_url"],
+        format!("{}/requests/{id}", proxy.url).as_str()
+    );
+    assert_eq!(hook.deliveries()[3].body["data"]["grant_id"], grant.as_str());
+
+    // Each delivery is in the audit log, and the chain still verifies.
+    let delivered = eventually(Duration::from_secs(5), || {
+        let d = audited(&proxy, "notify.delivered");
+        (d.len() == 8).then_some(d)
+    })
+    .expect("4 Slack and 4 webhook deliveries audited");
+    assert!(delivered.iter().all(|e| e["request_id"] == id.as_str()));
+    proxy.admin(&["audit", "verify"], None).success();
+}
+
+#[test]
+fn an_outage_delays_notices_and_loses_none() {
+    let db = TestDb::blocking(Backend::Postgres);
+    let slack = workspace();
+    let hook = Receiver::start();
+    let config = profiles(&["dba-approvals", "audit-hook"]) + &targets(db.dir.path(), &slack, CHANNEL, &hook, "");
+    let (proxy, alice, bob) = stand(&db, &config);
+
+    // Slack is down for a minute; the webhook receiver for five seconds.
+    slack.go_down_for(Duration::from_secs(60));
+    hook.go_down_for(Duration::from_secs(5));
+    let down_since = std::time::Instant::now();
+    let id = request(&alice, "INC-1");
+    bob.run(&["approve", &id], None).success();
+    assert_eq!(
+        alice.json(&["requests"])[0]["state"],
+        "active",
+        "an outage holds up nothing"
+    );
+
+    let types = eventually(Duration::from_secs(30), || {
+        let t = hook.types();
+        (t.len() == 3).then_some(t)
+    })
+    .expect("the webhooks arrive once the receiver is back");
+    assert_eq!(types, ["request.created", "request.approved", "grant.activated"]);
+    // The first was tried while the receiver was down; the others waited their turn.
+    let first = &hook.deliveries()[0].id;
+    assert!(
+        hook.attempts(first) > 1,
+        "{first} was tried while the receiver was down"
+    );
+    let ids: std::collections::HashSet<String> = hook.deliveries().into_iter().map(|d| d.id).collect();
+    assert_eq!(ids.len(), 3, "each delivered once");
+
+    assert!(slack.top_messages(CHANNEL).is_empty());
+    assert!(slack.calls().iter().all(|c| c.outcome == "down"));
+    let message = eventually(Duration::from_secs(90), || {
+        slack
+            .top_messages(CHANNEL)
+            .pop()
+            .filter(|_| slack.replies(CHANNEL, &slack.top_messages(CHANNEL)[0].ts).len() == 2)
+    })
+    .expect("the message and its notes arrive once Slack is back");
+    assert!(down_since.elapsed() >= Duration::from_secs(60));
+    assert!(
+        message.all_text().contains("*Approved* by bob"),
+        "{}",
+        message.all_text()
+    );
+    assert_eq!(slack.top_messages(CHANNEL).len(), 1, "announced once");
+    let notes: Vec<String> = slack
+        .replies(CHANNEL, &message.ts)
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert!(notes[0].starts_with("Approved by bob"), "in order: {notes:?}");
+    assert!(notes[1].starts_with("Grant `"), "in order: {notes:?}");
+    assert!(audited(&proxy, "notify.failed").is_empty());
+}
+
+#[test]
+fn slack_rate_limits_are_waited_out_and_a_missing_channel_is_given_up() {
+    let db = TestDb::blocking(Backend::Sqlite);
+    let slack = workspace();
+    let hook = Receiver::start();
+    let config = profiles(&["dba-approvals"]) + &targets(db.dir.path(), &slack, "#dba-approvals", &hook, "");
+    let (proxy, alice, _bob) = stand(&db, &config);
+
+    slack.rate_limit(1, 3);
+    request(&alice, "INC-2");
+    eventually(Duration::from_secs(15), || slack.top_messages(CHANNEL).pop()).expect("posted after the wait");
+    let calls = slack.calls();
+    assert_eq!(calls[0].outcome, "ratelimited");
+    let waited = calls[1].at.duration_since(calls[0].at).unwrap();
+    assert!(
+        waited >= Duration::from_secs(3),
+        "Retry-After: 3 honoured, waited {waited:?}"
+    );
+    assert!(!proxy.log().contains(&slack.token), "the bot token is never logged");
+    drop(proxy);
+
+    // A channel the bot cannot post in: given up at once, with the reason in the audit log;
+    // the request itself goes on.
+    let db = TestDb::blocking(Backend::Sqlite);
+    let config = profiles(&["dba-approvals"]) + &targets(db.dir.path(), &slack, "#nowhere", &hook, "");
+    let (proxy, alice, bob) = stand(&db, &config);
+    let id = request(&alice, "INC-3");
+    let failed =
+        eventually(Duration::from_secs(10), || audited(&proxy, "notify.failed").pop()).expect("the failure is audited");
+    assert_eq!(failed["reason"], "Slack refused chat.postMessage: channel_not_found");
+    assert_eq!(failed["request_id"], id.as_str());
+    bob.run(&["approve", &id], None).success();
+    assert!(proxy.log().contains("channel_not_found"));
+}
+
+#[test]
+fn webhooks_never_reach_inside_the_proxy_network() {
+    let db = TestDb::blocking(Backend::Sqlite);
+    let slack = workspace();
+    // 127.0.0.1 is not allowed; 127.0.0.2 is, and redirects to 127.0.0.1.
+    let inside = Receiver::start();
+    let by_name = Receiver::start();
+    let redirecting = Receiver::start_on("127.0.0.2");
+    redirecting.redirect_to(&inside.url);
+    let secret_file = db.dir.path().join("hook.secret");
+    std::fs::write(&secret_file, &inside.secret).unwrap();
+    std::fs::write(db.dir.path().join("slack.token"), &slack.token).unwrap();
+    let localhost = by_name.url.replace("127.0.0.1", "localhost");
+    let hooks = [
+        ("by-ip", &inside.url),
+        ("by-name", &localhost),
+        ("redirect", &redirecting.url),
+    ];
+    let mut config = profiles(&["by-ip", "by-name", "redirect"]);
+    for (name, url) in hooks {
+        config += &format!(
+            "[[notify]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
+            secret_file.display()
+        );
+    }
+    config += "[notifications]\nallow_networks = [\"127.0.0.2\"]\n";
+    let (proxy, alice, _bob) = stand(&db, &config);
+    request(&alice, "INC-5");
+
+    let failed = eventually(Duration::from_secs(10), || {
+        let f = audited(&proxy, "notify.failed");
+        (f.len() == 3).then_some(f)
+    })
+    .expect("all three given up");
+    let why = |target: &str| {
+        failed
+            .iter()
+            .find(|e| e["target"] == target)
+            .and_then(|e| e["reason"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        why("by-ip"),
+        "127.0.0.1 is a private, loopback or link-local address not in notifications.allow_networks"
+    );
+    assert!(
+        why("by-name").starts_with("localhost resolves to ") && why("by-name").contains("127.0.0.1"),
+        "{}",
+        why("by-name")
+    );
+    assert_eq!(
+        why("redirect"),
+        format!(
+            "answered 302 Found with a redirect to {}; redirects are not followed",
+            inside.url
+        )
+    );
+    assert_eq!(redirecting.all_attempts(), 1);
+    assert_eq!(
+        inside.all_attempts(),
+        0,
+        "nothing reached 127.0.0.1 directly or by redirect"
+    );
+    assert_eq!(by_name.all_attempts(), 0);
+}
+
+#[test]
+fn check_config_names_what_is_wrong_with_a_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    let text = profiles(&["nowhere"])
+        + r##"
+[[notify]]
+name = "plain"
+kind = "webhook"
+url = "http://hooks.example.com/x"
+secret_env = "JITGATE_TEST_SURELY_UNSET"
+
+[[notify]]
+name = "weak"
+kind = "webhook"
+url = "https://hooks.example.com/x"
+secret_file = "/dev/null"
+
+[[notify]]
+name = "chat"
+kind = "slack"
+channel = "#x"
+
+[[notify]]
+name = "pager"
+kind = "sms"
+
+[notifications]
+allow_networks = ["10.0.0.0/33"]
+"##;
+    std::fs::write(
+        &config,
+        text.replace(
+            "approvals_required = 1",
+            "approvals_required = 1\napprove_in_chat = true",
+        ),
+    )
+    .unwrap();
+    let out = common::run(&["check-config", "--config", config.to_str().unwrap()], &[], None);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for e in [
+        "notify[0].url: \"http://hooks.example.com/x\" must be https://",
+        "notify[0].secret_env: the environment variable JITGATE_TEST_SURELY_UNSET is not set",
+        "notify[1].secret: is empty",
+        "notify[2].bot_token_env: missing; set bot_token_env or bot_token_file here or in [slack]",
+        "notify[3].kind: \"sms\" is not a target kind (use \"slack\" or \"webhook\")",
+        "notifications.allow_networks[0]: \"10.0.0.0/33\" is not a network",
+        "profiles[0].notify[0]: no [[notify]] target is named \"nowhere\"",
+        "profiles[0].approve_in_chat: needs [slack] with signing_secret_env or signing_secret_file",
+    ] {
+        assert!(out.stderr.contains(e), "{e:?} not in:\n{}", out.stderr);
+    }
+}
