@@ -230,6 +230,7 @@ async fn run() {
         jump.names.clone(),
     ));
     let state = Arc::new(ApiState {
+        chat: None,
         broker,
         tokens: Arc::new(tokens),
         limiter: LoginLimiter::new(5, 20, Duration::from_secs(300)),

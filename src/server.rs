@@ -21,6 +21,7 @@ use crate::identity::oidc::Providers;
 use crate::identity::session::Sessions;
 use crate::identity::TokenIssuer;
 use crate::live::Live;
+use crate::notify::slack::Chat;
 use crate::notify::Notifier;
 use crate::store;
 use crate::time::Timestamp;
@@ -106,7 +107,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     );
     let (cut_reports, cuts) = tokio::sync::mpsc::channel(1024);
     let notify_targets: Vec<String> = config.notify.targets.iter().map(describe_target).collect();
-    let notifier = if config.notify.targets.is_empty() {
+    let chat = match &config.notify.slack {
+        Some(app) => Some(Arc::new(
+            Chat::new(app, config.notify.delivery.timeout).map_err(ServeError::Setup)?,
+        )),
+        None => None,
+    };
+    let dms = config.notify.slack.as_ref().is_some_and(|s| s.bot_token.is_some());
+    let notifier = if config.notify.targets.is_empty() && !dms {
         None
     } else {
         let notifier = Notifier::new(Arc::clone(&store), Arc::clone(&policy), config.notify, &public_url)
@@ -152,6 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             names.sort();
             names
         },
+        chat,
     });
     let apps_front = Arc::new(apps::AppsFront::new(Arc::clone(&state), &config.apps).map_err(ServeError::Setup)?);
     let kube_front = Arc::new(kube::KubeFront::new(Arc::clone(&state), &config.kube));

@@ -238,6 +238,10 @@ impl Api {
         self.call_cli(Method::POST, path, Some(body)).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        self.call_cli(Method::DELETE, path, None).await
+    }
+
     /// Revokes this session's token at the proxy. Ok(false) when the proxy already refuses
     /// the token (expired, revoked, user disabled): there is nothing left to revoke.
     pub async fn logout(&self) -> Result<bool, CliError> {

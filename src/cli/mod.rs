@@ -7,6 +7,7 @@ mod admin;
 mod client;
 mod commands;
 mod kube;
+mod links;
 mod oidc_login;
 mod ssh;
 mod table;
@@ -196,6 +197,20 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Link your Slack account: the bot sends you a code there, then run this again with --code
+    Link(links::LinkArgs),
+    /// Unlink your Slack account: its buttons stop counting as you
+    Unlink {
+        /// Only `slack` for now
+        #[arg(value_parser = ["slack"])]
+        provider: String,
+    },
+    /// List your linked chat accounts (--all: everyone's, for admins)
+    Links {
+        /// Everyone's links (admins only)
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> CliResult {
@@ -230,6 +245,9 @@ async fn dispatch(global: Global, command: Command) -> CliResult {
         Command::Cancel { id } => commands::decide(&id, "cancel", None, out).await,
         Command::Grants { all, profile } => commands::grants(all, profile.as_deref(), out).await,
         Command::Revoke { id, reason } => commands::revoke(&id, reason, out).await,
+        Command::Link(args) => links::link(args, out).await,
+        Command::Unlink { provider } => links::unlink(&provider, out).await,
+        Command::Links { all } => links::links(all, out).await,
     }
 }
 

@@ -17,12 +17,17 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{AccessRequest, Policy};
+use crate::access::{AccessRequest, Identity, Policy};
 use crate::audit::{AuditDraft, AuditEvent};
-use crate::config::{Delivery, NotifyConfig, NotifyTarget, TargetKind, NOTICE_EVENTS};
+use crate::config::{Delivery, NotifyConfig, TargetKind, NOTICE_EVENTS};
 use crate::identity::token::random_id;
-use crate::store::{Attempt, Notice, NoticeState, Store, StoreError};
+use crate::store::{Attempt, ChatLink, Notice, NoticeState, Store, StoreError};
 use crate::time::{format_duration, Timestamp};
+
+/// The chat provider name links are stored under.
+pub const SLACK: &str = "slack";
+/// Notices to an approver's own Slack messages go to the target `dm:{user}`.
+const DM_PREFIX: &str = "dm:";
 
 /// Audit events read per look at the log.
 const TAIL_BATCH: u32 = 200;
@@ -147,6 +152,7 @@ impl Notifier {
         };
         let to = last.seq;
         let mut notices = Vec::new();
+        let mut linked: Option<Vec<(ChatLink, Identity)>> = None;
         for event in events.iter().filter(|e| NOTICE_EVENTS.contains(&e.action.as_str())) {
             let Some(request_id) = event.request_id.as_deref() else {
                 continue;
@@ -159,7 +165,11 @@ impl Notifier {
                 );
                 continue;
             };
-            self.notices_for(event, &request, now, &mut notices);
+            if linked.is_none() {
+                linked = Some(self.linked_approvers().await?);
+            }
+            let linked = linked.as_deref().unwrap_or_default();
+            self.notices_for(event, &request, linked, now, &mut notices);
         }
         if !self.store.enqueue_notices(from, to, &notices).await? {
             // Another replica queued this batch first.
@@ -172,10 +182,61 @@ impl Notifier {
         Ok(events.len() as u32 == TAIL_BATCH)
     }
 
-    fn notices_for(&self, event: &AuditEvent, request: &AccessRequest, now: Timestamp, out: &mut Vec<Notice>) {
+    /// Users linked to Slack, as who they are now, when the app can message them.
+    async fn linked_approvers(&self) -> Result<Vec<(ChatLink, Identity)>, StoreError> {
+        if self.config.slack.as_ref().and_then(|s| s.bot_token.as_ref()).is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for link in self.store.chat_links(SLACK, None).await? {
+            match self.store.user(&link.user).await? {
+                Some(u) if !u.disabled => {
+                    let who = Identity::new(&u.name, u.groups.iter().cloned());
+                    out.push((link, who));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn notices_for(
+        &self,
+        event: &AuditEvent,
+        request: &AccessRequest,
+        linked: &[(ChatLink, Identity)],
+        now: Timestamp,
+        out: &mut Vec<Notice>,
+    ) {
         let Some(profile) = self.policy.profile(&request.profile) else {
             return;
         };
+        let note = || json!({ "note": slack::note(event).filter(|_| event.action != "request.created") }).to_string();
+        let notice = |id: String, target: String, lane: String, payload: String| Notice {
+            id,
+            target,
+            lane,
+            event: event.action.clone(),
+            audit_seq: event.seq,
+            request_id: Some(request.id.clone()),
+            payload,
+            state: NoticeState::Pending,
+            attempts: 0,
+            next_at: now,
+            last_error: None,
+            created_at: now,
+            done_at: None,
+        };
+        // The approvers who could decide it hear of it directly, in their own messages.
+        if request.approvals_required > 0 {
+            for (_, who) in linked {
+                if who.user != request.requester.user && profile.may_approve(who) {
+                    let place = format!("{DM_PREFIX}{}", who.user);
+                    let lane = format!("slack:{place}:{}", request.id);
+                    out.push(notice(random_id("ntc-"), place, lane, note()));
+                }
+            }
+        }
         let targets = self
             .config
             .targets
@@ -190,30 +251,13 @@ impl Notifier {
                     format!("hook:{}:{}", target.name, request.id),
                     self.webhook_body(event, request),
                 ),
-                TargetKind::Slack { .. } => {
-                    let note = slack::note(event).filter(|_| event.action != "request.created");
-                    (
-                        random_id("ntc-"),
-                        format!("slack:{}:{}", target.name, request.id),
-                        json!({ "note": note }).to_string(),
-                    )
-                }
+                TargetKind::Slack { .. } => (
+                    random_id("ntc-"),
+                    format!("slack:{}:{}", target.name, request.id),
+                    note(),
+                ),
             };
-            out.push(Notice {
-                id,
-                target: target.name.clone(),
-                lane,
-                event: event.action.clone(),
-                audit_seq: event.seq,
-                request_id: Some(request.id.clone()),
-                payload,
-                state: NoticeState::Pending,
-                attempts: 0,
-                next_at: now,
-                last_error: None,
-                created_at: now,
-                done_at: None,
-            });
+            out.push(notice(id, target.name.clone(), lane, payload));
         }
     }
 
@@ -279,13 +323,7 @@ impl Notifier {
 
     async fn deliver(self: Arc<Self>, notice: Notice) {
         let started = std::time::Instant::now();
-        let result = match self.config.target(&notice.target) {
-            Some(target) => self.send(&notice, target).await,
-            None => Err(SendError::permanent(format!(
-                "no [[notify]] target is named {:?} any more",
-                notice.target
-            ))),
-        };
+        let result = self.send(&notice).await;
         let now = Timestamp::now();
         let outcome = match &result {
             Ok(()) => "delivered",
@@ -344,7 +382,23 @@ impl Notifier {
         self.queued.notify_one();
     }
 
-    async fn send(&self, notice: &Notice, target: &NotifyTarget) -> Result<(), SendError> {
+    async fn send(&self, notice: &Notice) -> Result<(), SendError> {
+        if let Some(user) = notice.target.strip_prefix(DM_PREFIX) {
+            let token = self.config.slack.as_ref().and_then(|s| s.bot_token.as_ref());
+            let store_failed = |e: StoreError| SendError::transient(format!("the store: {e}"), None);
+            let link = self.store.chat_links(SLACK, Some(user)).await.map_err(store_failed)?;
+            return match (token, link.first()) {
+                (Some(token), Some(link)) => self.send_slack(notice, &notice.target, &link.chat_user, token).await,
+                (None, _) => Err(SendError::permanent("[slack] has no bot token any more".into())),
+                (_, None) => Err(SendError::permanent(format!("{user} unlinked their Slack account"))),
+            };
+        }
+        let Some(target) = self.config.target(&notice.target) else {
+            return Err(SendError::permanent(format!(
+                "no [[notify]] target is named {:?} any more",
+                notice.target
+            )));
+        };
         match &target.kind {
             TargetKind::Webhook { url, key } => self.webhooks.send(url, &key.0, &notice.id, &notice.payload).await,
             TargetKind::Slack { channel, bot_token } => self.send_slack(notice, &target.name, channel, bot_token).await,

@@ -163,6 +163,23 @@ impl SlackApi {
     }
 }
 
+/// The Slack app as the API uses it: to send link codes, and to check and answer presses.
+pub struct Chat {
+    pub api: SlackApi,
+    pub token: Option<SecretString>,
+    pub signing_secret: Option<SecretString>,
+}
+
+impl Chat {
+    pub fn new(app: &crate::config::SlackApp, timeout: Duration) -> Result<Chat, String> {
+        Ok(Chat {
+            api: SlackApi::new(app.api_url.clone(), timeout)?,
+            token: app.bot_token.clone(),
+            signing_secret: app.signing_secret.clone(),
+        })
+    }
+}
+
 /// A message's fallback text (notifications, screen readers) and its blocks.
 pub struct Message {
     pub text: String,

@@ -101,6 +101,36 @@ pub trait Notices {
     async fn slack_message(&self, request_id: &str, place: &str) -> Result<Option<(String, String)>, StoreError>;
     async fn put_slack_message(&self, request_id: &str, place: &str, channel: &str, ts: &str)
         -> Result<(), StoreError>;
+    /// Every message announcing a request: (place, channel, ts).
+    async fn slack_messages_of(&self, request_id: &str) -> Result<Vec<(String, String, String)>, StoreError>;
+
+    /// Links `link.chat_user` to `link.user`, replacing the user's earlier link on that
+    /// provider; `AlreadyExists` when that chat account is another user's.
+    async fn link_chat(&self, link: &ChatLink, event: AuditDraft) -> Result<(), StoreError>;
+    /// False when the user had no link there.
+    async fn unlink_chat(&self, provider: &str, user: &str, event: AuditDraft) -> Result<bool, StoreError>;
+    /// The links on `provider`, of one user or of everyone.
+    async fn chat_links(&self, provider: &str, user: Option<&str>) -> Result<Vec<ChatLink>, StoreError>;
+    /// The user a chat account is linked to.
+    async fn chat_link_of(&self, provider: &str, chat_user: &str) -> Result<Option<ChatLink>, StoreError>;
+}
+
+/// A chat account proven to be a user's.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ChatLink {
+    pub provider: String,
+    pub chat_user: String,
+    pub user: String,
+    pub linked_at: Timestamp,
+}
+
+fn link_from_row(row: &AnyRow) -> Result<ChatLink, StoreError> {
+    Ok(ChatLink {
+        provider: get(row, "provider")?,
+        chat_user: get(row, "chat_user")?,
+        user: get(row, "user_name")?,
+        linked_at: ts(row, "linked_at")?,
+    })
 }
 
 const NOTICE_COLUMNS: &str = "id, target, lane, event, audit_seq, request_id, payload, state, attempts, next_at, \
@@ -296,5 +326,93 @@ impl Notices for SqlStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn slack_messages_of(&self, request_id: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT place, channel, ts FROM slack_messages WHERE request_id = $1 ORDER BY place")
+            .bind(request_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(store_error)?;
+        rows.iter()
+            .map(|r| Ok((get(r, "place")?, get(r, "channel")?, get(r, "ts")?)))
+            .collect()
+    }
+
+    async fn link_chat(&self, link: &ChatLink, event: AuditDraft) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let taken = sqlx::query("SELECT user_name FROM chat_links WHERE provider = $1 AND chat_user = $2")
+            .bind(&link.provider)
+            .bind(&link.chat_user)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if let Some(row) = taken {
+            let owner: String = get(&row, "user_name")?;
+            if owner != link.user {
+                return Err(StoreError::AlreadyExists(format!(
+                    "a link of that {} account (to another user)",
+                    link.provider
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM chat_links WHERE provider = $1 AND (user_name = $2 OR chat_user = $3)")
+            .bind(&link.provider)
+            .bind(&link.user)
+            .bind(&link.chat_user)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("INSERT INTO chat_links (provider, chat_user, user_name, linked_at) VALUES ($1, $2, $3, $4)")
+            .bind(&link.provider)
+            .bind(&link.chat_user)
+            .bind(&link.user)
+            .bind(link.linked_at.as_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        self.seal_events(&mut tx, vec![event]).await?;
+        self.commit(tx).await
+    }
+
+    async fn unlink_chat(&self, provider: &str, user: &str, event: AuditDraft) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM chat_links WHERE provider = $1 AND user_name = $2")
+            .bind(provider)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.seal_events(&mut tx, vec![event]).await?;
+        self.commit(tx).await?;
+        Ok(true)
+    }
+
+    async fn chat_links(&self, provider: &str, user: Option<&str>) -> Result<Vec<ChatLink>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, chat_user, user_name, linked_at FROM chat_links \
+             WHERE provider = $1 AND ($2 = '' OR user_name = $2) ORDER BY user_name",
+        )
+        .bind(provider)
+        .bind(user.unwrap_or(""))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(link_from_row).collect()
+    }
+
+    async fn chat_link_of(&self, provider: &str, chat_user: &str) -> Result<Option<ChatLink>, StoreError> {
+        let row = sqlx::query(
+            "SELECT provider, chat_user, user_name, linked_at FROM chat_links WHERE provider = $1 AND chat_user = $2",
+        )
+        .bind(provider)
+        .bind(chat_user)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(store_error)?;
+        row.as_ref().map(link_from_row).transpose()
     }
 }

@@ -75,6 +75,8 @@ struct Workspace {
     /// email to user id.
     users: HashMap<String, String>,
     messages: Vec<Posted>,
+    /// (channel, user, text) of each ephemeral message.
+    ephemerals: Vec<(String, String, String)>,
     calls: Vec<Call>,
     next_ts: u64,
     down_until: Option<Instant>,
@@ -154,6 +156,73 @@ impl Slack {
             .filter(|m| m.channel == channel && m.thread_ts.as_deref() == Some(ts))
             .cloned()
             .collect()
+    }
+
+    /// The ephemeral messages `user` was shown, oldest first.
+    pub fn ephemerals(&self, user: &str) -> Vec<String> {
+        let ws = self.ws.lock().unwrap();
+        ws.ephemerals
+            .iter()
+            .filter(|(_, u, _)| u == user)
+            .map(|(_, _, t)| t.clone())
+            .collect()
+    }
+
+    /// The form body Slack posts to the interactivity URL when `user` presses the button
+    /// `action_id` of `message`: a `block_actions` payload.
+    pub fn press(message: &Posted, user: &str, action_id: &str) -> String {
+        let (block, element) = message
+            .blocks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|b| b["type"] == "actions")
+            .find_map(|b| {
+                b["elements"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["action_id"] == action_id)
+                    .map(|e| (b.clone(), e.clone()))
+            })
+            .unwrap_or_else(|| panic!("no button {action_id} in {:?}", message.blocks));
+        // Every press is its own: Slack gives each a fresh trigger id and action time.
+        let nanos = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let mut action = element.clone();
+        action["block_id"] = block["block_id"].clone();
+        action["action_ts"] = json!(format!("{}.{:06}", nanos / 1_000_000_000, (nanos / 1000) % 1_000_000));
+        let payload = json!({
+            "type": "block_actions",
+            "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0TEST"},
+            "api_app_id": "A0TEST",
+            "token": "deprecated-verification-token",
+            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": false},
+            "trigger_id": format!("{nanos}.1.abcdef"),
+            "team": {"id": "T0TEST", "domain": "test"},
+            "channel": {"id": message.channel, "name": "dba-approvals"},
+            "message": {"type": "message", "ts": message.ts, "text": message.text, "blocks": message.blocks},
+            "response_url": "https://hooks.slack.com/actions/T0TEST/1/abc",
+            "actions": [action],
+        });
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &payload.to_string())
+            .finish()
+    }
+
+    /// Slack's request signature headers for `body`, sent at `timestamp` (Unix seconds).
+    pub fn sign(secret: &str, timestamp: i64, body: &str) -> [(String, String); 2] {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+        [
+            ("x-slack-request-timestamp".into(), timestamp.to_string()),
+            (
+                "x-slack-signature".into(),
+                format!("v0={}", hex::encode(mac.finalize().into_bytes())),
+            ),
+        ]
     }
 
     /// Answers every call with 503 for `d`, as during an outage.
@@ -281,6 +350,27 @@ fn handle(ws: &mut Workspace, method: &str, headers: &HeaderMap, args: &Value) -
             m.updates += 1;
             let body = json!({"ok": true, "channel": channel, "ts": ts, "text": m.text});
             (answer(StatusCode::OK, body), "ok".into())
+        }
+        "chat.postEphemeral" => {
+            let channel = args["channel"].as_str().unwrap_or_default();
+            let Some(channel) = ws.channels.get(channel).cloned() else {
+                return fail("channel_not_found");
+            };
+            let user = args["user"].as_str().unwrap_or_default().to_owned();
+            if !ws.users.values().any(|u| *u == user) {
+                return fail("user_not_found");
+            }
+            let text = args["text"].as_str().unwrap_or_default().to_owned();
+            if text.is_empty() {
+                return fail("no_text");
+            }
+            ws.ephemerals.push((channel, user, text));
+            let ts = format!("1700000000.{:06}", ws.next_ts);
+            ws.next_ts += 1;
+            (
+                answer(StatusCode::OK, json!({"ok": true, "message_ts": ts})),
+                "ok".into(),
+            )
         }
         "users.lookupByEmail" => match args["email"].as_str().and_then(|e| ws.users.get(e)) {
             Some(id) => (

@@ -6,6 +6,7 @@ mod auth;
 mod kube;
 pub use auth::Invalid;
 mod ops;
+mod slack;
 pub mod ssh;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub apps: Vec<crate::front::apps::AppSite>,
     /// `[[kube.clusters]]` names, for kubectl credentials.
     pub kube_clusters: Vec<String>,
+    /// The Slack app (`[slack]`), for linking accounts and taking button presses.
+    pub chat: Option<Arc<crate::notify::slack::Chat>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -76,6 +79,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/grants/{id}", get(access::get_grant))
         .route("/api/v1/grants/{id}/revoke", post(access::revoke))
         .route("/api/v1/audit", get(ops::audit))
+        .route("/api/v1/links", get(slack::links))
+        .route("/api/v1/links/slack", post(slack::link_start).delete(slack::unlink))
+        .route("/api/v1/links/slack/confirm", post(slack::link_confirm))
+        .route("/integrations/slack/interactions", post(slack::interactions))
         .route("/api/v1/kube/clusters", get(kube::clusters))
         .route("/api/v1/kube/token", post(kube::token))
         .route("/api/v1/ssh/cert", post(ssh::cert))
