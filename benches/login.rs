@@ -231,6 +231,7 @@ async fn run() {
     ));
     let state = Arc::new(ApiState {
         chat: None,
+        notify_places: Default::default(),
         broker,
         tokens: Arc::new(tokens),
         limiter: LoginLimiter::new(5, 20, Duration::from_secs(300)),

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::ca::x509;
-use crate::config::{redact_url, Config, NotifyTarget, TargetKind};
+use crate::config::{redact_url, Config};
 use crate::front::api::{self, ApiState, LoginLimiter};
 use crate::front::apps;
 use crate::front::kube;
@@ -106,7 +106,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         sources,
     );
     let (cut_reports, cuts) = tokio::sync::mpsc::channel(1024);
-    let notify_targets: Vec<String> = config.notify.targets.iter().map(describe_target).collect();
+    let notify_places: std::collections::BTreeMap<String, String> = config
+        .notify
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), crate::notify::describe_target(t)))
+        .collect();
     let chat = match &config.notify.slack {
         Some(app) => Some(Arc::new(
             Chat::new(app, config.notify.delivery.timeout).map_err(ServeError::Setup)?,
@@ -161,6 +166,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             names
         },
         chat,
+        notify_places: Arc::new(notify_places),
     });
     let apps_front = Arc::new(apps::AppsFront::new(Arc::clone(&state), &config.apps).map_err(ServeError::Setup)?);
     let kube_front = Arc::new(kube::KubeFront::new(Arc::clone(&state), &config.kube));
@@ -194,8 +200,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
             cluster.name
         );
     }
-    for target in &notify_targets {
-        println!("  notify:  {target}");
+    for (name, place) in state.notify_places.iter() {
+        println!("  notify:  {name} -> {place}");
+    }
+    if state.chat.is_some() {
+        println!("  slack:   interactivity request URL {public_url}/integrations/slack/interactions");
     }
     println!(
         "  CA:      {}  SHA-256 {}",
@@ -232,15 +241,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
     tls::serve(listener, tls_config, routes, shutdown).await;
     Ok(())
-}
-
-/// One line for the banner: where a target sends, without its secrets.
-fn describe_target(t: &NotifyTarget) -> String {
-    match &t.kind {
-        TargetKind::Slack { channel, .. } => format!("{} -> Slack {channel}", t.name),
-        // Only the origin: a webhook's path or query often carries a token.
-        TargetKind::Webhook { url, .. } => format!("{} -> webhook at {}", t.name, url.origin().ascii_serialization()),
-    }
 }
 
 /// Session recordings are for auditors only: the directory is the proxy user's alone.

@@ -295,6 +295,13 @@ fn slack_rate_limits_are_waited_out_and_a_missing_channel_is_given_up() {
     assert_eq!(failed["request_id"], id.as_str());
     bob.run(&["approve", &id], None).success();
     assert!(proxy.log().contains("channel_not_found"));
+    let shown = alice.json(&["requests", &id]);
+    assert_eq!(shown["announced"][0]["place"], "Slack #nowhere");
+    assert_eq!(shown["announced"][0]["state"], "failed");
+    assert_eq!(
+        shown["announced"][0]["error"],
+        "Slack refused chat.postMessage: channel_not_found"
+    );
 }
 
 #[test]
@@ -416,4 +423,147 @@ allow_networks = ["10.0.0.0/33"]
     ] {
         assert!(out.stderr.contains(e), "{e:?} not in:\n{}", out.stderr);
     }
+}
+
+/// In-process, with the broker and the notifier on one store: connections cut by a
+/// revocation, and by an expiry, are recorded as `session.cut` and sent to webhooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_are_recorded_and_announced() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use jitgate::access::{Action, Identity, Resource};
+    use jitgate::broker::Broker;
+    use jitgate::config::Config;
+    use jitgate::live::Live;
+    use jitgate::notify::Notifier;
+    use jitgate::time::Timestamp;
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hook = Receiver::start();
+    let secret = db.dir.path().join("hook.secret");
+    std::fs::write(&secret, &hook.secret).unwrap();
+    let text = format!(
+        r#"
+[[profiles]]
+name = "staging-shell"
+max_duration = "1h"
+requesters = ["group:dev"]
+approvers = ["group:leads"]
+approvals_required = 0
+ssh = {{ hosts = {{ env = "staging" }}, logins = ["ubuntu"] }}
+
+[[notify]]
+name = "siem"
+kind = "webhook"
+url = "{}"
+secret_file = "{}"
+all_profiles = true
+events = ["grant.revoked", "grant.expired", "session.cut"]
+
+[notifications]
+allow_networks = ["127.0.0.1"]
+"#,
+        hook.url,
+        secret.display()
+    );
+    let config = Config::parse(&text, "t.toml").unwrap();
+    let store = jitgate::store::open(&db.url).await.unwrap();
+    let policy = Arc::new(config.policy);
+    let (reports, cuts) = tokio::sync::mpsc::channel(16);
+    let broker = Arc::new(Broker::new(
+        Arc::clone(&policy),
+        Arc::clone(&store),
+        Live::reporting(reports),
+        Duration::from_secs(3600),
+    ));
+    tokio::spawn(Arc::clone(&broker).record_cuts(cuts));
+    let notifier = Arc::new(Notifier::new(store, policy, config.notify, "https://proxy.test").unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(notifier.run(stop.clone()));
+
+    let dev = Identity::new("dana", ["dev"]);
+    let labels = BTreeMap::from([("env".to_owned(), "staging".to_owned())]);
+    // Opens `n` connections as an SSH front-end would: authorized, then registered.
+    let connect = |n: usize| {
+        let broker = Arc::clone(&broker);
+        let labels = labels.clone();
+        let dev = dev.clone();
+        async move {
+            let ssh = Resource::Ssh {
+                host: "web-stg-1",
+                labels: &labels,
+                login: "ubuntu",
+            };
+            let auth = broker
+                .authorize(&dev, ssh, Action::SshLogin, Timestamp::now())
+                .await
+                .unwrap()
+                .expect("allowed");
+            (0..n).map(|_| broker.live().register(&auth)).collect::<Vec<_>>()
+        }
+    };
+
+    // Revoked with two connections open.
+    let r = broker
+        .open_request(
+            &dev,
+            "staging-shell",
+            "deploy".into(),
+            Duration::from_secs(600),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let revoked = r.grant_id.unwrap();
+    let open = connect(2).await;
+    let lead = Identity::new("admin", ["leads"]);
+    broker
+        .revoke(&lead, &revoked, Some("incident over".into()), Timestamp::now())
+        .await
+        .unwrap();
+    assert!(open.iter().all(|c| c.is_cut()));
+    drop(open);
+
+    // Expired with one open: the grant's own timer cuts it.
+    let r = broker
+        .open_request(
+            &dev,
+            "staging-shell",
+            "deploy".into(),
+            Duration::from_secs(2),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let expired = r.grant_id.unwrap();
+    let open = connect(1).await;
+    tokio::time::timeout(Duration::from_secs(5), open[0].cancelled())
+        .await
+        .expect("cut at expiry");
+
+    let hook2 = hook.clone();
+    let delivered = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(10), || {
+            let d = hook2.deliveries();
+            (d.iter().filter(|d| d.body["type"] == "session.cut").count() == 2).then_some(d)
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|| panic!("got {:?}", hook.types()));
+    let cut = |grant: &str| {
+        delivered
+            .iter()
+            .find(|d| d.body["type"] == "session.cut" && d.body["data"]["grant_id"] == grant)
+            .map(|d| d.body["data"].clone())
+            .unwrap_or_else(|| panic!("no session.cut for {grant}"))
+    };
+    assert_eq!(cut(&revoked)["details"]["connections"], 2);
+    assert_eq!(cut(&revoked)["reason"], "revoked");
+    assert_eq!(cut(&revoked)["request"]["requester"]["user"], "dana");
+    assert_eq!(cut(&expired)["details"]["connections"], 1);
+    assert_eq!(cut(&expired)["reason"], "expired");
+    assert!(hook.types().contains(&"grant.revoked".to_owned()));
+    stop.cancel();
 }

@@ -293,6 +293,19 @@ fn a_linked_approver_approves_in_slack() {
             .find(|m| m.ts == dm.ts && m.all_text().contains("*Approved* by bob"))
     })
     .expect("and so does bob's direct message");
+    let detail = eventually(Duration::from_secs(10), || {
+        let out = s.alice.run(&["requests", &id], None).success().stdout;
+        (out.matches(": delivered (").count() == 2).then_some(out)
+    })
+    .unwrap_or_else(|| panic!("{}", s.alice.run(&["requests", &id], None).stdout));
+    assert!(
+        detail.contains("announced: Slack #dba-approvals: delivered (grant.activated)"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("announced: bob (Slack direct message): delivered (grant.activated)"),
+        "{detail}"
+    );
     // The console link is a button too: Slack reports its press, which decides nothing.
     assert_eq!(s.press(&updated, "U0BOB", "jitgate.open").0, 200);
     let export = s.proxy.admin(&["audit", "export"], None).success().stdout;

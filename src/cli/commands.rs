@@ -334,6 +334,37 @@ pub async fn requests(pending: bool, out: Output) -> CliResult {
     Ok(())
 }
 
+pub async fn request_detail(id: &str, out: Output) -> CliResult {
+    let (api, _) = Api::from_session().await?;
+    let r: Value = api.get(&format!("/api/v1/requests/{}", urlencode(id))).await?;
+    if out != Output::Table {
+        show_request(&r, out);
+        return Ok(());
+    }
+    show_request(&r, out);
+    println!("  requester: {}", r["requester"]["user"].as_str().unwrap_or("-"));
+    println!("  reason:    {}", field(&r, "reason"));
+    println!("  for:       {}", field(&r, "duration"));
+    println!("  created:   {}", relative(&r, "created_at"));
+    for a in r["approvals"].as_array().into_iter().flatten() {
+        println!("  approved:  by {} {}", field(a, "approver"), relative(a, "at"));
+    }
+    let announced = r["announced"].as_array().cloned().unwrap_or_default();
+    if announced.is_empty() {
+        println!("  announced: nowhere so far (notices go to its profile's [[notify]] targets and approvers linked to Slack)");
+    }
+    for a in &announced {
+        let error = a["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+        println!(
+            "  announced: {}: {} ({}){error}",
+            field(a, "place"),
+            field(a, "state"),
+            field(a, "event")
+        );
+    }
+    Ok(())
+}
+
 pub async fn decide(id: &str, verb: &str, reason: Option<String>, out: Output) -> CliResult {
     let (api, _) = Api::from_session().await?;
     let body = match reason {

@@ -153,10 +153,13 @@ pub enum Command {
     Profiles,
     /// Request an access profile for a while, with a reason
     Request(commands::RequestArgs),
-    /// List requests you made or can decide
+    /// List requests you made or can decide; with an id, show that one, where it was
+    /// announced and who was asked
     Requests {
+        /// One request (req-…) in detail
+        id: Option<String>,
         /// Only requests still waiting for a decision
-        #[arg(long)]
+        #[arg(long, conflicts_with = "id")]
         pending: bool,
     },
     /// Approve someone else's pending request
@@ -239,7 +242,8 @@ async fn dispatch(global: Global, command: Command) -> CliResult {
         Command::KubeCredential { cluster } => kube::kube_credential(&cluster).await,
         Command::Profiles => commands::profiles(out).await,
         Command::Request(args) => commands::request(args, out).await,
-        Command::Requests { pending } => commands::requests(pending, out).await,
+        Command::Requests { id: Some(id), .. } => commands::request_detail(&id, out).await,
+        Command::Requests { id: None, pending } => commands::requests(pending, out).await,
         Command::Approve { id, reason } => commands::decide(&id, "approve", reason, out).await,
         Command::Deny { id, reason } => commands::decide(&id, "deny", Some(reason), out).await,
         Command::Cancel { id } => commands::decide(&id, "cancel", None, out).await,

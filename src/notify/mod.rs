@@ -468,6 +468,65 @@ impl Notifier {
     }
 }
 
+/// Where a request was announced and who was asked, as one line per place.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Announcement {
+    /// The `[[notify]]` target, or `dm:{user}` for an approver's direct messages.
+    pub target: String,
+    /// For people: `Slack #dba-approvals`, `bob (Slack direct message)`, `webhook at https://…`.
+    pub place: String,
+    /// `delivered` when every notice there went out, `pending` while one waits, `failed`
+    /// when one was given up.
+    pub state: &'static str,
+    /// The last change sent (or being sent) there.
+    pub event: String,
+    pub at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Folds a request's notices (oldest first) into one announcement per place. `places`
+/// names the configured targets.
+pub fn announcements(notices: &[Notice], places: &std::collections::BTreeMap<String, String>) -> Vec<Announcement> {
+    let mut out: Vec<Announcement> = Vec::new();
+    for n in notices {
+        let state = n.state.as_str();
+        let at = n.done_at.unwrap_or(n.next_at);
+        match out.iter_mut().find(|a| a.target == n.target) {
+            Some(a) => {
+                // Failed sticks; otherwise the newest notice tells.
+                if a.state != "failed" {
+                    a.state = state;
+                    a.error = n.last_error.clone();
+                }
+                a.event = n.event.clone();
+                a.at = at;
+            }
+            None => out.push(Announcement {
+                place: match n.target.strip_prefix(DM_PREFIX) {
+                    Some(user) => format!("{user} (Slack direct message)"),
+                    None => places.get(&n.target).cloned().unwrap_or_else(|| n.target.clone()),
+                },
+                target: n.target.clone(),
+                state,
+                event: n.event.clone(),
+                at,
+                error: n.last_error.clone(),
+            }),
+        }
+    }
+    out
+}
+
+/// How people read where a target sends, without its secrets.
+pub fn describe_target(t: &crate::config::NotifyTarget) -> String {
+    match &t.kind {
+        TargetKind::Slack { channel, .. } => format!("Slack {channel}"),
+        // Only the origin: a webhook's path or query often carries a token.
+        TargetKind::Webhook { url, .. } => format!("webhook at {}", url.origin().ascii_serialization()),
+    }
+}
+
 /// Waits double from one second with each attempt, up to `max_backoff`; a receiver's own
 /// `Retry-After` is honoured when longer.
 fn backoff(delivery: &Delivery, attempts: u32, asked: Option<Duration>) -> Duration {

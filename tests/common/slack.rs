@@ -109,7 +109,9 @@ impl Slack {
         for (email, id) in users {
             ws.users.insert((*email).to_owned(), (*id).to_owned());
             // A user id as channel names the app's direct messages with that user.
-            ws.channels.insert((*id).to_owned(), format!("D{}", &id[1..]));
+            let dm = format!("D{}", &id[1..]);
+            ws.channels.insert((*id).to_owned(), dm.clone());
+            ws.channels.insert(dm.clone(), dm);
         }
         let ws = Arc::new(Mutex::new(ws));
         let state = Arc::clone(&ws);

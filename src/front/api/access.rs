@@ -5,12 +5,13 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
 use super::{check_text, ApiError, ApiJson, ApiQuery, ApiState};
 use crate::access::{AccessRequest, Grant};
 use crate::broker::ProfileView;
+use crate::notify::{announcements, Announcement};
 use crate::time::{parse_duration, Timestamp};
 
 pub async fn profiles(State(state): State<Arc<ApiState>>, caller: Caller) -> Json<Vec<ProfileView>> {
@@ -56,12 +57,25 @@ pub async fn list_requests(
     Ok(Json(state.broker.requests(&caller.identity, q.pending).await?))
 }
 
+/// One request, with where it was announced and who was asked.
+#[derive(Serialize)]
+pub struct RequestView {
+    #[serde(flatten)]
+    request: AccessRequest,
+    announced: Vec<Announcement>,
+}
+
 pub async fn get_request(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<AccessRequest>, ApiError> {
-    Ok(Json(state.broker.visible_request(&caller.identity, &id).await?))
+) -> Result<Json<RequestView>, ApiError> {
+    let request = state.broker.visible_request(&caller.identity, &id).await?;
+    let notices = state.broker.store().request_notices(&request.id).await?;
+    Ok(Json(RequestView {
+        announced: announcements(&notices, &state.notify_places),
+        request,
+    }))
 }
 
 /// Reasons are a ticket id and a few words, not documents.

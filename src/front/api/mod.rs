@@ -54,6 +54,8 @@ pub struct ApiState {
     pub kube_clusters: Vec<String>,
     /// The Slack app (`[slack]`), for linking accounts and taking button presses.
     pub chat: Option<Arc<crate::notify::slack::Chat>>,
+    /// `[[notify]]` targets by name, described for people.
+    pub notify_places: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

@@ -371,6 +371,14 @@ async fn request_view(state: &ApiState, s: &Session, id: &str, notice: Notice, s
         Ok((requests, grants)) => digest(&requests, &grants),
         Err(e) => return broker_error_page(site, e),
     };
+    // Where it was announced is a courtesy: a store hiccup here must not hide the request.
+    let announced = match state.broker.store().request_notices(&r.id).await {
+        Ok(notices) => crate::notify::announcements(&notices, &state.notify_places),
+        Err(e) => {
+            tracing::warn!(error = %e, request_id = %r.id, "cannot read where the request was announced");
+            Vec::new()
+        }
+    };
     let policy = state.broker.policy();
     let profile = policy.profile(&r.profile);
     let approver = profile.is_some_and(|p| p.may_approve(who));
@@ -418,6 +426,19 @@ async fn request_view(state: &ApiState, s: &Session, id: &str, notice: Notice, s
                     (r.state) " by " (by)
                     @if let Some(at) = r.decided_at { " at " (when(at)) }
                     @if let Some(why) = &r.decision_reason { ": " span.reason { (why) } }
+                }
+            }
+            @if !announced.is_empty() {
+                dt { "Announced" }
+                dd {
+                    ul.announced {
+                        @for a in &announced {
+                            li data-state=(a.state) {
+                                (a.place) ": " (a.state) " (" (a.event) ")"
+                                @if let Some(e) = &a.error { ": " span.reason { (e) } }
+                            }
+                        }
+                    }
                 }
             }
             @if let Some(g) = &grant {
