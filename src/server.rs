@@ -22,7 +22,7 @@ use crate::identity::session::Sessions;
 use crate::identity::TokenIssuer;
 use crate::live::Live;
 use crate::notify::slack::Chat;
-use crate::notify::Notifier;
+use crate::notify::{ChatPolicy, Notifier};
 use crate::store;
 use crate::time::Timestamp;
 
@@ -47,6 +47,8 @@ const MAX_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Expired sessions and login flows are harmless (every read checks expiry); they are
 /// deleted this often to keep the tables small.
 const LOGIN_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+/// Finished notices are kept this long (the audit log keeps each delivery for good).
+const NOTICE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let server = &config.server;
@@ -112,20 +114,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         .iter()
         .map(|t| (t.name.clone(), crate::notify::describe_target(t)))
         .collect();
+    // A chat account acts for a user who could log in now and did so lately: within the
+    // longer of a browser session's and a CLI token's life.
+    let chat_policy = ChatPolicy {
+        sources: sessions.sources().to_vec(),
+        fresh_for: config.auth.session_lifetime.max(server.token_lifetime),
+    };
     let chat = match &config.notify.slack {
         Some(app) => Some(Arc::new(
-            Chat::new(app, config.notify.delivery.timeout).map_err(ServeError::Setup)?,
+            Chat::new(app, config.notify.delivery.timeout, chat_policy.clone()).map_err(ServeError::Setup)?,
         )),
         None => None,
     };
-    let dms = config.notify.slack.as_ref().is_some_and(|s| s.bot_token.is_some());
-    let notifier = if config.notify.targets.is_empty() && !dms {
-        None
-    } else {
-        let notifier = Notifier::new(Arc::clone(&store), Arc::clone(&policy), config.notify, &public_url)
-            .map_err(ServeError::Setup)?;
-        Some(Arc::new(notifier))
-    };
+    // It runs even with nothing to send, to keep its place in the audit log: turning
+    // notices on later must not announce the past.
+    let notifier = Arc::new(
+        Notifier::new(
+            Arc::clone(&store),
+            Arc::clone(&policy),
+            config.notify,
+            chat_policy,
+            &public_url,
+        )
+        .map_err(ServeError::Setup)?,
+    );
     let broker = Arc::new(Broker::new(
         policy,
         store,
@@ -235,9 +247,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 
     tokio::spawn(sweep_forever(Arc::clone(&broker), shutdown.clone()));
     tokio::spawn(Arc::clone(&broker).record_cuts(cuts));
-    if let Some(notifier) = notifier {
-        tokio::spawn(notifier.run(shutdown.clone()));
-    }
+    tokio::spawn(notifier.run(shutdown.clone()));
     tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
     tls::serve(listener, tls_config, routes, shutdown).await;
     Ok(())
@@ -260,6 +270,10 @@ async fn sweep_forever(broker: Arc<Broker>, shutdown: CancellationToken) {
             last_purge = std::time::Instant::now();
             if let Err(e) = broker.store().purge_logins(now).await {
                 tracing::warn!(error = %e, "cannot purge expired sessions and login flows");
+            }
+            let before = Timestamp::from_millis(now.as_millis() - NOTICE_RETENTION.as_millis() as i64);
+            if let Err(e) = broker.store().purge_notices(before).await {
+                tracing::warn!(error = %e, "cannot purge old notices");
             }
         }
         let wait = match broker.sweep(now).await {

@@ -52,12 +52,16 @@ struct Stand {
     alice: User,
     bob: User,
     carol: User,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Stand {
     fn new() -> Stand {
-        let db = TestDb::blocking(Backend::Sqlite);
+        Stand::on(Backend::Sqlite)
+    }
+
+    fn on(backend: Backend) -> Stand {
+        let db = TestDb::blocking(backend);
         let slack = Slack::start(
             &[("#dba-approvals", CHANNEL)],
             &[
@@ -89,7 +93,7 @@ impl Stand {
             alice,
             bob,
             carol,
-            _db: db,
+            db,
         }
     }
 
@@ -191,7 +195,7 @@ fn now() -> i64 {
 
 #[test]
 fn linking_proves_both_ends_and_can_be_undone() {
-    let s = Stand::new();
+    let s = Stand::on(Backend::Postgres);
     // A wrong code links nothing, and five end the attempt.
     s.bob
         .run(&["link", "slack", "--email", "bob@example.com"], None)
@@ -207,9 +211,10 @@ fn linking_proves_both_ends_and_can_be_undone() {
     // Naming someone else's account sends them the code, which the asker never sees.
     s.carol.run(&["link", "slack", "--slack-user", "U0BOB"], None).success();
     for left in (1..=4).rev() {
-        s.carol
-            .run(&["link", "slack", "--code", wrong], None)
-            .fails(1, &format!("wrong code; {left} tries left"));
+        s.carol.run(&["link", "slack", "--code", wrong], None).fails(
+            1,
+            &format!("wrong code; {left} {} left", if left == 1 { "try" } else { "tries" }),
+        );
     }
     s.carol
         .run(&["link", "slack", "--code", wrong], None)
@@ -354,7 +359,9 @@ fn presses_that_may_not_decide_are_refused_privately() {
     // A profile without approve_in_chat is decided elsewhere.
     let console = s.request("console-only");
     let console_message = s.message(&console);
-    s.press(&console_message, "U0BOB", "jitgate.approve");
+    assert_eq!(console_message.buttons(), ["jitgate.open"]);
+    let stale = Slack::press_stale(&console_message, "U0BOB", "jitgate.approve");
+    s.post(&stale, &Slack::sign(SIGNING_SECRET, now(), &stale));
     assert!(s.told("U0BOB", 3).contains("approve_in_chat is off"));
     assert_eq!(s.state(&console), "pending");
 
@@ -420,6 +427,20 @@ fn interaction_requests_not_from_slack_change_nothing() {
     assert_eq!(s.post(&body, &signed).0, 200);
     assert_eq!(s.state(&id), "active");
     unauthorized(s.post(&body, &signed), "this payload was taken before");
+    let shouted: Vec<(String, String)> = signed
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                if k == "x-slack-signature" {
+                    format!("v0={}", v[3..].to_uppercase())
+                } else {
+                    v.clone()
+                },
+            )
+        })
+        .collect();
+    unauthorized(s.post(&body, &shouted), "this payload was taken before");
 
     let bad = |body: &str, says: &str| {
         let (status, answer) = s.post(body, &Slack::sign(SIGNING_SECRET, now(), body));
@@ -441,4 +462,35 @@ fn interaction_requests_not_from_slack_change_nothing() {
     let huge = format!("{body}&padding={}", "x".repeat(100 * 1024));
     let (status, _) = s.post(&huge, &Slack::sign(SIGNING_SECRET, now(), &huge));
     assert_eq!(status, 413);
+}
+
+#[test]
+fn presses_count_only_for_users_seen_lately() {
+    let s = Stand::new();
+    s.link(&s.bob, "bob@example.com", "U0BOB");
+    let id = s.request("db-patch");
+    let message = s.message(&id);
+    // Bob last logged in long ago (as far as the proxy knows).
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&s.db.url).await.unwrap();
+        let done = sqlx::query("UPDATE user_logins SET at = 0 WHERE name = 'bob'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+    });
+    s.press(&message, "U0BOB", "jitgate.approve");
+    assert!(
+        s.told("U0BOB", 1)
+            .starts_with("bob has not logged in to jitgate within 12h"),
+        "{}",
+        s.told("U0BOB", 1)
+    );
+    assert_eq!(s.state(&id), "pending");
+    // Logging in again is enough.
+    s.proxy.login("bob");
+    s.press(&message, "U0BOB", "jitgate.approve");
+    assert!(s.told("U0BOB", 2).starts_with(&format!("You approved {id}")));
+    assert_eq!(s.state(&id), "active");
 }

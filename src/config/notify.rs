@@ -297,17 +297,15 @@ fn validate_target(at: &str, t: RawTarget, slack: Option<&SlackApp>, errors: &mu
             let url = match url.as_deref().map(url::Url::parse) {
                 Some(Ok(u)) if u.scheme() == "https" || (u.scheme() == "http" && is_loopback_host(&u)) => Some(u),
                 Some(Ok(u)) if u.scheme() == "http" => {
+                    // Only the origin: the rest of a webhook URL often carries a token.
                     errors.push(format!(
-                        "{at}.url: {:?} must be https:// (signed bodies still carry who asked for what; http:// only on a loopback address)",
-                        u.as_str()
+                        "{at}.url: {} must be https:// (signed bodies still carry who asked for what; http:// only on a loopback address)",
+                        u.origin().ascii_serialization()
                     ));
                     None
                 }
                 Some(_) => {
-                    errors.push(format!(
-                        "{at}.url: {:?} is not an https:// URL",
-                        url.unwrap_or_default()
-                    ));
+                    errors.push(format!("{at}.url: is not an https:// URL"));
                     None
                 }
                 None => {
@@ -361,8 +359,10 @@ fn validate_delivery(d: RawDelivery, errors: &mut Vec<String>) -> Delivery {
     if max_backoff < Duration::from_secs(1) {
         errors.push("notifications.max_backoff: must be at least 1s".into());
     }
-    if timeout.is_zero() {
-        errors.push("notifications.timeout: must be more than 0s".into());
+    // A delivery may take a few calls (a Slack update and its note) within the lease a
+    // replica holds on it (two minutes).
+    if timeout.is_zero() || timeout > Duration::from_secs(30) {
+        errors.push("notifications.timeout: must be between 1s and 30s".into());
     }
     let mut allow_networks = Vec::with_capacity(d.allow_networks.len());
     for (i, n) in d.allow_networks.iter().enumerate() {

@@ -21,7 +21,7 @@ use crate::access::{AccessRequest, Identity, Policy};
 use crate::audit::{AuditDraft, AuditEvent};
 use crate::config::{Delivery, NotifyConfig, TargetKind, NOTICE_EVENTS};
 use crate::identity::token::random_id;
-use crate::store::{Attempt, ChatLink, Notice, NoticeState, Store, StoreError};
+use crate::store::{Attempt, LinkedUser, Notice, NoticeState, Store, StoreError};
 use crate::time::{format_duration, Timestamp};
 
 /// The chat provider name links are stored under.
@@ -72,10 +72,52 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs.min(3600)))
 }
 
+/// Who a linked chat account may act as: its user, while the user could still log in and
+/// did so lately. Without this, someone removed at the identity provider (who can no longer
+/// log in or renew a token) would keep deciding from chat on the groups of their last login.
+#[derive(Clone, Debug)]
+pub struct ChatPolicy {
+    /// Where logins may come from now: "local", and each configured provider.
+    pub sources: Vec<String>,
+    /// How lately the user must have logged in (or renewed a login).
+    pub fresh_for: Duration,
+}
+
+impl ChatPolicy {
+    /// The identity a linked account acts as now, or why it may not act.
+    pub fn identity(&self, linked: &LinkedUser, now: Timestamp) -> Result<Identity, String> {
+        let user = &linked.user;
+        if user.disabled {
+            return Err(format!("jitgate user {} is disabled", user.name));
+        }
+        if !self.sources.iter().any(|s| s == user.source()) {
+            return Err(format!(
+                "jitgate user {} logs in through {}, which this proxy no longer accepts",
+                user.name,
+                user.source()
+            ));
+        }
+        match linked.last_login {
+            Some(at) if at.saturating_add(self.fresh_for) > now => {
+                Ok(Identity::new(&user.name, user.groups.iter().cloned()))
+            }
+            _ => Err(format!(
+                "{} has not logged in to jitgate within {}: log in again (jitgate login, or the console), then press again",
+                user.name,
+                format_duration(self.fresh_for)
+            )),
+        }
+    }
+}
+
 pub struct Notifier {
     store: Arc<dyn Store>,
     policy: Arc<Policy>,
     config: NotifyConfig,
+    chat_policy: ChatPolicy,
+    /// Whether anything is configured to send to; without, the log is still read (so that
+    /// turning notices on later does not announce the past) but only once a second.
+    sends: bool,
     /// The console's base URL, for links back to a request.
     console: String,
     slack: Option<slack::SlackApi>,
@@ -89,6 +131,7 @@ impl Notifier {
         store: Arc<dyn Store>,
         policy: Arc<Policy>,
         config: NotifyConfig,
+        chat_policy: ChatPolicy,
         console: &str,
     ) -> Result<Notifier, String> {
         let timeout = config.delivery.timeout;
@@ -108,9 +151,11 @@ impl Notifier {
                 None
             },
             webhooks: webhook::Webhooks::new(&config.delivery.allow_networks, timeout)?,
+            sends: !config.targets.is_empty() || config.slack.as_ref().is_some_and(|s| s.bot_token.is_some()),
             store,
             policy,
             config,
+            chat_policy,
             console: console.trim_end_matches('/').to_owned(),
             queued: Notify::new(),
         })
@@ -124,6 +169,9 @@ impl Notifier {
     }
 
     async fn tail(self: Arc<Self>, shutdown: CancellationToken) {
+        if let Err(e) = self.skip_stale_backlog(Timestamp::now()).await {
+            tracing::warn!(error = %e, "cannot check the notice backlog");
+        }
         loop {
             let more = match self.tail_once(Timestamp::now()).await {
                 Ok(more) => more,
@@ -137,10 +185,33 @@ impl Notifier {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.store.committed() => {}
+                _ = self.store.committed(), if self.sends => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
+    }
+
+    /// Events older than `give_up_after` (notices were off, or the proxy was down that
+    /// long) would only be given up when sent: they are passed over, once, with a warning.
+    async fn skip_stale_backlog(&self, now: Timestamp) -> Result<(), StoreError> {
+        let from = self.store.notice_cursor().await?;
+        let Some(first) = self.store.audit_events(from, None, 1).await?.pop() else {
+            return Ok(());
+        };
+        if first.time.saturating_add(self.config.delivery.give_up_after) > now {
+            return Ok(());
+        }
+        let Some(head) = self.store.audit_head().await? else {
+            return Ok(());
+        };
+        if self.store.enqueue_notices(from, head.seq, &[]).await? {
+            tracing::warn!(
+                from = from + 1,
+                to = head.seq,
+                "audit events older than notifications.give_up_after are not announced"
+            );
+        }
+        Ok(())
     }
 
     /// Queues the notices of the next batch of audit events; true when there may be more.
@@ -152,7 +223,7 @@ impl Notifier {
         };
         let to = last.seq;
         let mut notices = Vec::new();
-        let mut linked: Option<Vec<(ChatLink, Identity)>> = None;
+        let mut linked: Option<Vec<Identity>> = None;
         for event in events.iter().filter(|e| NOTICE_EVENTS.contains(&e.action.as_str())) {
             let Some(request_id) = event.request_id.as_deref() else {
                 continue;
@@ -166,7 +237,7 @@ impl Notifier {
                 continue;
             };
             if linked.is_none() {
-                linked = Some(self.linked_approvers().await?);
+                linked = Some(self.linked_approvers(now).await?);
             }
             let linked = linked.as_deref().unwrap_or_default();
             self.notices_for(event, &request, linked, now, &mut notices);
@@ -182,29 +253,23 @@ impl Notifier {
         Ok(events.len() as u32 == TAIL_BATCH)
     }
 
-    /// Users linked to Slack, as who they are now, when the app can message them.
-    async fn linked_approvers(&self) -> Result<Vec<(ChatLink, Identity)>, StoreError> {
+    /// Users linked to Slack who may act there now, when the app can message them.
+    async fn linked_approvers(&self, now: Timestamp) -> Result<Vec<Identity>, StoreError> {
         if self.config.slack.as_ref().and_then(|s| s.bot_token.as_ref()).is_none() {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
-        for link in self.store.chat_links(SLACK, None).await? {
-            match self.store.user(&link.user).await? {
-                Some(u) if !u.disabled => {
-                    let who = Identity::new(&u.name, u.groups.iter().cloned());
-                    out.push((link, who));
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
+        let linked = self.store.linked_users(SLACK, None).await?;
+        Ok(linked
+            .iter()
+            .filter_map(|l| self.chat_policy.identity(l, now).ok())
+            .collect())
     }
 
     fn notices_for(
         &self,
         event: &AuditEvent,
         request: &AccessRequest,
-        linked: &[(ChatLink, Identity)],
+        linked: &[Identity],
         now: Timestamp,
         out: &mut Vec<Notice>,
     ) {
@@ -223,13 +288,17 @@ impl Notifier {
             state: NoticeState::Pending,
             attempts: 0,
             next_at: now,
+            claim: None,
+            first_tried_at: None,
             last_error: None,
             created_at: now,
             done_at: None,
         };
-        // The approvers who could decide it hear of it directly, in their own messages.
-        if request.approvals_required > 0 {
-            for (_, who) in linked {
+        // Where deciding in chat is allowed, the approvers who could decide it hear of it
+        // directly, in their own messages. Elsewhere nothing of the request goes to Slack
+        // but what the profile's own targets send.
+        if request.approvals_required > 0 && profile.approve_in_chat {
+            for who in linked {
                 if who.user != request.requester.user && profile.may_approve(who) {
                     let place = format!("{DM_PREFIX}{}", who.user);
                     let lane = format!("slack:{place}:{}", request.id);
@@ -349,7 +418,10 @@ impl Notifier {
             }
             Err(e) => {
                 let retry_at = now.saturating_add(backoff(&self.config.delivery, notice.attempts, e.retry_after));
-                let deadline = notice.created_at.saturating_add(self.config.delivery.give_up_after);
+                // From its first try, not its creation: a notice that waited behind a stuck
+                // lane head gets its own full time.
+                let since = notice.first_tried_at.unwrap_or(notice.created_at);
+                let deadline = since.saturating_add(self.config.delivery.give_up_after);
                 if e.permanent || retry_at > deadline {
                     let why = if e.permanent {
                         e.message
@@ -375,9 +447,15 @@ impl Notifier {
                 }
             }
         };
-        if let Err(e) = self.store.finish_notice(&notice.id, attempt, now, audit).await {
+        let claim = notice.claim.as_deref().unwrap_or_default();
+        match self.store.finish_notice(&notice.id, claim, attempt, now, audit).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                notice = %notice.id,
+                "a notice's lease ran out during its delivery; the replica that took it over records it"
+            ),
             // The lease runs out and the notice is tried again: late, never lost.
-            tracing::error!(notice = %notice.id, error = %e, "cannot record a notice's delivery");
+            Err(e) => tracing::error!(notice = %notice.id, error = %e, "cannot record a notice's delivery"),
         }
         self.queued.notify_one();
     }
@@ -389,15 +467,17 @@ impl Notifier {
             let link = self.store.chat_links(SLACK, Some(user)).await.map_err(store_failed)?;
             return match (token, link.first()) {
                 (Some(token), Some(link)) => self.send_slack(notice, &notice.target, &link.chat_user, token).await,
-                (None, _) => Err(SendError::permanent("[slack] has no bot token any more".into())),
+                // Maybe a replica on an older config: another may send it, until give-up.
+                (None, _) => Err(SendError::transient("[slack] here has no bot token".into(), None)),
                 (_, None) => Err(SendError::permanent(format!("{user} unlinked their Slack account"))),
             };
         }
         let Some(target) = self.config.target(&notice.target) else {
-            return Err(SendError::permanent(format!(
-                "no [[notify]] target is named {:?} any more",
-                notice.target
-            )));
+            // During a rolling change of the config, a replica may not know a target yet.
+            return Err(SendError::transient(
+                format!("no [[notify]] target here is named {:?}", notice.target),
+                None,
+            ));
         };
         match &target.kind {
             TargetKind::Webhook { url, key } => self.webhooks.send(url, &key.0, &notice.id, &notice.payload).await,
@@ -438,16 +518,25 @@ impl Notifier {
         let note: Option<String> = serde_json::from_str::<serde_json::Value>(&notice.payload)
             .ok()
             .and_then(|p| p["note"].as_str().map(str::to_owned));
-        let (channel_id, ts) = match self
+        let known = self
             .store
             .slack_message(request_id, place)
             .await
-            .map_err(store_failed)?
-        {
-            Some((channel_id, ts)) => {
-                api.update(token, &channel_id, &ts, &message).await?;
-                (channel_id, ts)
-            }
+            .map_err(store_failed)?;
+        let updated = match known {
+            Some((channel_id, ts)) => match api.update(token, &channel_id, &ts, &message).await {
+                Ok(()) => Some((channel_id, ts)),
+                // Someone deleted the message (or it cannot be edited): announce it again.
+                Err(e) if e.permanent && slack::GONE.iter().any(|g| e.message.ends_with(g)) => {
+                    tracing::warn!(request_id, place, error = %e.message, "the announcing message is gone; posting a new one");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let (channel_id, ts) = match updated {
+            Some(known) => known,
             None => {
                 let (channel_id, ts) = api.post(token, channel, &message, None).await?;
                 self.store

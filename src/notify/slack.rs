@@ -3,6 +3,8 @@
 //! state. Everything a user typed is escaped before it reaches Slack's mrkdwn, so a reason
 //! cannot mention `@channel` or dress up a link.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -17,6 +19,9 @@ use crate::time::{format_duration, Timestamp};
 pub const APPROVE: &str = "jitgate.approve";
 pub const DENY: &str = "jitgate.deny";
 pub const OPEN: &str = "jitgate.open";
+
+/// `chat.update` errors that mean the message is no longer there to update.
+pub const GONE: &[&str] = &[": message_not_found", ": cant_update_message", ": is_archived"];
 
 /// Slack's own limits: a section's text, a button's value.
 const SECTION_MAX: usize = 3000;
@@ -76,7 +81,10 @@ impl SlackApi {
     async fn answer(&self, method: &str, request: reqwest::RequestBuilder) -> Result<Value, SendError> {
         let response = request.send().await.map_err(|e| {
             SendError::transient(
-                format!("cannot reach Slack ({method}): {}", super::webhook::chain(&e)),
+                format!(
+                    "cannot reach Slack ({method}): {}",
+                    super::webhook::chain(&e.without_url())
+                ),
                 None,
             )
         })?;
@@ -94,10 +102,12 @@ impl SlackApi {
         if !status.is_success() {
             return Err(SendError::permanent(format!("Slack answered {status} to {method}")));
         }
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| SendError::transient(format!("Slack's answer to {method} is not JSON: {e}"), None))?;
+        let body: Value = response.json().await.map_err(|e| {
+            SendError::transient(
+                format!("Slack's answer to {method} is not JSON: {}", e.without_url()),
+                None,
+            )
+        })?;
         if body["ok"].as_bool() == Some(true) {
             return Ok(body);
         }
@@ -168,15 +178,38 @@ pub struct Chat {
     pub api: SlackApi,
     pub token: Option<SecretString>,
     pub signing_secret: Option<SecretString>,
+    pub policy: super::ChatPolicy,
+    /// Link codes asked for in the last hour, by asker and by Slack account: codes cannot
+    /// be asked for without end (each brings fresh tries), nor direct messages sent to
+    /// anyone at will.
+    link_codes: moka::future::Cache<String, Arc<AtomicU32>>,
 }
 
+/// Link codes allowed per asker, and per Slack account, per hour.
+const LINK_CODES_PER_HOUR: u32 = 5;
+
 impl Chat {
-    pub fn new(app: &crate::config::SlackApp, timeout: Duration) -> Result<Chat, String> {
+    pub fn new(app: &crate::config::SlackApp, timeout: Duration, policy: super::ChatPolicy) -> Result<Chat, String> {
         Ok(Chat {
             api: SlackApi::new(app.api_url.clone(), timeout)?,
             token: app.bot_token.clone(),
             signing_secret: app.signing_secret.clone(),
+            policy,
+            link_codes: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
         })
+    }
+
+    /// Counts a link code asked for under `key` (`user:NAME` before anything is looked up,
+    /// `slack:ID` before a code is sent); false past the hourly cap.
+    pub async fn allow_link_code(&self, key: String) -> bool {
+        let count = self
+            .link_codes
+            .get_with(key, async { Arc::new(AtomicU32::new(0)) })
+            .await;
+        count.fetch_add(1, Ordering::Relaxed) < LINK_CODES_PER_HOUR
     }
 }
 
@@ -242,7 +275,9 @@ pub fn message(
         what.push(format!("• profile {name} (no longer configured)"));
     }
     let mut buttons = Vec::with_capacity(3);
-    if request.state == RequestState::Pending {
+    // Buttons that could only be refused are not offered.
+    let decided_in_chat = profile.is_some_and(|p| p.approve_in_chat);
+    if request.state == RequestState::Pending && decided_in_chat {
         buttons.push(json!({
             "type": "button", "action_id": APPROVE, "style": "primary", "value": request.id,
             "text": {"type": "plain_text", "text": "Approve"},

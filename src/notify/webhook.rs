@@ -67,19 +67,26 @@ fn public_v4(a: Ipv4Addr) -> bool {
 
 fn public_v6(a: Ipv6Addr) -> bool {
     let s = a.segments();
-    // NAT64 and 6to4 carry an IPv4 address that the guard must judge instead.
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    // Well-known NAT64, IPv4-translated and 6to4 addresses carry an IPv4 address that the
+    // guard must judge instead.
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        let [_, _, _, _, _, _, hi, lo] = s;
-        return public_v4(Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+        return public_v4(embedded(s[6], s[7]));
+    }
+    if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return public_v4(embedded(s[6], s[7]));
     }
     if s[0] == 0x2002 {
-        return public_v4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])));
+        return public_v4(embedded(s[1], s[2]));
     }
     !(a.is_unspecified()
         || a.is_loopback()
         || a.is_multicast()
+        || (s[0] == 0x64 && s[1] == 0xff9b) // local-use NAT64 (64:ff9b:1::/48): any IPv4 inside
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to an IPv4 address
         || (s[0] & 0xfe00) == 0xfc00 // unique local
         || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local, deprecated
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
         || s[..6] == [0; 6]) // IPv4-compatible, deprecated
@@ -157,7 +164,12 @@ impl Webhooks {
             .await
             .map_err(|e| match guard_refusal(&e) {
                 Some(refused) => SendError::permanent(refused.to_string()),
-                None => SendError::transient(format!("cannot reach {}: {}", host_of(url), chain(&e)), None),
+                // Without the URL: its path or query may hold a token, and this text is
+                // logged, audited and shown with the request.
+                None => {
+                    let e = e.without_url();
+                    SendError::transient(format!("cannot reach {}: {}", host_of(url), chain(&e)), None)
+                }
             })?;
         let status = response.status();
         if status.is_success() {
@@ -261,7 +273,11 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "::ffff:0:a9fe:a9fe",
             "2002:7f00:1::",
+            "fec0::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!permitted(refused.parse().unwrap(), &none), "{refused} passed");
         }

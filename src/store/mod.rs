@@ -15,7 +15,7 @@ use crate::access::{AccessRequest, Grant};
 use crate::audit::{AuditDraft, AuditEvent, AuditHead};
 use crate::time::Timestamp;
 
-pub use notices::{Attempt, ChatLink, Notice, NoticeState, Notices};
+pub use notices::{Attempt, ChatLink, LinkedUser, Notice, NoticeState, Notices};
 pub use sql::SqlStore;
 
 #[derive(Debug, thiserror::Error)]

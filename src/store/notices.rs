@@ -54,6 +54,10 @@ pub struct Notice {
     /// Attempts begun, the one under way included.
     pub attempts: u32,
     pub next_at: Timestamp,
+    /// The attempt under way, when one is.
+    pub claim: Option<String>,
+    /// When it was first tried: how long it has been deliverable, for giving up.
+    pub first_tried_at: Option<Timestamp>,
     pub last_error: Option<String>,
     pub created_at: Timestamp,
     pub done_at: Option<Timestamp>,
@@ -84,16 +88,21 @@ pub trait Notices {
         lease_until: Timestamp,
         limit: u32,
     ) -> Result<Vec<Notice>, StoreError>;
-    /// Records how an attempt ended, with its audit event if any.
+    /// Records how the attempt `claim` ended, with its audit event if any; false (and
+    /// nothing recorded) when that attempt's lease ran out and another took the notice.
     async fn finish_notice(
         &self,
         id: &str,
+        claim: &str,
         attempt: Attempt,
         now: Timestamp,
         event: Option<AuditDraft>,
-    ) -> Result<(), StoreError>;
-    /// When the next pending notice falls due.
+    ) -> Result<bool, StoreError>;
+    /// When the next notice could be claimed: the earliest due lane head not under way.
     async fn next_notice_at(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Deletes finished notices done before `before`, and the message records of requests
+    /// that ended before it.
+    async fn purge_notices(&self, before: Timestamp) -> Result<(), StoreError>;
     /// A request's notices, oldest first.
     async fn request_notices(&self, request_id: &str) -> Result<Vec<Notice>, StoreError>;
 
@@ -113,6 +122,20 @@ pub trait Notices {
     async fn chat_links(&self, provider: &str, user: Option<&str>) -> Result<Vec<ChatLink>, StoreError>;
     /// The user a chat account is linked to.
     async fn chat_link_of(&self, provider: &str, chat_user: &str) -> Result<Option<ChatLink>, StoreError>;
+    /// The users linked on `provider` (all, or the one of `chat_user`), with their records
+    /// and last logins, in one read.
+    async fn linked_users(&self, provider: &str, chat_user: Option<&str>) -> Result<Vec<LinkedUser>, StoreError>;
+
+    /// Notes that `user` logged in (or renewed a login) at `at`.
+    async fn record_login(&self, user: &str, at: Timestamp) -> Result<(), StoreError>;
+}
+
+/// A linked chat account with the user it belongs to, as they stand now.
+#[derive(Clone, Debug)]
+pub struct LinkedUser {
+    pub link: ChatLink,
+    pub user: super::UserRecord,
+    pub last_login: Option<Timestamp>,
 }
 
 /// A chat account proven to be a user's.
@@ -134,7 +157,7 @@ fn link_from_row(row: &AnyRow) -> Result<ChatLink, StoreError> {
 }
 
 const NOTICE_COLUMNS: &str = "id, target, lane, event, audit_seq, request_id, payload, state, attempts, next_at, \
-     last_error, created_at, done_at";
+     claim, first_tried_at, last_error, created_at, done_at";
 
 fn notice_from_row(row: &AnyRow) -> Result<Notice, StoreError> {
     Ok(Notice {
@@ -148,6 +171,8 @@ fn notice_from_row(row: &AnyRow) -> Result<Notice, StoreError> {
         state: NoticeState::parse(&get::<String>(row, "state")?)?,
         attempts: u32::try_from(get::<i64>(row, "attempts")?).unwrap_or(u32::MAX),
         next_at: ts(row, "next_at")?,
+        claim: get(row, "claim")?,
+        first_tried_at: opt_ts(row, "first_tried_at")?,
         last_error: get(row, "last_error")?,
         created_at: ts(row, "created_at")?,
         done_at: opt_ts(row, "done_at")?,
@@ -182,7 +207,7 @@ impl Notices for SqlStore {
         for n in notices {
             sqlx::query(&format!(
                 "INSERT INTO notices ({NOTICE_COLUMNS}, claimed_until) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,0)"
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,0)"
             ))
             .bind(&n.id)
             .bind(&n.target)
@@ -194,6 +219,8 @@ impl Notices for SqlStore {
             .bind(n.state.as_str())
             .bind(i64::from(n.attempts))
             .bind(n.next_at.as_millis())
+            .bind(&n.claim)
+            .bind(n.first_tried_at.map(Timestamp::as_millis))
             .bind(&n.last_error)
             .bind(n.created_at.as_millis())
             .bind(n.done_at.map(Timestamp::as_millis))
@@ -226,19 +253,25 @@ impl Notices for SqlStore {
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut n = notice_from_row(row)?;
-            // Compare-and-swap: of replicas racing for one notice, one gets it.
+            let claim = crate::identity::token::random_id("claim-");
+            // Compare-and-swap: of replicas racing for one notice, one gets it, and only
+            // once it is due (another may have just put it back to wait).
             let won = sqlx::query(
-                "UPDATE notices SET claimed_until = $1, attempts = attempts + 1 \
-                 WHERE id = $2 AND state = 'pending' AND claimed_until <= $3",
+                "UPDATE notices SET claimed_until = $1, attempts = attempts + 1, claim = $2, \
+                 first_tried_at = COALESCE(first_tried_at, $3) \
+                 WHERE id = $4 AND state = 'pending' AND claimed_until <= $3 AND next_at <= $3",
             )
             .bind(lease_until.as_millis())
-            .bind(&n.id)
+            .bind(&claim)
             .bind(now.as_millis())
+            .bind(&n.id)
             .execute(&self.writer)
             .await
             .map_err(store_error)?;
             if won.rows_affected() == 1 {
                 n.attempts += 1;
+                n.claim = Some(claim);
+                n.first_tried_at.get_or_insert(now);
                 claimed.push(n);
             }
         }
@@ -248,10 +281,11 @@ impl Notices for SqlStore {
     async fn finish_notice(
         &self,
         id: &str,
+        claim: &str,
         attempt: Attempt,
         now: Timestamp,
         event: Option<AuditDraft>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         let (state, next_at, error) = match &attempt {
             Attempt::Delivered => (NoticeState::Delivered, None, None),
@@ -259,31 +293,59 @@ impl Notices for SqlStore {
             Attempt::Failed { error } => (NoticeState::Failed, None, Some(error.as_str())),
         };
         let done_at = (state != NoticeState::Pending).then_some(now.as_millis());
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE notices SET state = $1, next_at = COALESCE($2, next_at), last_error = $3, done_at = $4, \
-             claimed_until = 0 WHERE id = $5",
+             claimed_until = 0, claim = NULL WHERE id = $5 AND claim = $6",
         )
         .bind(state.as_str())
         .bind(next_at.map(Timestamp::as_millis))
         .bind(error)
         .bind(done_at)
         .bind(id)
+        .bind(claim)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
         if let Some(e) = event {
             self.seal_events(&mut tx, vec![e]).await?;
         }
         // Not `self.commit`: the notifier's own audit events need no one woken.
-        tx.commit().await.map_err(store_error)
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
     }
 
     async fn next_notice_at(&self) -> Result<Option<Timestamp>, StoreError> {
-        let row = sqlx::query("SELECT MIN(next_at) AS t FROM notices WHERE state = 'pending'")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(store_error)?;
+        // Notices behind a lane head wait for it, not for their own time; a head under way
+        // is free again when its lease ends (its worker wakes the loop sooner when done).
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN n.claimed_until > n.next_at THEN n.claimed_until ELSE n.next_at END) AS t \
+             FROM notices n WHERE n.state = 'pending' \
+             AND NOT EXISTS (SELECT 1 FROM notices e \
+                 WHERE e.lane = n.lane AND e.state = 'pending' AND e.audit_seq < n.audit_seq)",
+        )
+        .fetch_one(&self.reader)
+        .await
+        .map_err(store_error)?;
         Ok(get::<Option<i64>>(&row, "t")?.map(Timestamp::from_millis))
+    }
+
+    async fn purge_notices(&self, before: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for sql in [
+            "DELETE FROM notices WHERE state <> 'pending' AND done_at < $1",
+            "DELETE FROM slack_messages WHERE request_id IN (SELECT id FROM requests \
+             WHERE state NOT IN ('pending', 'active') AND created_at < $1)",
+        ] {
+            sqlx::query(sql)
+                .bind(before.as_millis())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
     }
 
     async fn request_notices(&self, request_id: &str) -> Result<Vec<Notice>, StoreError> {
@@ -414,5 +476,42 @@ impl Notices for SqlStore {
         .await
         .map_err(store_error)?;
         row.as_ref().map(link_from_row).transpose()
+    }
+
+    async fn linked_users(&self, provider: &str, chat_user: Option<&str>) -> Result<Vec<LinkedUser>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT l.provider, l.chat_user, l.user_name, l.linked_at, \
+             u.name, u.groups, u.password_hash, u.disabled, u.created_at, g.at AS last_login \
+             FROM chat_links l JOIN users u ON u.name = l.user_name \
+             LEFT JOIN user_logins g ON g.name = l.user_name \
+             WHERE l.provider = $1 AND ($2 = '' OR l.chat_user = $2) ORDER BY l.user_name",
+        )
+        .bind(provider)
+        .bind(chat_user.unwrap_or(""))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(LinkedUser {
+                    link: link_from_row(r)?,
+                    user: super::rows::user_from_row(r)?,
+                    last_login: opt_ts(r, "last_login")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_login(&self, user: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO user_logins (name, at) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET at = excluded.at",
+        )
+        .bind(user)
+        .bind(at.as_millis())
+        .execute(&self.writer)
+        .await
+        .map_err(store_error)?;
+        Ok(())
     }
 }

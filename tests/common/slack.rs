@@ -213,6 +213,30 @@ impl Slack {
             .finish()
     }
 
+    /// A press of a button `message` no longer shows, as on a copy of it posted before
+    /// the profile's `approve_in_chat` was turned off.
+    pub fn press_stale(message: &Posted, user: &str, action_id: &str) -> String {
+        let mut older = message.clone();
+        let actions = older
+            .blocks
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|b| b["type"] == "actions")
+            .expect("an actions block");
+        let id = actions["block_id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("jitgate:")
+            .to_owned();
+        actions["elements"].as_array_mut().unwrap().insert(
+            0,
+            json!({"type": "button", "action_id": action_id, "value": id,
+                   "text": {"type": "plain_text", "text": "Approve"}}),
+        );
+        Slack::press(&older, user, action_id)
+    }
+
     /// Slack's request signature headers for `body`, sent at `timestamp` (Unix seconds).
     pub fn sign(secret: &str, timestamp: i64, body: &str) -> [(String, String); 2] {
         use hmac::{Hmac, Mac};
@@ -225,6 +249,15 @@ impl Slack {
                 format!("v0={}", hex::encode(mac.finalize().into_bytes())),
             ),
         ]
+    }
+
+    /// Deletes a message, as a person in the channel can.
+    pub fn delete(&self, channel: &str, ts: &str) {
+        self.ws
+            .lock()
+            .unwrap()
+            .messages
+            .retain(|m| !(m.channel == channel && m.ts == ts));
     }
 
     /// Answers every call with 503 for `d`, as during an outage.

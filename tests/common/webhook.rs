@@ -33,6 +33,8 @@ struct Inbox {
     attempts: HashMap<String, usize>,
     /// Deliveries refused, and why.
     refused: Vec<String>,
+    /// Deliveries of an id already taken.
+    repeats: usize,
     down_until: Option<Instant>,
     redirect_to: Option<String>,
 }
@@ -103,6 +105,11 @@ impl Receiver {
         self.inbox.lock().unwrap().attempts.values().sum()
     }
 
+    /// How many signed deliveries came again after their id was taken.
+    pub fn repeats(&self) -> usize {
+        self.inbox.lock().unwrap().repeats
+    }
+
     pub fn refused(&self) -> Vec<String> {
         self.inbox.lock().unwrap().refused.clone()
     }
@@ -160,6 +167,7 @@ async fn receive(State(inbox): State<Arc<Mutex<Inbox>>>, headers: HeaderMap, bod
     }
     // Repeats of a delivered id are acknowledged and dropped, as the scheme asks.
     if inbox.taken.iter().any(|d| d.id == id) {
+        inbox.repeats += 1;
         return StatusCode::NO_CONTENT.into_response();
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {

@@ -71,11 +71,15 @@ pub async fn get_request(
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let request = state.broker.visible_request(&caller.identity, &id).await?;
-    let notices = state.broker.store().request_notices(&request.id).await?;
-    Ok(Json(RequestView {
-        announced: announcements(&notices, &state.notify_places),
-        request,
-    }))
+    // Where it was announced is a courtesy: a failed read of it must not hide the request.
+    let announced = match state.broker.store().request_notices(&request.id).await {
+        Ok(notices) => announcements(&notices, &state.notify_places),
+        Err(e) => {
+            tracing::warn!(error = %e, request_id = %request.id, "cannot read where the request was announced");
+            Vec::new()
+        }
+    };
+    Ok(Json(RequestView { announced, request }))
 }
 
 /// Reasons are a ticket id and a few words, not documents.

@@ -231,10 +231,23 @@ impl ApiState {
             ));
         };
         self.limiter.succeeded(&shown, source).await;
+        self.seen(&record.name).await;
         Ok(Identity {
             user: record.name,
             groups: record.groups,
         })
+    }
+
+    /// Notes a login, where a chat account's presses depend on it (`[slack]` configured);
+    /// elsewhere a login costs no write for it.
+    pub async fn seen(&self, user: &str) {
+        if self.chat.is_none() {
+            return;
+        }
+        if let Err(e) = self.broker.store().record_login(user, Timestamp::now()).await {
+            // Only chat decisions depend on it, and they fail closed without it.
+            tracing::warn!(user, error = %e, "cannot record a login");
+        }
     }
 
     /// Issues a proxy token for `identity` and records it as `action`; with `refresh`, keeps

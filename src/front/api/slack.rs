@@ -23,7 +23,6 @@ use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
 use super::{ApiError, ApiJson, ApiQuery, ApiState};
-use crate::access::Identity;
 use crate::audit::AuditDraft;
 use crate::broker::BrokerError;
 use crate::notify::slack::{Chat, APPROVE, DENY};
@@ -69,6 +68,10 @@ pub async fn link_start(
             "the Slack app has no bot token ([slack] bot_token_env), so it cannot send a code",
         )
     })?;
+    // Counted before anything is looked up: emails are not to be probed at will either.
+    if !chat.allow_link_code(format!("user:{}", caller.identity.user)).await {
+        return Err(too_many("by you"));
+    }
     let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", why);
     let slack_user = match (body.slack_user, body.email) {
         (Some(_), Some(_)) => return Err(bad("give slack_user or email, not both".into())),
@@ -108,6 +111,9 @@ pub async fn link_start(
                 })?
         }
     };
+    if !chat.allow_link_code(format!("slack:{slack_user}")).await {
+        return Err(too_many("for that Slack account"));
+    }
     let code = {
         use rand::Rng;
         format!("{:06}", rand::thread_rng().gen_range(0..1_000_000u32))
@@ -115,7 +121,13 @@ pub async fn link_start(
     let now = Timestamp::now();
     let expires_at = now.saturating_add(LINK_CODE_TTL);
     let key = link_key(&caller.identity.user);
-    let payload = json!({"slack_user": slack_user, "code": hash(&code), "tries": 0}).to_string();
+    let payload = json!({
+        "slack_user": slack_user,
+        "code": hash(&code),
+        "tries": 0,
+        "expires_at": expires_at.as_millis(),
+    })
+    .to_string();
     // A new code replaces one not yet used.
     let store = state.broker.store();
     store.take_flow(&key, now).await?;
@@ -170,8 +182,10 @@ pub async fn link_confirm(
             "no Slack link is waiting for a code (or it expired): start with `jitgate link slack`",
         )
     };
+    // Taken, not read: one guess at a time holds the code, so guesses sent at once cannot
+    // share a try (the others find nothing waiting), and two right ones link once.
     let pending: Value = store
-        .peek_flow(&key, now)
+        .take_flow(&key, now)
         .await?
         .and_then(|p| serde_json::from_str(&p).ok())
         .ok_or_else(none)?;
@@ -180,7 +194,6 @@ pub async fn link_confirm(
     if !constant_eq(given.as_bytes(), expected.as_bytes()) {
         let tries = pending["tries"].as_u64().unwrap_or(0) + 1;
         if tries >= LINK_CODE_TRIES {
-            store.take_flow(&key, now).await?;
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -189,15 +202,19 @@ pub async fn link_confirm(
         }
         let mut updated = pending.clone();
         updated["tries"] = json!(tries);
-        store.update_flow(&key, &updated.to_string(), now).await?;
+        let expires_at = pending["expires_at"].as_i64().map_or(now, Timestamp::from_millis);
+        // A new code asked for meanwhile wins; this one is then gone.
+        match store.put_flow(&key, &updated.to_string(), expires_at).await {
+            Ok(()) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let left = LINK_CODE_TRIES - tries;
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("wrong code; {} tries left", LINK_CODE_TRIES - tries),
+            format!("wrong code; {left} {} left", if left == 1 { "try" } else { "tries" }),
         ));
     }
-    // Taken once: two confirmations racing link at most once.
-    store.take_flow(&key, now).await?.ok_or_else(none)?;
     let link = ChatLink {
         provider: SLACK.into(),
         chat_user: pending["slack_user"].as_str().unwrap_or_default().to_owned(),
@@ -254,6 +271,14 @@ pub async fn links(
     Ok(Json(state.broker.store().chat_links(SLACK, who).await?))
 }
 
+fn too_many(whose: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many link codes asked for {whose} in the last hour; try again later"),
+    )
+}
+
 fn link_key(user: &str) -> String {
     format!("chat-link:{SLACK}:{user}")
 }
@@ -304,15 +329,15 @@ async fn interaction(state: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) ->
     if (now.as_millis() / 1000 - at).abs() > SIGNATURE_WINDOW {
         return Err(unauthorized("X-Slack-Request-Timestamp is more than 5 minutes away"));
     }
-    // Each signed payload is taken once; past the window, the timestamp check refuses it.
-    let seen = format!("slack-interaction:{}", hash(signature));
-    let window = Duration::from_secs(2 * SIGNATURE_WINDOW as u64);
-    match state
-        .broker
-        .store()
-        .put_flow(&seen, "", now.saturating_add(window))
-        .await
-    {
+    // Each signed payload is taken once. Keyed by what was signed, not by the signature's
+    // text (hex has two cases); remembered until the timestamp check refuses it anyway.
+    let mut signed_text = Sha256::new();
+    signed_text.update(timestamp.as_bytes());
+    signed_text.update(b":");
+    signed_text.update(body);
+    let seen = format!("slack-interaction:{}", hex::encode(signed_text.finalize()));
+    let forget_at = Timestamp::from_millis((at + SIGNATURE_WINDOW + 60) * 1000);
+    match state.broker.store().put_flow(&seen, "", forget_at).await {
         Ok(()) => {}
         Err(StoreError::AlreadyExists(_)) => return Err(unauthorized("this payload was taken before")),
         Err(e) => return Err(e.into()),
@@ -456,17 +481,12 @@ async fn decide(state: &ApiState, press: &Press, decision: Decision, now: Timest
             request.profile
         ));
     }
-    let link = store
-        .chat_link_of(SLACK, &press.user)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| {
-            "your Slack account is not linked to a jitgate user; link it with `jitgate link slack`".to_owned()
-        })?;
-    let who = match store.user(&link.user).await.map_err(internal)? {
-        Some(u) if !u.disabled => Identity::new(&u.name, u.groups.iter().cloned()),
-        _ => return Err(format!("jitgate user {} is disabled or gone", link.user)),
-    };
+    let linked = store.linked_users(SLACK, Some(&press.user)).await.map_err(internal)?;
+    let linked = linked.first().ok_or_else(|| {
+        "your Slack account is not linked to a jitgate user; link it with `jitgate link slack`".to_owned()
+    })?;
+    let chat = state.chat.as_ref().expect("presses are taken only with a Slack app");
+    let who = chat.policy.identity(linked, now)?;
     let done = match decision {
         Decision::Approve => state.broker.approve(&who, id, None, now).await,
         Decision::Deny => {

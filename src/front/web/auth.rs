@@ -416,6 +416,7 @@ pub async fn admit(state: &ApiState, idp: &str, who: &IdpIdentity, source: &str)
             "your account is disabled on this proxy; ask an admin",
         ));
     }
+    state.seen(&who.user).await;
     Ok(Identity {
         user: who.user.clone(),
         groups: who.groups.clone(),

@@ -12,6 +12,8 @@ INSERT INTO notice_cursor (id, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM audit_e
 -- One delivery owed to one target. Notices of a lane (one request's notices to one target:
 -- a Slack message and its updates, or a receiver's webhooks) go out in audit order, one at
 -- a time. `id` is the webhook-id, the same on every retry, so receivers can drop repeats.
+-- `claim` names the attempt under way: only its worker may record how it ended, so one
+-- whose lease ran out cannot overwrite the attempt of the replica that took over.
 CREATE TABLE notices (
     id            TEXT PRIMARY KEY,
     target        TEXT NOT NULL,
@@ -24,6 +26,8 @@ CREATE TABLE notices (
     attempts      BIGINT NOT NULL,
     next_at       BIGINT NOT NULL,
     claimed_until BIGINT NOT NULL,
+    claim         TEXT,
+    first_tried_at BIGINT,
     last_error    TEXT,
     created_at    BIGINT NOT NULL,
     done_at       BIGINT
@@ -51,3 +55,10 @@ CREATE TABLE chat_links (
     PRIMARY KEY (provider, chat_user)
 );
 CREATE UNIQUE INDEX chat_links_by_user ON chat_links (provider, user_name);
+
+-- When each user last logged in (a password, an identity provider, or a renewal that asked
+-- the provider again): a chat account's presses count only for a user seen lately.
+CREATE TABLE user_logins (
+    name TEXT PRIMARY KEY,
+    at   BIGINT NOT NULL
+);
