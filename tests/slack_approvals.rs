@@ -494,3 +494,77 @@ fn presses_count_only_for_users_seen_lately() {
     assert!(s.told("U0BOB", 2).starts_with(&format!("You approved {id}")));
     assert_eq!(s.state(&id), "active");
 }
+
+#[test]
+fn the_console_links_a_slack_account_too() {
+    let s = Stand::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&s.proxy.ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = s.proxy.url.clone();
+    let post = |path: &str, form: Vec<(&str, String)>| {
+        let req = http.post(format!("{base}{path}")).header("origin", &base).form(&form);
+        rt.block_on(async { req.send().await.unwrap().text().await.unwrap() })
+    };
+    let get = |path: &str| {
+        rt.block_on(async {
+            http.get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    post(
+        "/auth/local",
+        vec![
+            ("user", "bob".into()),
+            ("password", common::password_of("bob")),
+            ("rd", "/".into()),
+        ],
+    );
+    assert!(
+        get("/").contains(r#"href="/slack""#),
+        "the start page points to the Slack page"
+    );
+    let page = get("/slack");
+    assert!(page.contains("Not linked"), "{page}");
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token in the form")
+        .to_owned();
+    let sent = post(
+        "/slack/start",
+        vec![("csrf", csrf.clone()), ("email", "bob@example.com".into())],
+    );
+    assert!(sent.contains("A code is on its way"), "{sent}");
+    let code = s.code_sent_to("U0BOB");
+    let wrong = post("/slack/confirm", vec![("csrf", csrf.clone()), ("code", "x".into())]);
+    assert!(wrong.contains("wrong code; 4 tries left"), "{wrong}");
+    let forged = post(
+        "/slack/confirm",
+        vec![("csrf", "forged".into()), ("code", code.clone())],
+    );
+    assert!(!forged.contains("is linked"), "a forged form links nothing: {forged}");
+    let linked = post("/slack/confirm", vec![("csrf", csrf.clone()), ("code", code)]);
+    assert!(linked.contains("Your Slack account is linked"), "{linked}");
+    assert!(linked.contains("Linked to Slack member <code>U0BOB</code>"), "{linked}");
+    assert_eq!(s.bob.json(&["links"])[0]["chat_user"], "U0BOB");
+    let unlinked = post("/slack/unlink", vec![("csrf", csrf)]);
+    assert!(unlinked.contains("Your Slack account is unlinked"), "{unlinked}");
+    assert_eq!(s.bob.json(&["links"]), serde_json::json!([]));
+}

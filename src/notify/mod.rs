@@ -294,10 +294,14 @@ impl Notifier {
             created_at: now,
             done_at: None,
         };
-        // Where deciding in chat is allowed, the approvers who could decide it hear of it
-        // directly, in their own messages. Elsewhere nothing of the request goes to Slack
-        // but what the profile's own targets send.
-        if request.approvals_required > 0 && profile.approve_in_chat {
+        // Where the profile is announced in Slack (or decided there), the approvers who could
+        // decide it hear of it directly, in their own messages too. A profile kept out of
+        // Slack stays out of it.
+        let in_slack = profile.approve_in_chat
+            || self.config.targets.iter().any(|t| {
+                matches!(t.kind, TargetKind::Slack { .. }) && (t.all_profiles || profile.notify.contains(&t.name))
+            });
+        if request.approvals_required > 0 && in_slack {
             for who in linked {
                 if who.user != request.requester.user && profile.may_approve(who) {
                     let place = format!("{DM_PREFIX}{}", who.user);

@@ -7,6 +7,7 @@ mod kube;
 pub use auth::Invalid;
 mod ops;
 mod slack;
+pub(crate) use slack::{confirm_link, end_link, start_link};
 pub mod ssh;
 
 use std::sync::Arc;

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
 use super::{ApiError, ApiJson, ApiQuery, ApiState};
+use crate::access::Identity;
 use crate::audit::AuditDraft;
 use crate::broker::BrokerError;
 use crate::notify::slack::{Chat, APPROVE, DENY};
@@ -60,7 +61,18 @@ pub async fn link_start(
     caller: Caller,
     ApiJson(body): ApiJson<LinkStart>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let chat = chat(&state)?;
+    let started = start_link(&state, &caller.identity, body.email, body.slack_user).await?;
+    Ok((StatusCode::ACCEPTED, Json(started)))
+}
+
+/// The API's and the console's first step of linking: a code sent to the Slack account.
+pub(crate) async fn start_link(
+    state: &ApiState,
+    who: &Identity,
+    email: Option<String>,
+    slack_user: Option<String>,
+) -> Result<Value, ApiError> {
+    let chat = chat(state)?;
     let token = chat.token.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -69,11 +81,11 @@ pub async fn link_start(
         )
     })?;
     // Counted before anything is looked up: emails are not to be probed at will either.
-    if !chat.allow_link_code(format!("user:{}", caller.identity.user)).await {
+    if !chat.allow_link_code(format!("user:{}", who.user)).await {
         return Err(too_many("by you"));
     }
     let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", why);
-    let slack_user = match (body.slack_user, body.email) {
+    let slack_user = match (slack_user, email) {
         (Some(_), Some(_)) => return Err(bad("give slack_user or email, not both".into())),
         (Some(id), None) => {
             if !(id.len() >= 3
@@ -89,7 +101,7 @@ pub async fn link_start(
             let email =
                 match email {
                     Some(e) => e,
-                    None if caller.identity.user.contains('@') => caller.identity.user.clone(),
+                    None if who.user.contains('@') => who.user.clone(),
                     None => return Err(bad(
                         "your user name is not an email address: name your Slack account with --email or --slack-user"
                             .into(),
@@ -120,7 +132,7 @@ pub async fn link_start(
     };
     let now = Timestamp::now();
     let expires_at = now.saturating_add(LINK_CODE_TTL);
-    let key = link_key(&caller.identity.user);
+    let key = link_key(&who.user);
     let payload = json!({
         "slack_user": slack_user,
         "code": hash(&code),
@@ -136,7 +148,7 @@ pub async fn link_start(
         "Your code to link this Slack account to jitgate user *{}*: *{code}*\n\
          Enter it with `jitgate link slack --code {code}` within 10 minutes. \
          If you did not ask for this, ignore it: nothing is linked without the code.",
-        crate::notify::slack::escape(&caller.identity.user)
+        crate::notify::slack::escape(&who.user)
     );
     let message = crate::notify::slack::Message {
         text: text.clone(),
@@ -147,17 +159,11 @@ pub async fn link_start(
         return Err(slack_failed(e));
     }
     store
-        .append_audit(vec![AuditDraft::new(
-            "chat.link_started",
-            &caller.identity.user,
-            &slack_user,
-        )
-        .details(json!({"provider": SLACK}))])
+        .append_audit(vec![
+            AuditDraft::new("chat.link_started", &who.user, &slack_user).details(json!({"provider": SLACK}))
+        ])
         .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"provider": SLACK, "slack_user": slack_user, "expires_at": expires_at})),
-    ))
+    Ok(json!({"provider": SLACK, "slack_user": slack_user, "expires_at": expires_at}))
 }
 
 #[derive(Deserialize)]
@@ -171,10 +177,15 @@ pub async fn link_confirm(
     caller: Caller,
     ApiJson(body): ApiJson<LinkConfirm>,
 ) -> Result<Json<ChatLink>, ApiError> {
-    chat(&state)?;
+    Ok(Json(confirm_link(&state, &caller.identity, &body.code).await?))
+}
+
+/// The second step: the code back from a logged-in user links the account it was sent to.
+pub(crate) async fn confirm_link(state: &ApiState, who: &Identity, code: &str) -> Result<ChatLink, ApiError> {
+    chat(state)?;
     let store = state.broker.store();
     let now = Timestamp::now();
-    let key = link_key(&caller.identity.user);
+    let key = link_key(&who.user);
     let none = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -190,7 +201,7 @@ pub async fn link_confirm(
         .and_then(|p| serde_json::from_str(&p).ok())
         .ok_or_else(none)?;
     let expected = pending["code"].as_str().unwrap_or_default();
-    let given = hash(body.code.trim());
+    let given = hash(code.trim());
     if !constant_eq(given.as_bytes(), expected.as_bytes()) {
         let tries = pending["tries"].as_u64().unwrap_or(0) + 1;
         if tries >= LINK_CODE_TRIES {
@@ -218,7 +229,7 @@ pub async fn link_confirm(
     let link = ChatLink {
         provider: SLACK.into(),
         chat_user: pending["slack_user"].as_str().unwrap_or_default().to_owned(),
-        user: caller.identity.user.clone(),
+        user: who.user.clone(),
         linked_at: now,
     };
     let event = AuditDraft::new("chat.linked", &link.user, &link.chat_user).details(json!({"provider": SLACK}));
@@ -231,11 +242,16 @@ pub async fn link_confirm(
         other => other.into(),
     })?;
     tracing::info!(user = %link.user, slack_user = %link.chat_user, "Slack account linked");
-    Ok(Json(link))
+    Ok(link)
 }
 
 pub async fn unlink(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    let who = &caller.identity.user;
+    end_link(&state, &caller.identity).await?;
+    Ok(Json(json!({"provider": SLACK, "unlinked": caller.identity.user})))
+}
+
+pub(crate) async fn end_link(state: &ApiState, who: &Identity) -> Result<(), ApiError> {
+    let who = &who.user;
     let event = AuditDraft::new("chat.unlinked", who, who).details(json!({"provider": SLACK}));
     if !state.broker.store().unlink_chat(SLACK, who, event).await? {
         return Err(ApiError::new(
@@ -244,7 +260,7 @@ pub async fn unlink(State(state): State<Arc<ApiState>>, caller: Caller) -> Resul
             "you have no Slack account linked",
         ));
     }
-    Ok(Json(json!({"provider": SLACK, "unlinked": who})))
+    Ok(())
 }
 
 #[derive(Deserialize)]

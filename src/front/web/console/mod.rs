@@ -25,6 +25,7 @@ use crate::identity::session::Session;
 use crate::time::{format_duration, parse_duration, Timestamp};
 
 mod apps;
+mod chat;
 mod view;
 
 use view::*;
@@ -44,6 +45,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/auth/app", get(apps::app_login))
         .route("/requests/{id}/{action}", post(request_action))
         .route("/grants/{id}/revoke", post(revoke))
+        .route("/slack", get(chat::slack_page))
+        .route("/slack/{action}", post(chat::slack_action))
         .route(STATE_PATH, get(live_state))
         // Browsers ask for it on every page; an empty answer keeps their consoles clean.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
@@ -269,6 +272,9 @@ async fn home_page(
         (notice.render())
         (live(Back::Home, &version))
         (identity_section(s, admin))
+        @if state.chat.is_some() {
+            p { a href="/slack" { "Approve from Slack: link your Slack account" } }
+        }
         section {
             h2 { "Your grants" }
             @if my_grants.is_empty() {
