@@ -119,6 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     let chat_policy = ChatPolicy {
         sources: sessions.sources().to_vec(),
         fresh_for: config.auth.session_lifetime.max(server.token_lifetime),
+        fresh_for_idp: server.token_lifetime.min(config.auth.session_lifetime),
     };
     let chat = match &config.notify.slack {
         Some(app) => Some(Arc::new(

@@ -320,13 +320,17 @@ fn slack_errors_are_handled_as_slack_means_them() {
     assert_eq!(failed["request_id"], id.as_str());
     bob.run(&["approve", &id], None).success();
     assert!(proxy.log().contains("channel_not_found"));
-    let shown = alice.json(&["requests", &id]);
+    // An approver sees why; the requester (below) only that it failed.
+    let shown = bob.json(&["requests", &id]);
     assert_eq!(shown["announced"][0]["place"], "Slack #nowhere");
     assert_eq!(shown["announced"][0]["state"], "failed");
     assert_eq!(
         shown["announced"][0]["error"],
         "Slack refused chat.postMessage: channel_not_found"
     );
+    let mine = alice.json(&["requests", &id]);
+    assert_eq!(mine["announced"][0]["state"], "failed");
+    assert!(mine["announced"][0].get("error").is_none(), "{mine}");
 }
 
 #[test]
@@ -499,6 +503,7 @@ allow_networks = ["127.0.0.1"]
     let chat_policy = ChatPolicy {
         sources: vec!["local".into()],
         fresh_for: Duration::from_secs(3600),
+        fresh_for_idp: Duration::from_secs(3600),
     };
     let notifier = Arc::new(Notifier::new(store, policy, config.notify, chat_policy, "https://proxy.test").unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -615,6 +620,7 @@ async fn two_replicas_deliver_each_notice_once_and_in_order() {
         let chat_policy = ChatPolicy {
             sources: vec!["local".into()],
             fresh_for: Duration::from_secs(3600),
+            fresh_for_idp: Duration::from_secs(3600),
         };
         let notifier = Notifier::new(
             Arc::clone(&store),

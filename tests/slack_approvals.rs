@@ -307,9 +307,15 @@ fn a_linked_approver_approves_in_slack() {
         detail.contains("announced: Slack #dba-approvals: delivered (grant.activated)"),
         "{detail}"
     );
+    // The requester sees that an approver was asked; an approver sees who.
     assert!(
-        detail.contains("announced: bob (Slack direct message): delivered (grant.activated)"),
+        detail.contains("announced: an approver (Slack direct message): delivered (grant.activated)"),
         "{detail}"
+    );
+    let full = s.bob.run(&["requests", &id], None).success().stdout;
+    assert!(
+        full.contains("announced: bob (Slack direct message): delivered (grant.activated)"),
+        "{full}"
     );
     // The console link is a button too: Slack reports its press, which decides nothing.
     assert_eq!(s.press(&updated, "U0BOB", "jitgate.open").0, 200);
@@ -512,10 +518,6 @@ fn the_console_links_a_slack_account_too() {
         .build()
         .unwrap();
     let base = s.proxy.url.clone();
-    let post = |path: &str, form: Vec<(&str, String)>| {
-        let req = http.post(format!("{base}{path}")).header("origin", &base).form(&form);
-        rt.block_on(async { req.send().await.unwrap().text().await.unwrap() })
-    };
     let get = |path: &str| {
         rt.block_on(async {
             http.get(format!("{base}{path}"))
@@ -526,6 +528,16 @@ fn the_console_links_a_slack_account_too() {
                 .await
                 .unwrap()
         })
+    };
+    // A form post from the console's own page; a redirect is followed, as a browser does.
+    let post = |path: &str, form: Vec<(&str, String)>| {
+        let req = http.post(format!("{base}{path}")).header("origin", &base).form(&form);
+        let resp = rt.block_on(req.send()).unwrap();
+        let status = resp.status();
+        match resp.headers().get("location").and_then(|l| l.to_str().ok()) {
+            Some(to) if status.is_redirection() && path != "/auth/local" => get(to),
+            _ => rt.block_on(resp.text()).unwrap(),
+        }
     };
     post(
         "/auth/local",

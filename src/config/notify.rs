@@ -359,9 +359,12 @@ fn validate_delivery(d: RawDelivery, errors: &mut Vec<String>) -> Delivery {
     if max_backoff < Duration::from_secs(1) {
         errors.push("notifications.max_backoff: must be at least 1s".into());
     }
+    if give_up_after < Duration::from_secs(60) {
+        errors.push("notifications.give_up_after: must be at least 1m".into());
+    }
     // A delivery may take a few calls (a Slack update and its note) within the lease a
     // replica holds on it (two minutes).
-    if timeout.is_zero() || timeout > Duration::from_secs(30) {
+    if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(30) {
         errors.push("notifications.timeout: must be between 1s and 30s".into());
     }
     let mut allow_networks = Vec::with_capacity(d.allow_networks.len());

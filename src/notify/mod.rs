@@ -79,8 +79,11 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 pub struct ChatPolicy {
     /// Where logins may come from now: "local", and each configured provider.
     pub sources: Vec<String>,
-    /// How lately the user must have logged in (or renewed a login).
+    /// How lately a local user must have logged in: the life of their longest credential.
     pub fresh_for: Duration,
+    /// How lately an identity provider's user must have logged in (or renewed, which asks
+    /// the provider again): no longer than any of their credentials lasts without it.
+    pub fresh_for_idp: Duration,
 }
 
 impl ChatPolicy {
@@ -97,14 +100,17 @@ impl ChatPolicy {
                 user.source()
             ));
         }
+        let fresh_for = if user.source() == "local" {
+            self.fresh_for
+        } else {
+            self.fresh_for_idp
+        };
         match linked.last_login {
-            Some(at) if at.saturating_add(self.fresh_for) > now => {
-                Ok(Identity::new(&user.name, user.groups.iter().cloned()))
-            }
+            Some(at) if at.saturating_add(fresh_for) > now => Ok(Identity::new(&user.name, user.groups.iter().cloned())),
             _ => Err(format!(
                 "{} has not logged in to jitgate within {}: log in again (jitgate login, or the console), then press again",
                 user.name,
-                format_duration(self.fresh_for)
+                format_duration(fresh_for)
             )),
         }
     }
@@ -193,21 +199,17 @@ impl Notifier {
 
     /// Events older than `give_up_after` (notices were off, or the proxy was down that
     /// long) would only be given up when sent: they are passed over, once, with a warning.
+    /// Only those: anything newer is still announced.
     async fn skip_stale_backlog(&self, now: Timestamp) -> Result<(), StoreError> {
         let from = self.store.notice_cursor().await?;
-        let Some(first) = self.store.audit_events(from, None, 1).await?.pop() else {
+        let cutoff = Timestamp::from_millis(now.as_millis() - self.config.delivery.give_up_after.as_millis() as i64);
+        let Some(to) = self.store.last_audit_seq_before(from, cutoff).await? else {
             return Ok(());
         };
-        if first.time.saturating_add(self.config.delivery.give_up_after) > now {
-            return Ok(());
-        }
-        let Some(head) = self.store.audit_head().await? else {
-            return Ok(());
-        };
-        if self.store.enqueue_notices(from, head.seq, &[]).await? {
+        if self.store.enqueue_notices(from, to, &[]).await? {
             tracing::warn!(
                 from = from + 1,
-                to = head.seq,
+                to,
                 "audit events older than notifications.give_up_after are not announced"
             );
         }
@@ -378,9 +380,14 @@ impl Notifier {
             if claimed > 0 && running.len() < IN_FLIGHT {
                 continue;
             }
-            let wait = match self.store.next_notice_at().await {
-                Ok(Some(t)) => now.until(t).clamp(Duration::from_millis(10), POLL),
-                _ => POLL,
+            // With every slot busy, only a finished delivery makes room: no need to look.
+            let wait = if running.len() == IN_FLIGHT {
+                Duration::from_secs(3600)
+            } else {
+                match self.store.next_notice_at().await {
+                    Ok(Some(t)) => now.until(t).clamp(Duration::from_millis(10), POLL),
+                    _ => POLL,
+                }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -396,7 +403,14 @@ impl Notifier {
 
     async fn deliver(self: Arc<Self>, notice: Notice) {
         let started = std::time::Instant::now();
-        let result = self.send(&notice).await;
+        // Within the lease: past it, another replica may take the notice over.
+        let result = match tokio::time::timeout(LEASE - Duration::from_secs(10), self.send(&notice)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::transient(
+                "the delivery took longer than its lease".into(),
+                None,
+            )),
+        };
         let now = Timestamp::now();
         let outcome = match &result {
             Ok(()) => "delivered",
@@ -424,8 +438,12 @@ impl Notifier {
                 let retry_at = now.saturating_add(backoff(&self.config.delivery, notice.attempts, e.retry_after));
                 // From its first try, not its creation: a notice that waited behind a stuck
                 // lane head gets its own full time.
+                // but never more than twice as late as the event.
+                let give_up = self.config.delivery.give_up_after;
                 let since = notice.first_tried_at.unwrap_or(notice.created_at);
-                let deadline = since.saturating_add(self.config.delivery.give_up_after);
+                let deadline = since
+                    .saturating_add(give_up)
+                    .min(notice.created_at.saturating_add(give_up * 2));
                 if e.permanent || retry_at > deadline {
                     let why = if e.permanent {
                         e.message
@@ -576,6 +594,20 @@ pub struct Announcement {
     pub at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Announcement {
+    /// What a viewer who neither approves the profile nor administers the proxy sees: that
+    /// and how it was announced, not who was asked, where receivers live, or their errors.
+    pub fn redacted(mut self) -> Announcement {
+        if self.target.starts_with(DM_PREFIX) {
+            self.place = "an approver (Slack direct message)".into();
+        } else if self.place.starts_with("webhook") {
+            self.place = "a webhook".into();
+        }
+        self.error = None;
+        self
+    }
 }
 
 /// Folds a request's notices (oldest first) into one announcement per place. `places`

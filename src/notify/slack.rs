@@ -185,9 +185,6 @@ pub struct Chat {
     link_codes: moka::future::Cache<String, Arc<AtomicU32>>,
 }
 
-/// Link codes allowed per asker, and per Slack account, per hour.
-const LINK_CODES_PER_HOUR: u32 = 5;
-
 impl Chat {
     pub fn new(app: &crate::config::SlackApp, timeout: Duration, policy: super::ChatPolicy) -> Result<Chat, String> {
         Ok(Chat {
@@ -203,13 +200,13 @@ impl Chat {
     }
 
     /// Counts a link code asked for under `key` (`user:NAME` before anything is looked up,
-    /// `slack:ID` before a code is sent); false past the hourly cap.
-    pub async fn allow_link_code(&self, key: String) -> bool {
+    /// `slack:ID…` before a code is sent); false past `per_hour`. Counted per replica.
+    pub async fn allow_link_code(&self, key: String, per_hour: u32) -> bool {
         let count = self
             .link_codes
             .get_with(key, async { Arc::new(AtomicU32::new(0)) })
             .await;
-        count.fetch_add(1, Ordering::Relaxed) < LINK_CODES_PER_HOUR
+        count.fetch_add(1, Ordering::Relaxed) < per_hour
     }
 }
 

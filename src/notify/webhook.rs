@@ -88,6 +88,8 @@ fn public_v6(a: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local
         || (s[0] & 0xffc0) == 0xfec0 // site-local, deprecated
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] & 0xfff0) == 0x3ff0 // documentation, 3fff::/20
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // benchmarking
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // discard-only
         || s[..6] == [0; 6]) // IPv4-compatible, deprecated
 }
@@ -277,6 +279,8 @@ mod tests {
             "::ffff:0:a9fe:a9fe",
             "2002:7f00:1::",
             "fec0::1",
+            "3fff::1",
+            "2001:2::1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!permitted(refused.parse().unwrap(), &none), "{refused} passed");

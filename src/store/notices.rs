@@ -126,6 +126,9 @@ pub trait Notices {
     /// and last logins, in one read.
     async fn linked_users(&self, provider: &str, chat_user: Option<&str>) -> Result<Vec<LinkedUser>, StoreError>;
 
+    /// The last audit seq after `after` of an event older than `before`, if any.
+    async fn last_audit_seq_before(&self, after: i64, before: Timestamp) -> Result<Option<i64>, StoreError>;
+
     /// Notes that `user` logged in (or renewed a login) at `at`.
     async fn record_login(&self, user: &str, at: Timestamp) -> Result<(), StoreError>;
 }
@@ -337,7 +340,9 @@ impl Notices for SqlStore {
         for sql in [
             "DELETE FROM notices WHERE state <> 'pending' AND done_at < $1",
             "DELETE FROM slack_messages WHERE request_id IN (SELECT id FROM requests \
-             WHERE state NOT IN ('pending', 'active') AND created_at < $1)",
+             WHERE state NOT IN ('pending', 'active') AND created_at < $1) \
+             AND NOT EXISTS (SELECT 1 FROM notices n \
+                 WHERE n.request_id = slack_messages.request_id AND n.state = 'pending')",
         ] {
             sqlx::query(sql)
                 .bind(before.as_millis())
@@ -513,5 +518,15 @@ impl Notices for SqlStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn last_audit_seq_before(&self, after: i64, before: Timestamp) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(seq) AS seq FROM audit_events WHERE seq > $1 AND at < $2")
+            .bind(after)
+            .bind(before.as_millis())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        get(&row, "seq")
     }
 }

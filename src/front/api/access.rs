@@ -72,8 +72,20 @@ pub async fn get_request(
 ) -> Result<Json<RequestView>, ApiError> {
     let request = state.broker.visible_request(&caller.identity, &id).await?;
     // Where it was announced is a courtesy: a failed read of it must not hide the request.
+    let policy = state.broker.policy();
+    let overseer = policy.is_admin(&caller.identity)
+        || policy
+            .profile(&request.profile)
+            .is_some_and(|p| p.may_approve(&caller.identity));
     let announced = match state.broker.store().request_notices(&request.id).await {
-        Ok(notices) => announcements(&notices, &state.notify_places),
+        Ok(notices) => {
+            let all = announcements(&notices, &state.notify_places);
+            if overseer {
+                all
+            } else {
+                all.into_iter().map(Announcement::redacted).collect()
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, request_id = %request.id, "cannot read where the request was announced");
             Vec::new()

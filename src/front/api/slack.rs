@@ -81,7 +81,7 @@ pub(crate) async fn start_link(
         )
     })?;
     // Counted before anything is looked up: emails are not to be probed at will either.
-    if !chat.allow_link_code(format!("user:{}", who.user)).await {
+    if !chat.allow_link_code(format!("user:{}", who.user), 5).await {
         return Err(too_many("by you"));
     }
     let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", why);
@@ -123,7 +123,13 @@ pub(crate) async fn start_link(
                 })?
         }
     };
-    if !chat.allow_link_code(format!("slack:{slack_user}")).await {
+    // Per asker and account, so nobody can use up someone else's codes; and a higher cap
+    // per account, so nobody is sent codes without end by many askers.
+    if !chat
+        .allow_link_code(format!("slack:{slack_user}:{}", who.user), 5)
+        .await
+        || !chat.allow_link_code(format!("slack:{slack_user}"), 20).await
+    {
         return Err(too_many("for that Slack account"));
     }
     let code = {
@@ -146,7 +152,7 @@ pub(crate) async fn start_link(
     store.put_flow(&key, &payload, expires_at).await?;
     let text = format!(
         "Your code to link this Slack account to jitgate user *{}*: *{code}*\n\
-         Enter it with `jitgate link slack --code {code}` within 10 minutes. \
+         Enter it within 10 minutes with `jitgate link slack --code {code}`, or on the console's Slack page. \
          If you did not ask for this, ignore it: nothing is linked without the code.",
         crate::notify::slack::escape(&who.user)
     );
@@ -190,7 +196,7 @@ pub(crate) async fn confirm_link(state: &ApiState, who: &Identity, code: &str) -
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            "no Slack link is waiting for a code (or it expired): start with `jitgate link slack`",
+            "no Slack link is waiting for a code (or it expired): start with `jitgate link slack` (or the console's Slack page)",
         )
     };
     // Taken, not read: one guess at a time holds the code, so guesses sent at once cannot
@@ -208,7 +214,7 @@ pub(crate) async fn confirm_link(state: &ApiState, who: &Identity, code: &str) -
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "wrong code too many times; start again with `jitgate link slack`",
+                "wrong code too many times; start again with `jitgate link slack` (or the console's Slack page)",
             ));
         }
         let mut updated = pending.clone();
@@ -233,14 +239,22 @@ pub(crate) async fn confirm_link(state: &ApiState, who: &Identity, code: &str) -
         linked_at: now,
     };
     let event = AuditDraft::new("chat.linked", &link.user, &link.chat_user).details(json!({"provider": SLACK}));
-    store.link_chat(&link, event).await.map_err(|e| match e {
-        StoreError::AlreadyExists(_) => ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "that Slack account is linked to another user; they must unlink it first",
-        ),
-        other => other.into(),
-    })?;
+    match store.link_chat(&link, event).await {
+        Ok(()) => {}
+        Err(StoreError::AlreadyExists(_)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "that Slack account is linked to another user; they must unlink it first",
+            ))
+        }
+        Err(e) => {
+            // The store failed, not the user: the code stays good for another try.
+            let expires_at = pending["expires_at"].as_i64().map_or(now, Timestamp::from_millis);
+            let _ = store.put_flow(&key, &pending.to_string(), expires_at).await;
+            return Err(e.into());
+        }
+    }
     tracing::info!(user = %link.user, slack_user = %link.chat_user, "Slack account linked");
     Ok(link)
 }

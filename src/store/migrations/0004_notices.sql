@@ -35,6 +35,7 @@ CREATE TABLE notices (
 CREATE INDEX notices_due ON notices (state, next_at);
 CREATE INDEX notices_by_lane ON notices (lane, state, audit_seq);
 CREATE INDEX notices_by_request ON notices (request_id);
+CREATE INDEX notices_by_done ON notices (done_at);
 
 -- The Slack message that announces a request in one place (a target's channel, or an
 -- approver's direct messages), kept current with chat.update.

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use maud::html;
 use serde::Deserialize;
@@ -18,8 +18,21 @@ use crate::front::web::{check_csrf, page, MaybeSession, WebSession};
 use crate::identity::session::Session;
 use crate::notify::SLACK;
 
-pub(super) async fn slack_page(State(state): State<Arc<ApiState>>, WebSession(s): WebSession) -> Response {
-    render(&state, &s, Notice::Nothing, StatusCode::OK).await
+pub(super) async fn slack_page(
+    State(state): State<Arc<ApiState>>,
+    WebSession(s): WebSession,
+    RawQuery(q): RawQuery,
+) -> Response {
+    // Only known codes, each a fixed sentence: nothing from the URL is echoed.
+    let notice = match super::query_param(q.as_deref(), "done").as_deref() {
+        Some("sent") => {
+            Notice::Done("A code is on its way to your Slack direct messages: enter it below within 10 minutes.")
+        }
+        Some("linked") => Notice::Done("Your Slack account is linked: buttons you press there count as you."),
+        Some("unlinked") => Notice::Done("Your Slack account is unlinked: its buttons no longer count as you."),
+        _ => Notice::Nothing,
+    };
+    render(&state, &s, notice, StatusCode::OK).await
 }
 
 #[derive(Deserialize)]
@@ -51,20 +64,15 @@ pub(super) async fn slack_action(
             let email = Some(form.email.trim().to_owned())
                 .filter(|e| !e.is_empty())
                 .or_else(|| s.email.clone());
-            start_link(&state, who, email, None)
-                .await
-                .map(|_| "A code is on its way to your Slack direct messages: enter it below within 10 minutes.")
+            start_link(&state, who, email, None).await.map(|_| "sent")
         }
-        "confirm" => confirm_link(&state, who, &form.code)
-            .await
-            .map(|_| "Your Slack account is linked: buttons you press there count as you."),
-        "unlink" => end_link(&state, who)
-            .await
-            .map(|_| "Your Slack account is unlinked: its buttons no longer count as you."),
+        "confirm" => confirm_link(&state, who, &form.code).await.map(|_| "linked"),
+        "unlink" => end_link(&state, who).await.map(|_| "unlinked"),
         _ => return not_found(site, "such page"),
     };
     match outcome {
-        Ok(done) => render(&state, &s, Notice::Done(done), StatusCode::OK).await,
+        // Post/redirect/get: a reload does not send another code.
+        Ok(done) => Redirect::to(&format!("/slack?done={done}")).into_response(),
         Err(e) => render(&state, &s, Notice::Refused(e.reason().to_owned()), e.status()).await,
     }
 }

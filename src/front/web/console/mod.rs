@@ -378,8 +378,21 @@ async fn request_view(state: &ApiState, s: &Session, id: &str, notice: Notice, s
         Err(e) => return broker_error_page(site, e),
     };
     // Where it was announced is a courtesy: a store hiccup here must not hide the request.
+    let overseer = state.broker.policy().is_admin(who)
+        || state
+            .broker
+            .policy()
+            .profile(&r.profile)
+            .is_some_and(|p| p.may_approve(who));
     let announced = match state.broker.store().request_notices(&r.id).await {
-        Ok(notices) => crate::notify::announcements(&notices, &state.notify_places),
+        Ok(notices) => {
+            let all = crate::notify::announcements(&notices, &state.notify_places);
+            if overseer {
+                all
+            } else {
+                all.into_iter().map(crate::notify::Announcement::redacted).collect()
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, request_id = %r.id, "cannot read where the request was announced");
             Vec::new()
