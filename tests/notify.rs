@@ -703,3 +703,88 @@ async fn two_replicas_deliver_each_notice_once_and_in_order() {
     }
     stop.cancel();
 }
+
+/// A notifier that starts far behind the log (notices were off, or the proxy was down for
+/// longer than give_up_after) passes over what is too old to announce, and only that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_backlog_is_passed_over_and_nothing_newer() {
+    use std::sync::Arc;
+
+    use jitgate::access::{AccessRequest, Identity};
+    use jitgate::audit::AuditDraft;
+    use jitgate::broker::Broker;
+    use jitgate::config::Config;
+    use jitgate::live::Live;
+    use jitgate::notify::{ChatPolicy, Notifier};
+    use jitgate::time::Timestamp;
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let slack = workspace();
+    let hook = Receiver::start();
+    let text = profiles(&["audit-hook"]) + &targets(db.dir.path(), &slack, CHANNEL, &hook, "give_up_after = \"1h\"");
+    let config = Config::parse(&text, "t.toml").unwrap();
+    let store = jitgate::store::open(&db.url).await.unwrap();
+    let policy = Arc::new(config.policy);
+    let alice = Identity::new("alice", ["dba"]);
+
+    // A request made two hours ago, with its event as it was sealed then.
+    let then = Timestamp::from_millis(Timestamp::now().as_millis() - 2 * 3600 * 1000);
+    let old = AccessRequest::open(
+        "req-0000000000000001".into(),
+        policy.profile("db-patch").unwrap(),
+        alice.clone(),
+        "old".into(),
+        Duration::from_secs(600),
+        then,
+        Duration::from_secs(24 * 3600),
+        || "grant-0000000000000001".into(),
+    )
+    .unwrap();
+    let mut event = AuditDraft::new("request.created", "alice", "db-patch").request(&old.request().id);
+    event.time = Some(then);
+    store.insert_request(old.request(), None, vec![event]).await.unwrap();
+    // And one made now.
+    let broker = Broker::new(
+        Arc::clone(&policy),
+        Arc::clone(&store),
+        Live::new(),
+        Duration::from_secs(3600),
+    );
+    let new = broker
+        .open_request(
+            &alice,
+            "db-patch",
+            "new".into(),
+            Duration::from_secs(600),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+
+    let chat_policy = ChatPolicy {
+        sources: vec!["local".into()],
+        fresh_for: Duration::from_secs(3600),
+        fresh_for_idp: Duration::from_secs(3600),
+    };
+    let notifier = Arc::new(Notifier::new(store, policy, config.notify, chat_policy, "https://p").unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(notifier.run(stop.clone()));
+    let hook2 = hook.clone();
+    let got = tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(10), || {
+            let d = hook2.deliveries();
+            (!d.is_empty()).then_some(d)
+        })
+    })
+    .await
+    .unwrap()
+    .expect("the new request is announced");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = hook
+        .deliveries()
+        .iter()
+        .map(|d| d.body["data"]["request"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, [new.id.clone()], "only the new one: {got:?}");
+    stop.cancel();
+}

@@ -263,7 +263,14 @@ impl Notifier {
         let linked = self.store.linked_users(SLACK, None).await?;
         Ok(linked
             .iter()
-            .filter_map(|l| self.chat_policy.identity(l, now).ok())
+            .filter_map(|l| match self.chat_policy.identity(l, now) {
+                Ok(who) => Some(who),
+                Err(why) => {
+                    // Not asked in Slack until they log in again; say so where someone looks.
+                    tracing::debug!(user = %l.user.name, why, "a linked approver is not asked by direct message");
+                    None
+                }
+            })
             .collect())
     }
 
