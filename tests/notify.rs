@@ -785,6 +785,6 @@ async fn a_stale_backlog_is_passed_over_and_nothing_newer() {
         .iter()
         .map(|d| d.body["data"]["request"]["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(ids, [new.id.clone()], "only the new one: {got:?}");
+    assert_eq!(ids, std::slice::from_ref(&new.id), "only the new one: {got:?}");
     stop.cancel();
 }
