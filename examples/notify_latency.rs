@@ -333,9 +333,15 @@ async fn run(
     row("POST /api/v1/requests round trip", round_trips);
     let p99 = row("created -> Slack chat.postMessage received", posted);
     row("created -> signed webhook received", delivered);
-    println!(
-        "goal: p99 < 200 ms from creation to the Slack API call: {} ({p99:.1} ms)",
-        if p99 < 200.0 { "met" } else { "MISSED" }
-    );
+    if args.rate > 0.0 {
+        println!(
+            "goal: p99 < 200 ms from creation to the Slack API call: {} ({p99:.1} ms)",
+            if p99 < 200.0 { "met" } else { "MISSED" }
+        );
+    } else {
+        println!(
+            "(as fast as they go, requests arrive faster than notices/s above allows: latency here is the queue, {p99:.1} ms at p99)"
+        );
+    }
     Ok(())
 }
