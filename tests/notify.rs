@@ -346,12 +346,15 @@ fn webhooks_never_reach_inside_the_proxy_network() {
     std::fs::write(&secret_file, &inside.secret).unwrap();
     std::fs::write(db.dir.path().join("slack.token"), &slack.token).unwrap();
     let localhost = by_name.url.replace("127.0.0.1", "localhost");
+    // The cloud metadata service, as a receiver would be named to reach it.
+    let metadata = "https://169.254.169.254/latest/meta-data/".to_owned();
     let hooks = [
         ("by-ip", &inside.url),
         ("by-name", &localhost),
         ("redirect", &redirecting.url),
+        ("metadata", &metadata),
     ];
-    let mut config = profiles(&["by-ip", "by-name", "redirect"]);
+    let mut config = profiles(&["by-ip", "by-name", "redirect", "metadata"]);
     for (name, url) in hooks {
         config += &format!(
             "[[notify]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"{}\"\n",
@@ -364,9 +367,9 @@ fn webhooks_never_reach_inside_the_proxy_network() {
 
     let failed = eventually(Duration::from_secs(10), || {
         let f = audited(&proxy, "notify.failed");
-        (f.len() == 3).then_some(f)
+        (f.len() == 4).then_some(f)
     })
-    .expect("all three given up");
+    .expect("all four given up");
     let why = |target: &str| {
         failed
             .iter()
@@ -398,6 +401,10 @@ fn webhooks_never_reach_inside_the_proxy_network() {
         "nothing reached 127.0.0.1 directly or by redirect"
     );
     assert_eq!(by_name.all_attempts(), 0);
+    assert_eq!(
+        why("metadata"),
+        "169.254.169.254 is a private, loopback or link-local address not in notifications.allow_networks"
+    );
 }
 
 #[test]
