@@ -795,3 +795,71 @@ async fn a_stale_backlog_is_passed_over_and_nothing_newer() {
     assert_eq!(ids, std::slice::from_ref(&new.id), "only the new one: {got:?}");
     stop.cancel();
 }
+
+/// A webhook receiver that hangs takes at most its share of the delivery slots: Slack
+/// notices go out meanwhile, long before the first hung attempt could even time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_does_not_hold_up_other_targets() {
+    use std::sync::Arc;
+
+    use jitgate::access::Identity;
+    use jitgate::broker::Broker;
+    use jitgate::config::Config;
+    use jitgate::live::Live;
+    use jitgate::notify::{ChatPolicy, Notifier};
+    use jitgate::time::Timestamp;
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let slack = workspace();
+    let hook = Receiver::start();
+    hook.hang(Duration::from_secs(60));
+    let text = profiles(&["dba-approvals", "audit-hook"])
+        + &targets(db.dir.path(), &slack, CHANNEL, &hook, "timeout = \"20s\"");
+    let config = Config::parse(&text, "t.toml").unwrap();
+    let store = jitgate::store::open(&db.url).await.unwrap();
+    let policy = Arc::new(config.policy);
+    let broker = Broker::new(
+        Arc::clone(&policy),
+        Arc::clone(&store),
+        Live::new(),
+        Duration::from_secs(3600),
+    );
+    let chat_policy = ChatPolicy {
+        sources: vec!["local".into()],
+        fresh_for: Duration::from_secs(3600),
+        fresh_for_idp: Duration::from_secs(3600),
+    };
+    let notifier = Arc::new(Notifier::new(store, policy, config.notify, chat_policy, "https://p").unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(notifier.run(stop.clone()));
+
+    let alice = Identity::new("alice", ["dba"]);
+    let started = std::time::Instant::now();
+    for i in 0..30 {
+        broker
+            .open_request(
+                &alice,
+                "db-patch",
+                format!("INC-{i}"),
+                Duration::from_secs(600),
+                Timestamp::now(),
+            )
+            .await
+            .unwrap();
+    }
+    let slack2 = slack.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(15), || {
+            (slack2.top_messages(CHANNEL).len() == 30).then_some(())
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|| panic!("{} of 30 announced in Slack", slack.top_messages(CHANNEL).len()));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "all 30 in Slack before any hung webhook attempt timed out"
+    );
+    assert!(hook.deliveries().is_empty(), "the receiver still hangs");
+    stop.cancel();
+}

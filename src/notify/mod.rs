@@ -31,8 +31,10 @@ const DM_PREFIX: &str = "dm:";
 
 /// Audit events read per look at the log.
 const TAIL_BATCH: u32 = 200;
-/// Deliveries under way at once.
+/// Deliveries under way at once, and to one target: a receiver that hangs takes at most
+/// half the slots, and the other targets' notices still go.
 const IN_FLIGHT: usize = 16;
+const IN_FLIGHT_PER_TARGET: usize = 8;
 /// How long a claimed notice is this replica's; past it another may try.
 const LEASE: Duration = Duration::from_secs(120);
 /// The longest the notifier waits without looking: how soon it sees changes made by other
@@ -365,20 +367,36 @@ impl Notifier {
 
     async fn work(self: Arc<Self>, shutdown: CancellationToken) {
         let mut running = JoinSet::new();
+        let mut per_target: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         loop {
             let now = Timestamp::now();
             let room = IN_FLIGHT - running.len();
+            let full: Vec<String> = per_target
+                .iter()
+                .filter(|(_, n)| **n >= IN_FLIGHT_PER_TARGET)
+                .map(|(t, _)| t.clone())
+                .collect();
             let mut claimed = 0;
             if room > 0 {
+                // No batch can take a target past its share, whichever target it brings.
+                let busiest = per_target.values().filter(|n| **n < IN_FLIGHT_PER_TARGET).max();
+                let headroom = IN_FLIGHT_PER_TARGET - busiest.copied().unwrap_or(0);
+                let limit = room.min(headroom) as u32;
                 match self
                     .store
-                    .claim_notices(now, now.saturating_add(LEASE), room as u32)
+                    .claim_notices(now, now.saturating_add(LEASE), limit, &full)
                     .await
                 {
                     Ok(batch) => {
-                        claimed = batch.len();
                         for notice in batch {
-                            running.spawn(Arc::clone(&self).deliver(notice));
+                            *per_target.entry(notice.target.clone()).or_default() += 1;
+                            claimed += 1;
+                            let target = notice.target.clone();
+                            let this = Arc::clone(&self);
+                            running.spawn(async move {
+                                this.deliver(notice).await;
+                                target
+                            });
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "cannot claim notices; trying again"),
@@ -391,7 +409,7 @@ impl Notifier {
             let wait = if running.len() == IN_FLIGHT {
                 Duration::from_secs(3600)
             } else {
-                match self.store.next_notice_at().await {
+                match self.store.next_notice_at(&full).await {
                     Ok(Some(t)) => now.until(t).clamp(Duration::from_millis(10), POLL),
                     _ => POLL,
                 }
@@ -403,7 +421,16 @@ impl Notifier {
                 }
                 _ = self.queued.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(target) = done {
+                        if let Some(n) = per_target.get_mut(&target) {
+                            *n -= 1;
+                            if *n == 0 {
+                                per_target.remove(&target);
+                            }
+                        }
+                    }
+                }
             }
         }
     }

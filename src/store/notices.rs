@@ -87,6 +87,7 @@ pub trait Notices {
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
+        skip_targets: &[String],
     ) -> Result<Vec<Notice>, StoreError>;
     /// Records how the attempt `claim` ended, with its audit event if any; false (and
     /// nothing recorded) when that attempt's lease ran out and another took the notice.
@@ -98,8 +99,9 @@ pub trait Notices {
         now: Timestamp,
         event: Option<AuditDraft>,
     ) -> Result<bool, StoreError>;
-    /// When the next notice could be claimed: the earliest due lane head not under way.
-    async fn next_notice_at(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// When the next notice could be claimed: the earliest due lane head not under way,
+    /// of a target not in `skip_targets`.
+    async fn next_notice_at(&self, skip_targets: &[String]) -> Result<Option<Timestamp>, StoreError>;
     /// Deletes finished notices done before `before`, and the message records of requests
     /// that ended before it.
     async fn purge_notices(&self, before: Timestamp) -> Result<(), StoreError>;
@@ -148,6 +150,15 @@ pub struct ChatLink {
     pub chat_user: String,
     pub user: String,
     pub linked_at: Timestamp,
+}
+
+/// `AND column NOT IN ($first, …)` for `count` parameters; nothing when there are none.
+fn not_in(column: &str, first: usize, count: usize) -> String {
+    if count == 0 {
+        return String::new();
+    }
+    let params: Vec<String> = (first..first + count).map(|i| format!("${i}")).collect();
+    format!("AND {column} NOT IN ({})", params.join(", "))
 }
 
 fn link_from_row(row: &AnyRow) -> Result<ChatLink, StoreError> {
@@ -240,19 +251,21 @@ impl Notices for SqlStore {
         now: Timestamp,
         lease_until: Timestamp,
         limit: u32,
+        skip_targets: &[String],
     ) -> Result<Vec<Notice>, StoreError> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {NOTICE_COLUMNS} FROM notices n \
-             WHERE n.state = 'pending' AND n.next_at <= $1 AND n.claimed_until <= $1 \
+             WHERE n.state = 'pending' AND n.next_at <= $1 AND n.claimed_until <= $1 {} \
              AND NOT EXISTS (SELECT 1 FROM notices e \
                  WHERE e.lane = n.lane AND e.state = 'pending' AND e.audit_seq < n.audit_seq) \
-             ORDER BY n.audit_seq, n.id LIMIT $2"
-        ))
-        .bind(now.as_millis())
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(store_error)?;
+             ORDER BY n.audit_seq, n.id LIMIT $2",
+            not_in("n.target", 3, skip_targets.len())
+        );
+        let mut query = sqlx::query(&sql).bind(now.as_millis()).bind(i64::from(limit));
+        for t in skip_targets {
+            query = query.bind(t);
+        }
+        let rows = query.fetch_all(&self.reader).await.map_err(store_error)?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let mut n = notice_from_row(row)?;
@@ -320,18 +333,21 @@ impl Notices for SqlStore {
         Ok(true)
     }
 
-    async fn next_notice_at(&self) -> Result<Option<Timestamp>, StoreError> {
+    async fn next_notice_at(&self, skip_targets: &[String]) -> Result<Option<Timestamp>, StoreError> {
         // Notices behind a lane head wait for it, not for their own time; a head under way
         // is free again when its lease ends (its worker wakes the loop sooner when done).
-        let row = sqlx::query(
+        let sql = format!(
             "SELECT MIN(CASE WHEN n.claimed_until > n.next_at THEN n.claimed_until ELSE n.next_at END) AS t \
-             FROM notices n WHERE n.state = 'pending' \
+             FROM notices n WHERE n.state = 'pending' {} \
              AND NOT EXISTS (SELECT 1 FROM notices e \
                  WHERE e.lane = n.lane AND e.state = 'pending' AND e.audit_seq < n.audit_seq)",
-        )
-        .fetch_one(&self.reader)
-        .await
-        .map_err(store_error)?;
+            not_in("n.target", 1, skip_targets.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for t in skip_targets {
+            query = query.bind(t);
+        }
+        let row = query.fetch_one(&self.reader).await.map_err(store_error)?;
         Ok(get::<Option<i64>>(&row, "t")?.map(Timestamp::from_millis))
     }
 

@@ -37,6 +37,8 @@ struct Inbox {
     repeats: usize,
     down_until: Option<Instant>,
     redirect_to: Option<String>,
+    /// Answers only after this long, as a receiver that hangs.
+    hang: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -118,12 +120,20 @@ impl Receiver {
         self.inbox.lock().unwrap().down_until = Some(Instant::now() + d);
     }
 
+    pub fn hang(&self, d: Duration) {
+        self.inbox.lock().unwrap().hang = Some(d);
+    }
+
     pub fn redirect_to(&self, url: &str) {
         self.inbox.lock().unwrap().redirect_to = Some(url.to_owned());
     }
 }
 
 async fn receive(State(inbox): State<Arc<Mutex<Inbox>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let hang = inbox.lock().unwrap().hang;
+    if let Some(d) = hang {
+        tokio::time::sleep(d).await;
+    }
     let mut inbox = inbox.lock().unwrap();
     let header = |name: &str| {
         headers
