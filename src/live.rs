@@ -17,6 +17,16 @@ pub struct Live {
     reports: Option<tokio::sync::mpsc::Sender<CutReport>>,
 }
 
+/// The login key of a CLI token (and of the SSH certificate minted with it).
+pub fn token_login(jti: &str) -> String {
+    format!("token:{jti}")
+}
+
+/// The login key of a browser session.
+pub fn session_login(id_hash: &str) -> String {
+    format!("session:{id_hash}")
+}
+
 /// That the open connections of a grant were cut, and why.
 #[derive(Clone, Debug)]
 pub struct CutReport {
@@ -32,7 +42,16 @@ struct Registry {
     /// Grants already cut, and when. A connection authorized just before its grant was cut
     /// may register just after: it must start cut, not open a fresh entry.
     ended: HashMap<Arc<str>, std::time::Instant>,
+    /// Connections by the login that opened them (a browser session, a CLI token), so that
+    /// logging out ends them too, not only the requests that follow.
+    logins: HashMap<Arc<str>, LoginConnections>,
+    /// Logins ended, and when: as for grants, a late registration starts cut.
+    ended_logins: HashMap<Arc<str>, std::time::Instant>,
+    next_id: u64,
 }
+
+/// A login's open connections, by registration number: each one's grant and token.
+type LoginConnections = HashMap<u64, (Arc<str>, CancellationToken)>;
 
 /// Long enough to cover any gap between a decision and its registration.
 const ENDED_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -49,6 +68,10 @@ pub struct LiveHandle {
     token: CancellationToken,
     grant_id: Arc<str>,
     registry: Live,
+    /// Whether it counts among its grant's open connections (a handle that started cut
+    /// does not).
+    counted: bool,
+    login: Option<(Arc<str>, u64)>,
 }
 
 impl LiveHandle {
@@ -68,13 +91,31 @@ impl LiveHandle {
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }
+
+    /// Whether the login that opened it ended (a logout), rather than its grant.
+    pub fn ended_by_logout(&self) -> bool {
+        let Some((login, _)) = &self.login else {
+            return false;
+        };
+        let registry = self.registry.grants.lock().unwrap_or_else(|e| e.into_inner());
+        !registry.ended.contains_key(&self.grant_id) && registry.ended_logins.contains_key(login)
+    }
 }
 
 impl Drop for LiveHandle {
     fn drop(&mut self) {
         let mut registry = self.registry.grants.lock().unwrap_or_else(|e| e.into_inner());
-        // A handle that started cut was never counted, and its grant's entry is gone.
-        if self.token.is_cancelled() && !registry.open.contains_key(&self.grant_id) {
+        if let Some((login, id)) = &self.login {
+            if let Some(conns) = registry.logins.get_mut(login) {
+                conns.remove(id);
+                if conns.is_empty() {
+                    registry.logins.remove(login);
+                }
+            }
+        }
+        // A handle that started cut was never counted; one cut with its grant finds the
+        // grant's entry gone.
+        if !self.counted {
             return;
         }
         if let Some(entry) = registry.open.get_mut(&self.grant_id) {
@@ -107,16 +148,28 @@ impl Live {
         self.register_at(auth, Timestamp::now())
     }
 
+    /// Registers a connection as `register` does, also under the login that opened it
+    /// (`session:{hash}`, `token:{jti}`): `cut_login` ends it when that login ends.
+    pub fn register_for(&self, auth: &Authorized, login: &str) -> LiveHandle {
+        self.register_with(auth, Some(login), Timestamp::now())
+    }
+
     fn register_at(&self, auth: &Authorized, now: Timestamp) -> LiveHandle {
+        self.register_with(auth, None, now)
+    }
+
+    fn register_with(&self, auth: &Authorized, login: Option<&str>, now: Timestamp) -> LiveHandle {
         let grant_id: Arc<str> = auth.grant_id().into();
         let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-        if registry.ended.contains_key(&grant_id) {
+        if registry.ended.contains_key(&grant_id) || login.is_some_and(|l| registry.ended_logins.contains_key(l)) {
             let token = CancellationToken::new();
             token.cancel();
             return LiveHandle {
                 token,
                 grant_id,
                 registry: self.clone(),
+                counted: false,
+                login: None,
             };
         }
         let entry = registry.open.entry(Arc::clone(&grant_id)).or_insert_with(|| {
@@ -131,11 +184,66 @@ impl Live {
         });
         entry.open += 1;
         let token = entry.cut.child_token();
+        let login = login.map(|l| {
+            let id = registry.next_id;
+            registry.next_id += 1;
+            let l: Arc<str> = l.into();
+            registry
+                .logins
+                .entry(Arc::clone(&l))
+                .or_default()
+                .insert(id, (Arc::clone(&grant_id), token.clone()));
+            (l, id)
+        });
         drop(registry);
         LiveHandle {
             token,
             grant_id,
             registry: self.clone(),
+            counted: true,
+            login,
+        }
+    }
+
+    /// Cuts every open connection that `login` opened (its grants go on for its other
+    /// logins); returns how many. Each grant's cut is reported as for `cut`.
+    pub fn cut_login(&self, login: &str, why: &str) -> usize {
+        let conns = {
+            let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            registry
+                .ended_logins
+                .retain(|_, at| now.duration_since(*at) < ENDED_MEMORY);
+            registry.ended_logins.insert(login.into(), now);
+            registry.logins.remove(login).unwrap_or_default()
+        };
+        let mut by_grant: HashMap<Arc<str>, usize> = HashMap::new();
+        for (grant_id, token) in conns.into_values() {
+            if !token.is_cancelled() {
+                token.cancel();
+                *by_grant.entry(grant_id).or_default() += 1;
+            }
+        }
+        let total = by_grant.values().sum();
+        for (grant_id, connections) in by_grant {
+            tracing::info!(grant_id = &*grant_id, connections, why, "cut connections of a login");
+            self.report(&grant_id, connections, why);
+        }
+        total
+    }
+
+    fn report(&self, grant_id: &str, connections: usize, why: &str) {
+        if let Some(reports) = self.reports.as_ref().filter(|_| connections > 0) {
+            let report = CutReport {
+                grant_id: grant_id.to_owned(),
+                connections,
+                why: why.to_owned(),
+                at: Timestamp::now(),
+            };
+            // A full queue means the store is far behind; the cut itself has happened.
+            if reports.try_send(report).is_err() {
+                tracing::warn!(grant_id, "cut not recorded: the report queue is full");
+            }
         }
     }
 
@@ -152,18 +260,7 @@ impl Live {
             Some(e) => {
                 e.cut.cancel();
                 tracing::info!(grant_id, connections = e.open, why, "cut connections of grant");
-                if let Some(reports) = self.reports.as_ref().filter(|_| e.open > 0) {
-                    let report = CutReport {
-                        grant_id: grant_id.to_owned(),
-                        connections: e.open,
-                        why: why.to_owned(),
-                        at: Timestamp::now(),
-                    };
-                    // A full queue means the store is far behind; the cut itself has happened.
-                    if reports.try_send(report).is_err() {
-                        tracing::warn!(grant_id, "cut not recorded: the report queue is full");
-                    }
-                }
+                self.report(grant_id, e.open, why);
                 e.open
             }
             None => 0,
@@ -295,5 +392,33 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(1), a.cancelled())
             .await
             .expect("cut at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_logout_cuts_that_logins_connections_only() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let auth = Authorized::for_test("g1", now.saturating_add(Duration::from_secs(3600)));
+        let laptop = live.register_with(&auth, Some("session:a"), now);
+        let phone = live.register_with(&auth, Some("session:b"), now);
+        let plain = live.register_at(&auth, now);
+        assert_eq!(live.cut_login("session:a", "logged out"), 1);
+        assert!(laptop.is_cut());
+        assert!(
+            !phone.is_cut() && !plain.is_cut(),
+            "the grant goes on for its other logins"
+        );
+        assert_eq!(live.open_connections("g1"), 3, "counted until the connection goes");
+        drop(laptop);
+        assert_eq!(live.open_connections("g1"), 2);
+        // A connection of the ended login that registers late starts cut, uncounted.
+        let late = live.register_with(&auth, Some("session:a"), now);
+        assert!(late.is_cut());
+        assert_eq!(live.open_connections("g1"), 2);
+        drop(late);
+        assert_eq!(live.open_connections("g1"), 2);
+        assert_eq!(live.cut_login("session:a", "again"), 0);
+        drop((phone, plain));
+        assert_eq!(live.open_connections("g1"), 0);
     }
 }

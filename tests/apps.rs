@@ -834,6 +834,62 @@ async fn websockets_pass_and_close_when_the_grant_is_revoked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_closes_that_browsers_websockets_and_nothing_else() {
+    let stand = Stand::start().await;
+    let alice_cli = stand.proxy.login("alice");
+    let req = alice_cli.json(&["request", "echo-admin", "--reason", "INC-9", "--for", "30m"]);
+    stand
+        .proxy
+        .login("bob")
+        .run(&["approve", req["id"].as_str().unwrap()], None)
+        .success();
+    let laptop = stand.logged_in("alice", "echo").await;
+    let phone = stand.logged_in("alice", "echo").await;
+    let mut on_laptop = websocket(&stand, "echo", "/ws", &laptop.app_cookie(&stand.app("echo")))
+        .await
+        .expect("the upgrade passes");
+    let mut on_phone = websocket(&stand, "echo", "/ws", &phone.app_cookie(&stand.app("echo")))
+        .await
+        .expect("the upgrade passes");
+
+    let home = laptop.follow(&format!("{}/", stand.proxy.url)).await;
+    let csrf = Browser::csrf(&home.body);
+    laptop
+        .http
+        .post(format!("{}/auth/logout", stand.proxy.url))
+        .header("origin", &stand.proxy.url)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let logged_out = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match on_laptop.next().await {
+                None | Some(Err(_)) | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => {
+                    return Instant::now()
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("the laptop's WebSocket outlived its logout");
+    let took = ended.saturating_duration_since(logged_out);
+    eprintln!("WebSocket closed {took:?} after the logout returned");
+    assert!(took < Duration::from_millis(100), "closed {took:?} after the logout");
+
+    // The phone's session, and the grant, go on.
+    on_phone
+        .send(tokio_tungstenite::tungstenite::Message::text("still here"))
+        .await
+        .unwrap();
+    let back = on_phone.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "still here");
+    assert_eq!(alice_cli.json(&["grants"])[0]["state"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streaming_answer_ends_when_the_grant_expires() {
     let stand = Stand::start().await;
     let alice_cli = stand.proxy.login("alice");

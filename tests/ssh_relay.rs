@@ -485,6 +485,33 @@ fn revoking_the_grant_cuts_the_session_at_once() {
 }
 
 #[test]
+fn logging_out_cuts_that_logins_sessions_at_once() {
+    let stand = stand();
+    let alice = Client::new(&stand, "alice");
+    let grant = alice.request("db-root", "1h");
+    let child = long_session(&alice, &stand.sshd);
+
+    alice.user.run(&["logout"], None).success();
+    let logged_out = Instant::now();
+    let (took, out) = exit_after(child, logged_out);
+    let err = text(&out.stderr);
+    eprintln!("ssh ended {took:?} after the logout returned");
+    assert!(
+        took < Duration::from_millis(100),
+        "cut {took:?} after the logout returned"
+    );
+    assert!(err.contains("jitgate: your login ended at"), "{err}");
+    assert!(err.contains("log in again with: jitgate login"), "{err}");
+    // The grant itself goes on: a new login reaches the host again.
+    let again = stand.proxy.login("alice");
+    assert_eq!(again.json(&["grants"])[0]["id"], grant.as_str());
+    assert_eq!(again.json(&["grants"])[0]["state"], "active");
+    let back = alice.ssh(&["root@db-prod-1", "echo back"]);
+    assert!(back.status.success(), "{}", text(&back.stderr));
+    assert_eq!(text(&back.stdout).trim(), "back");
+}
+
+#[test]
 fn disabling_the_user_revokes_their_grants_and_cuts_their_sessions() {
     let stand = stand();
     let alice = Client::new(&stand, "alice");

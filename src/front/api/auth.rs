@@ -311,7 +311,11 @@ pub async fn logout(State(state): State<Arc<ApiState>>, caller: Caller) -> Resul
     let c = &caller.claims;
     let event = AuditDraft::new("logout", &c.sub, "local").details(serde_json::json!({ "jti": c.jti }));
     state.broker.store().revoke_token(&c.jti, c.expires_at(), event).await?;
-    tracing::info!(user = %c.sub, "logged out; token revoked");
+    let cut = state
+        .broker
+        .live()
+        .cut_login(&crate::live::token_login(&c.jti), "logged out");
+    tracing::info!(user = %c.sub, connections = cut, "logged out; token revoked");
     Ok(Json(serde_json::json!({ "logged_out": true, "user": c.sub })))
 }
 

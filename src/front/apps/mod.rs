@@ -303,7 +303,10 @@ impl AppsFront {
         let held: Vec<Held> = grants
             .into_iter()
             .map(|auth| Held {
-                live: broker.live().register(&auth),
+                // Under the browser session too: logging out ends its open streams.
+                live: broker
+                    .live()
+                    .register_for(&auth, &crate::live::session_login(&session.id_hash)),
                 auth,
                 identity: Mutex::new(None),
             })

@@ -67,7 +67,7 @@ impl russh::server::Handler for JumpSession {
 
     async fn auth_openssh_certificate(&mut self, _user: &str, cert: &Certificate) -> Result<Auth, Self::Error> {
         match self.front.identify(cert, Timestamp::now()).await {
-            Ok(identity) => {
+            Ok((identity, _)) => {
                 tracing::debug!(peer = %self.peer, user = %identity.user, "jump client authenticated");
                 self.user = Some(identity.user);
                 self.authenticated.store(true, Ordering::Release);

@@ -226,8 +226,9 @@ impl SshFront {
 
     /// Who an identity certificate says is connecting, if it still speaks for them: signed
     /// by the client CA, a user certificate within its validity, naming one user, from a
-    /// login whose token was not revoked, for a user who exists and is not disabled.
-    pub(crate) async fn identify(&self, cert: &Certificate, now: Timestamp) -> Result<Identity, String> {
+    /// login whose token was not revoked, for a user who exists and is not disabled. With
+    /// them, the login's token id: sessions end when that login does.
+    pub(crate) async fn identify(&self, cert: &Certificate, now: Timestamp) -> Result<(Identity, String), String> {
         use russh::keys::ssh_key::certificate::CertType;
         if cert.cert_type() != CertType::User {
             return Err("not a user certificate".into());
@@ -257,7 +258,7 @@ impl SshFront {
         if !self.sources.iter().any(|s| s == record.source()) {
             return Err(format!("logins from {} are no longer accepted here", record.source()));
         }
-        Ok(Identity::new(record.name, record.groups))
+        Ok((Identity::new(record.name, record.groups), jti.to_owned()))
     }
 
     /// Serves the jump listener until `shutdown`.

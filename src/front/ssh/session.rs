@@ -197,7 +197,7 @@ fn plausible_login(login: &str) -> bool {
 
 impl TargetSession {
     /// Decides the session and, when allowed, opens the target connection.
-    async fn admit(&mut self, identity: Identity, login: &str) -> Admission {
+    async fn admit(&mut self, identity: Identity, login: &str, jti: &str) -> Admission {
         let host = Arc::clone(&self.shared.host);
         let broker = self.front.broker();
         let now = Timestamp::now();
@@ -272,7 +272,8 @@ impl TargetSession {
         }
         tracing::info!(user = %identity.user, %login, host = %host.name, grant = auth.grant_id(),
             session = %self.shared.session_id, "SSH session opened");
-        let live = broker.live().register(&auth);
+        // Under the login too: `jitgate logout` ends the session, not only the next one.
+        let live = broker.live().register_for(&auth, &crate::live::token_login(jti));
         Admission::Open(Arc::new(Open {
             target,
             auth,
@@ -317,8 +318,8 @@ impl russh::server::Handler for TargetSession {
         if self.admission.is_some() {
             return Ok(Auth::reject());
         }
-        let identity = match self.front.identify(cert, Timestamp::now()).await {
-            Ok(i) => i,
+        let (identity, jti) = match self.front.identify(cert, Timestamp::now()).await {
+            Ok(found) => found,
             Err(why) => {
                 tracing::info!(host = %self.shared.host.name, %login, %why, "SSH identity certificate refused");
                 return Ok(Auth::reject());
@@ -336,7 +337,7 @@ impl russh::server::Handler for TargetSession {
         // Authenticated now; reaching the target may take a while, and must not count
         // against the time to authenticate.
         self.authenticated.store(true, Ordering::Release);
-        let admission = self.admit(identity, login).await;
+        let admission = self.admit(identity, login, &jti).await;
         self.admission = Some(admission);
         Ok(Auth::Accept)
     }
@@ -697,14 +698,25 @@ async fn watch(open: Arc<Open>, shared: Arc<Shared>, client: Handle, warn_before
         _ = open.live.cancelled() => {}
     }
     let now = Timestamp::now();
-    let what = if now >= expires {
-        format!("expired at {expires}")
+    let (what, line) = if open.live.ended_by_logout() {
+        let what = format!("login ended at {now}");
+        (
+            what.clone(),
+            format!(
+                "jitgate: your {what} (jitgate logout), and this session with it; log in again with: jitgate login"
+            ),
+        )
     } else {
-        format!("was revoked at {now}")
+        let what = if now >= expires {
+            format!("expired at {expires}")
+        } else {
+            format!("was revoked at {now}")
+        };
+        let line = format!("jitgate: grant {grant} {what}; request again with: jitgate request {profile}");
+        (format!("grant {what}"), line)
     };
-    let line = format!("jitgate: grant {grant} {what}; request again with: jitgate request {profile}");
-    tracing::info!(%grant, session = %shared.session_id, user = %open.identity.user, "cutting SSH session: grant {what}");
-    *shared.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("grant {what}"));
+    tracing::info!(%grant, session = %shared.session_id, user = %open.identity.user, "cutting SSH session: {what}");
+    *shared.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
     let ids: Vec<ChannelId> = shared
         .channels
         .lock()

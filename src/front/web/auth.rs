@@ -457,8 +457,12 @@ async fn end_previous(state: &ApiState, headers: &HeaderMap) {
         return;
     };
     if let Ok(Some(old)) = state.sessions.check(secret, Timestamp::now()).await {
-        if let Err(e) = state.sessions.end(&old, Timestamp::now()).await {
-            tracing::warn!(error = %e, "cannot end the session a new login replaces");
+        match state.sessions.end(&old, Timestamp::now()).await {
+            Ok(_) => {
+                let login = crate::live::session_login(&old.id_hash);
+                state.broker.live().cut_login(&login, "logged out");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot end the session a new login replaces"),
         }
     }
 }
@@ -516,7 +520,12 @@ pub async fn logout(
     if let Err(e) = state.sessions.end(&s, Timestamp::now()).await {
         return store_error_page(&state.site, &e);
     }
-    tracing::info!(user = %s.identity.user, "browser session ended");
+    // Its app streams and WebSockets end with it, not only the requests that follow.
+    let cut = state
+        .broker
+        .live()
+        .cut_login(&crate::live::session_login(&s.id_hash), "logged out");
+    tracing::info!(user = %s.identity.user, connections = cut, "browser session ended");
     let back = format!("{}/", state.site.origin);
     let to = match state.idps.pick(Some(&s.idp)) {
         Ok(p) => p.end_session_url(&back).await.unwrap_or_else(|| "/".into()),
