@@ -542,7 +542,11 @@ impl Broker {
             let mut event = AuditDraft::new("session.cut", "system", grant.as_ref().map_or("", |g| g.user.as_str()))
                 .grant(&cut.grant_id)
                 .reason(Some(&cut.why))
-                .details(serde_json::json!({"connections": cut.connections}));
+                .details(serde_json::json!({
+                    "connections": cut.connections,
+                    // A logout ends that login's connections; the grant goes on.
+                    "scope": if cut.login_only { "login" } else { "grant" },
+                }));
             event.time = Some(cut.at);
             if let Some(g) = &grant {
                 event = event.request(&g.request_id);

@@ -34,6 +34,8 @@ pub struct CutReport {
     pub connections: usize,
     pub why: String,
     pub at: Timestamp,
+    /// Cut because one login ended (a logout), not the grant: the grant goes on.
+    pub login_only: bool,
 }
 
 #[derive(Default)]
@@ -42,16 +44,21 @@ struct Registry {
     /// Grants already cut, and when. A connection authorized just before its grant was cut
     /// may register just after: it must start cut, not open a fresh entry.
     ended: HashMap<Arc<str>, std::time::Instant>,
-    /// Connections by the login that opened them (a browser session, a CLI token), so that
-    /// logging out ends them too, not only the requests that follow.
-    logins: HashMap<Arc<str>, LoginConnections>,
+    /// Connections registered under a login (a browser session, a CLI token), so that
+    /// logging out ends them too, not only the requests that follow: by connection number,
+    /// each one's login, grant and token, and each login's connection numbers.
+    conns: HashMap<u64, LoginConnection>,
+    logins: HashMap<Arc<str>, Vec<u64>>,
     /// Logins ended, and when: as for grants, a late registration starts cut.
     ended_logins: HashMap<Arc<str>, std::time::Instant>,
     next_id: u64,
 }
 
-/// A login's open connections, by registration number: each one's grant and token.
-type LoginConnections = HashMap<u64, (Arc<str>, CancellationToken)>;
+struct LoginConnection {
+    login: Arc<str>,
+    grant_id: Arc<str>,
+    token: CancellationToken,
+}
 
 /// Long enough to cover any gap between a decision and its registration.
 const ENDED_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -60,6 +67,10 @@ struct GrantConnections {
     /// Cancelling this cancels every connection's child token.
     cut: CancellationToken,
     open: usize,
+    /// Of `open`, those already cut with their login, counted until they go.
+    cut_by_login: usize,
+    /// Which entry of this grant id: a handle only ever counts against its own.
+    generation: u64,
 }
 
 /// Held by one open connection. `cancelled()` resolves when its grant is cut; dropping the
@@ -68,10 +79,10 @@ pub struct LiveHandle {
     token: CancellationToken,
     grant_id: Arc<str>,
     registry: Live,
-    /// Whether it counts among its grant's open connections (a handle that started cut
-    /// does not).
-    counted: bool,
-    login: Option<(Arc<str>, u64)>,
+    /// The grant entry it counts in; None for a handle that started cut (counted nowhere).
+    generation: Option<u64>,
+    /// Its number among the connections registered under a login.
+    conn: Option<u64>,
 }
 
 impl LiveHandle {
@@ -92,34 +103,44 @@ impl LiveHandle {
         &self.token
     }
 
-    /// Whether the login that opened it ended (a logout), rather than its grant.
+    /// Whether it was cut because the login that opened it ended (a logout) while its
+    /// grant goes on: every cut of a grant is remembered in `ended`.
     pub fn ended_by_logout(&self) -> bool {
-        let Some((login, _)) = &self.login else {
+        if !self.token.is_cancelled() {
             return false;
-        };
+        }
         let registry = self.registry.grants.lock().unwrap_or_else(|e| e.into_inner());
-        !registry.ended.contains_key(&self.grant_id) && registry.ended_logins.contains_key(login)
+        !registry.ended.contains_key(&self.grant_id)
     }
 }
 
 impl Drop for LiveHandle {
     fn drop(&mut self) {
         let mut registry = self.registry.grants.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((login, id)) = &self.login {
-            if let Some(conns) = registry.logins.get_mut(login) {
-                conns.remove(id);
-                if conns.is_empty() {
-                    registry.logins.remove(login);
+        if let Some(id) = self.conn {
+            if let Some(c) = registry.conns.remove(&id) {
+                if let Some(ids) = registry.logins.get_mut(&c.login) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        registry.logins.remove(&c.login);
+                    }
                 }
             }
         }
-        // A handle that started cut was never counted; one cut with its grant finds the
-        // grant's entry gone.
-        if !self.counted {
+        let Some(generation) = self.generation else {
             return;
-        }
-        if let Some(entry) = registry.open.get_mut(&self.grant_id) {
+        };
+        let cut = self.token.is_cancelled();
+        if let Some(entry) = registry
+            .open
+            .get_mut(&self.grant_id)
+            .filter(|e| e.generation == generation)
+        {
             entry.open -= 1;
+            // Still in its grant's entry, yet cut: its login was.
+            if cut {
+                entry.cut_by_login = entry.cut_by_login.saturating_sub(1);
+            }
             if entry.open == 0 {
                 // Stops the grant's expiry timer too: nothing is left to cut.
                 let entry = registry.open.remove(&self.grant_id).expect("entry exists");
@@ -168,10 +189,12 @@ impl Live {
                 token,
                 grant_id,
                 registry: self.clone(),
-                counted: false,
-                login: None,
+                generation: None,
+                conn: None,
             };
         }
+        registry.next_id += 1;
+        let next = registry.next_id;
         let entry = registry.open.entry(Arc::clone(&grant_id)).or_insert_with(|| {
             let cut = CancellationToken::new();
             spawn_expiry_timer(
@@ -180,65 +203,100 @@ impl Live {
                 now.until(auth.expires_at()),
                 Arc::clone(&grant_id),
             );
-            GrantConnections { cut, open: 0 }
+            GrantConnections {
+                cut,
+                open: 0,
+                cut_by_login: 0,
+                generation: next,
+            }
         });
         entry.open += 1;
+        let generation = entry.generation;
         let token = entry.cut.child_token();
-        let login = login.map(|l| {
-            let id = registry.next_id;
-            registry.next_id += 1;
+        let conn = login.map(|l| {
             let l: Arc<str> = l.into();
-            registry
-                .logins
-                .entry(Arc::clone(&l))
-                .or_default()
-                .insert(id, (Arc::clone(&grant_id), token.clone()));
-            (l, id)
+            registry.conns.insert(
+                next,
+                LoginConnection {
+                    login: Arc::clone(&l),
+                    grant_id: Arc::clone(&grant_id),
+                    token: token.clone(),
+                },
+            );
+            registry.logins.entry(l).or_default().push(next);
+            next
         });
         drop(registry);
         LiveHandle {
             token,
             grant_id,
             registry: self.clone(),
-            counted: true,
-            login,
+            generation: Some(generation),
+            conn,
         }
     }
 
     /// Cuts every open connection that `login` opened (its grants go on for its other
-    /// logins); returns how many. Each grant's cut is reported as for `cut`.
+    /// logins); returns how many. Reported per grant, as login cuts.
     pub fn cut_login(&self, login: &str, why: &str) -> usize {
-        let conns = {
+        let mut by_grant: HashMap<Arc<str>, usize> = HashMap::new();
+        let tokens = {
             let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
             let now = std::time::Instant::now();
             registry
                 .ended_logins
                 .retain(|_, at| now.duration_since(*at) < ENDED_MEMORY);
             registry.ended_logins.insert(login.into(), now);
-            registry.logins.remove(login).unwrap_or_default()
-        };
-        let mut by_grant: HashMap<Arc<str>, usize> = HashMap::new();
-        for (grant_id, token) in conns.into_values() {
-            if !token.is_cancelled() {
-                token.cancel();
-                *by_grant.entry(grant_id).or_default() += 1;
+            let ids = registry.logins.remove(login).unwrap_or_default();
+            let mut tokens = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Some(c) = registry.conns.remove(&id) else { continue };
+                if c.token.is_cancelled() {
+                    continue;
+                }
+                if let Some(entry) = registry.open.get_mut(&c.grant_id) {
+                    entry.cut_by_login += 1;
+                }
+                *by_grant.entry(c.grant_id).or_default() += 1;
+                tokens.push(c.token);
             }
+            tokens
+        };
+        // Cancelled outside the lock: waking a connection may run its code.
+        for t in &tokens {
+            t.cancel();
         }
-        let total = by_grant.values().sum();
         for (grant_id, connections) in by_grant {
             tracing::info!(grant_id = &*grant_id, connections, why, "cut connections of a login");
-            self.report(&grant_id, connections, why);
+            self.report(&grant_id, connections, why, true);
         }
-        total
+        tokens.len()
     }
 
-    fn report(&self, grant_id: &str, connections: usize, why: &str) {
+    /// The login `old` goes on as `new` (a renewed token): its connections are cut when
+    /// `new` ends.
+    pub fn rekey_login(&self, old: &str, new: &str) {
+        let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(ids) = registry.logins.remove(old) else {
+            return;
+        };
+        let new: Arc<str> = new.into();
+        for id in &ids {
+            if let Some(c) = registry.conns.get_mut(id) {
+                c.login = Arc::clone(&new);
+            }
+        }
+        registry.logins.entry(new).or_default().extend(ids);
+    }
+
+    fn report(&self, grant_id: &str, connections: usize, why: &str, login_only: bool) {
         if let Some(reports) = self.reports.as_ref().filter(|_| connections > 0) {
             let report = CutReport {
                 grant_id: grant_id.to_owned(),
                 connections,
                 why: why.to_owned(),
                 at: Timestamp::now(),
+                login_only,
             };
             // A full queue means the store is far behind; the cut itself has happened.
             if reports.try_send(report).is_err() {
@@ -259,9 +317,11 @@ impl Live {
         match entry {
             Some(e) => {
                 e.cut.cancel();
-                tracing::info!(grant_id, connections = e.open, why, "cut connections of grant");
-                self.report(grant_id, e.open, why);
-                e.open
+                // Those its logins already cut were reported then.
+                let open = e.open - e.cut_by_login;
+                tracing::info!(grant_id, connections = open, why, "cut connections of grant");
+                self.report(grant_id, open, why, false);
+                open
             }
             None => 0,
         }
@@ -419,6 +479,34 @@ mod tests {
         assert_eq!(live.open_connections("g1"), 2);
         assert_eq!(live.cut_login("session:a", "again"), 0);
         drop((phone, plain));
+        assert_eq!(live.open_connections("g1"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_login_keeps_its_connections_and_cuts_are_reported_once() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let live = Live::reporting(tx);
+        let now = Timestamp::now();
+        let auth = Authorized::for_test("g1", now.saturating_add(Duration::from_secs(3600)));
+        let ssh = live.register_with(&auth, Some("token:old"), now);
+        let other = live.register_at(&auth, now);
+        live.rekey_login("token:old", "token:new");
+        assert_eq!(
+            live.cut_login("token:old", "logged out"),
+            0,
+            "the old name ends nothing"
+        );
+        assert!(!ssh.is_cut());
+        assert_eq!(live.cut_login("token:new", "logged out"), 1);
+        assert!(ssh.is_cut() && ssh.ended_by_logout());
+        let first = rx.recv().await.unwrap();
+        assert_eq!((first.connections, first.login_only), (1, true));
+        // The grant's own cut later counts only what its logins had not cut already.
+        assert_eq!(live.cut("g1", "revoked"), 1);
+        assert!(!ssh.ended_by_logout(), "cut with its grant now");
+        let second = rx.recv().await.unwrap();
+        assert_eq!((second.connections, second.login_only), (1, false));
+        drop((ssh, other));
         assert_eq!(live.open_connections("g1"), 0);
     }
 }

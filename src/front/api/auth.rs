@@ -166,6 +166,9 @@ pub struct LoginBody {
 pub struct LoginResponse {
     /// Whether the CLI may renew this token through `/api/v1/login/refresh`.
     refreshable: bool,
+    /// The new token's id, for the proxy's own use.
+    #[serde(skip)]
+    jti: String,
     token: String,
     user: String,
     groups: Vec<String>,
@@ -285,6 +288,7 @@ impl ApiState {
         tracing::info!(user = %identity.user, %idp, %source, %action, "token issued");
         Ok(LoginResponse {
             refreshable: refresh.is_some(),
+            jti: claims.jti.clone(),
             token,
             expires_at: claims.expires_at(),
             user: identity.user,
@@ -560,6 +564,12 @@ pub async fn refresh(
     // The renewed token replaces this one: a copy of the old one stops working now. If this
     // fails, the CLI keeps the old token and the new one goes unused until it expires.
     let replaced = AuditDraft::new("token.replaced", &c.sub, &c.idp).details(serde_json::json!({ "jti": c.jti }));
+    // What the old token opened (SSH sessions) goes on under the new one: logging out
+    // with the renewed token ends it.
+    state.broker.live().rekey_login(
+        &crate::live::token_login(&c.jti),
+        &crate::live::token_login(&renewed.jti),
+    );
     if let Err(e) = store.revoke_token(&c.jti, c.expires_at(), replaced).await {
         // The renewed token already carries the rotated refresh token: failing now would
         // strand the CLI on the old one. The old token then ends at its own expiry.

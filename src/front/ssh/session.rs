@@ -217,6 +217,16 @@ impl TargetSession {
             Ok(Err(denied)) => return Admission::Refused(refusal(login, &host.name, &denied.requestable)),
             Ok(Ok(auth)) => auth,
         };
+        // Under the login too: `jitgate logout` ends the session, not only the next one.
+        // Registered before the target is reached, so a login that just ended opens nothing.
+        let live = broker.live().register_for(&auth, &crate::live::token_login(jti));
+        if live.is_cut() {
+            return Admission::Refused(if live.ended_by_logout() {
+                "jitgate: your login has ended; log in again with: jitgate login".to_owned()
+            } else {
+                format!("jitgate: grant {} has just ended; request again", auth.grant_id())
+            });
+        }
         let scope = auth.profile().ssh.as_ref();
         let session_end = std::cmp::min(auth.expires_at(), now.saturating_add(self.front.session_ttl));
         let cert = SessionCert {
@@ -272,8 +282,6 @@ impl TargetSession {
         }
         tracing::info!(user = %identity.user, %login, host = %host.name, grant = auth.grant_id(),
             session = %self.shared.session_id, "SSH session opened");
-        // Under the login too: `jitgate logout` ends the session, not only the next one.
-        let live = broker.live().register_for(&auth, &crate::live::token_login(jti));
         Admission::Open(Arc::new(Open {
             target,
             auth,
