@@ -7,10 +7,20 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use common::slack::Slack;
 use common::webhook::Receiver;
 use common::{eventually, Backend, Proxy, TestDb};
+use jitgate::access::{Identity, Policy};
+use jitgate::broker::Broker;
+use jitgate::config::Config;
+use jitgate::live::Live;
+use jitgate::notify::{ChatPolicy, Notifier};
+use jitgate::store::Store;
+use jitgate::time::Timestamp;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 const CHANNEL: &str = "C0DBA";
 
@@ -456,17 +466,60 @@ allow_networks = ["10.0.0.0/33"]
 
 /// In-process, with the broker and the notifier on one store: connections cut by a
 /// revocation, and by an expiry, are recorded as `session.cut` and sent to webhooks.
+/// One replica in this process: a broker on `url` with the config `text` and `live`, and its
+/// notifier, whose `start` begins it, until `stop` is cancelled.
+struct Replica {
+    broker: Arc<Broker>,
+    store: Arc<dyn Store>,
+    policy: Arc<Policy>,
+    notifier: Arc<Notifier>,
+    stop: CancellationToken,
+}
+
+impl Replica {
+    async fn new(url: &str, text: &str, live: Live) -> Replica {
+        let config = Config::parse(text, "t.toml").unwrap();
+        let store = jitgate::store::open(url).await.unwrap();
+        let policy = Arc::new(config.policy);
+        let chat_policy = ChatPolicy {
+            sources: vec!["local".into()],
+            fresh_for: Duration::from_secs(3600),
+            fresh_for_idp: Duration::from_secs(3600),
+        };
+        let notifier = Notifier::new(
+            Arc::clone(&store),
+            Arc::clone(&policy),
+            config.notify,
+            chat_policy,
+            "https://proxy.test",
+        )
+        .unwrap();
+        let broker = Broker::new(Arc::clone(&policy), Arc::clone(&store), live, Duration::from_secs(3600));
+        Replica {
+            broker: Arc::new(broker),
+            store,
+            policy,
+            notifier: Arc::new(notifier),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn start(&self) {
+        tokio::spawn(Arc::clone(&self.notifier).run(self.stop.clone()));
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_connections_are_recorded_and_announced() {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
-    use jitgate::access::{Action, Identity, Resource};
-    use jitgate::broker::Broker;
-    use jitgate::config::Config;
-    use jitgate::live::Live;
-    use jitgate::notify::{ChatPolicy, Notifier};
-    use jitgate::time::Timestamp;
+    use jitgate::access::{Action, Resource};
 
     let db = TestDb::new(Backend::Sqlite).await;
     let hook = Receiver::start();
@@ -496,25 +549,11 @@ allow_networks = ["127.0.0.1"]
         hook.url,
         secret.display()
     );
-    let config = Config::parse(&text, "t.toml").unwrap();
-    let store = jitgate::store::open(&db.url).await.unwrap();
-    let policy = Arc::new(config.policy);
     let (reports, cuts) = tokio::sync::mpsc::channel(16);
-    let broker = Arc::new(Broker::new(
-        Arc::clone(&policy),
-        Arc::clone(&store),
-        Live::reporting(reports),
-        Duration::from_secs(3600),
-    ));
+    let replica = Replica::new(&db.url, &text, Live::reporting(reports)).await;
+    let broker = Arc::clone(&replica.broker);
     tokio::spawn(Arc::clone(&broker).record_cuts(cuts));
-    let chat_policy = ChatPolicy {
-        sources: vec!["local".into()],
-        fresh_for: Duration::from_secs(3600),
-        fresh_for_idp: Duration::from_secs(3600),
-    };
-    let notifier = Arc::new(Notifier::new(store, policy, config.notify, chat_policy, "https://proxy.test").unwrap());
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(notifier.run(stop.clone()));
+    replica.start();
 
     let dev = Identity::new("dana", ["dev"]);
     let labels = BTreeMap::from([("env".to_owned(), "staging".to_owned())]);
@@ -599,54 +638,22 @@ allow_networks = ["127.0.0.1"]
     assert_eq!(cut(&expired)["details"]["connections"], 1);
     assert_eq!(cut(&expired)["reason"], "expired");
     assert!(hook.types().contains(&"grant.revoked".to_owned()));
-    stop.cancel();
 }
 
 /// Two replicas on one PostgreSQL store, both reading the log and delivering: every notice
 /// goes out once, and each request's notices reach each place in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_deliver_each_notice_once_and_in_order() {
-    use std::sync::Arc;
-
-    use jitgate::access::Identity;
-    use jitgate::broker::Broker;
-    use jitgate::config::Config;
-    use jitgate::live::Live;
-    use jitgate::notify::{ChatPolicy, Notifier};
-    use jitgate::time::Timestamp;
-
     let db = TestDb::new(Backend::Postgres).await;
     let slack = workspace();
     let hook = Receiver::start();
     let dir = db.dir.path();
     let text = profiles(&["dba-approvals", "audit-hook"]) + &targets(dir, &slack, CHANNEL, &hook, "");
-    let replica = || async {
-        let config = Config::parse(&text, "t.toml").unwrap();
-        let store = jitgate::store::open(&db.url).await.unwrap();
-        let policy = Arc::new(config.policy);
-        let chat_policy = ChatPolicy {
-            sources: vec!["local".into()],
-            fresh_for: Duration::from_secs(3600),
-            fresh_for_idp: Duration::from_secs(3600),
-        };
-        let notifier = Notifier::new(
-            Arc::clone(&store),
-            Arc::clone(&policy),
-            config.notify,
-            chat_policy,
-            "https://p",
-        )
-        .unwrap();
-        (
-            Broker::new(policy, store, Live::new(), Duration::from_secs(3600)),
-            Arc::new(notifier),
-        )
-    };
-    let (broker, a) = replica().await;
-    let (_, b) = replica().await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(a.run(stop.clone()));
-    tokio::spawn(b.run(stop.clone()));
+    let a = Replica::new(&db.url, &text, Live::new()).await;
+    let b = Replica::new(&db.url, &text, Live::new()).await;
+    a.start();
+    b.start();
+    let broker = &a.broker;
 
     let alice = Identity::new("alice", ["dba"]);
     let bob = Identity::new("bob", ["dba-leads"]);
@@ -708,30 +715,21 @@ async fn two_replicas_deliver_each_notice_once_and_in_order() {
             "{notes:?}"
         );
     }
-    stop.cancel();
 }
 
 /// A notifier that starts far behind the log (notices were off, or the proxy was down for
 /// longer than give_up_after) passes over what is too old to announce, and only that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_backlog_is_passed_over_and_nothing_newer() {
-    use std::sync::Arc;
-
-    use jitgate::access::{AccessRequest, Identity};
+    use jitgate::access::AccessRequest;
     use jitgate::audit::AuditDraft;
-    use jitgate::broker::Broker;
-    use jitgate::config::Config;
-    use jitgate::live::Live;
-    use jitgate::notify::{ChatPolicy, Notifier};
-    use jitgate::time::Timestamp;
 
     let db = TestDb::new(Backend::Sqlite).await;
     let slack = workspace();
     let hook = Receiver::start();
     let text = profiles(&["audit-hook"]) + &targets(db.dir.path(), &slack, CHANNEL, &hook, "give_up_after = \"1h\"");
-    let config = Config::parse(&text, "t.toml").unwrap();
-    let store = jitgate::store::open(&db.url).await.unwrap();
-    let policy = Arc::new(config.policy);
+    let replica = Replica::new(&db.url, &text, Live::new()).await;
+    let (store, policy) = (&replica.store, &replica.policy);
     let alice = Identity::new("alice", ["dba"]);
 
     // A request made two hours ago, with its event as it was sealed then.
@@ -751,13 +749,8 @@ async fn a_stale_backlog_is_passed_over_and_nothing_newer() {
     event.time = Some(then);
     store.insert_request(old.request(), None, vec![event]).await.unwrap();
     // And one made now.
-    let broker = Broker::new(
-        Arc::clone(&policy),
-        Arc::clone(&store),
-        Live::new(),
-        Duration::from_secs(3600),
-    );
-    let new = broker
+    let new = replica
+        .broker
         .open_request(
             &alice,
             "db-patch",
@@ -768,14 +761,7 @@ async fn a_stale_backlog_is_passed_over_and_nothing_newer() {
         .await
         .unwrap();
 
-    let chat_policy = ChatPolicy {
-        sources: vec!["local".into()],
-        fresh_for: Duration::from_secs(3600),
-        fresh_for_idp: Duration::from_secs(3600),
-    };
-    let notifier = Arc::new(Notifier::new(store, policy, config.notify, chat_policy, "https://p").unwrap());
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(notifier.run(stop.clone()));
+    replica.start();
     let hook2 = hook.clone();
     let got = tokio::task::spawn_blocking(move || {
         eventually(Duration::from_secs(10), || {
@@ -793,45 +779,21 @@ async fn a_stale_backlog_is_passed_over_and_nothing_newer() {
         .map(|d| d.body["data"]["request"]["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, std::slice::from_ref(&new.id), "only the new one: {got:?}");
-    stop.cancel();
 }
 
 /// A webhook receiver that hangs takes at most its share of the delivery slots: Slack
 /// notices go out meanwhile, long before the first hung attempt could even time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_receiver_does_not_hold_up_other_targets() {
-    use std::sync::Arc;
-
-    use jitgate::access::Identity;
-    use jitgate::broker::Broker;
-    use jitgate::config::Config;
-    use jitgate::live::Live;
-    use jitgate::notify::{ChatPolicy, Notifier};
-    use jitgate::time::Timestamp;
-
     let db = TestDb::new(Backend::Sqlite).await;
     let slack = workspace();
     let hook = Receiver::start();
     hook.hang(Duration::from_secs(60));
     let text = profiles(&["dba-approvals", "audit-hook"])
         + &targets(db.dir.path(), &slack, CHANNEL, &hook, "timeout = \"20s\"");
-    let config = Config::parse(&text, "t.toml").unwrap();
-    let store = jitgate::store::open(&db.url).await.unwrap();
-    let policy = Arc::new(config.policy);
-    let broker = Broker::new(
-        Arc::clone(&policy),
-        Arc::clone(&store),
-        Live::new(),
-        Duration::from_secs(3600),
-    );
-    let chat_policy = ChatPolicy {
-        sources: vec!["local".into()],
-        fresh_for: Duration::from_secs(3600),
-        fresh_for_idp: Duration::from_secs(3600),
-    };
-    let notifier = Arc::new(Notifier::new(store, policy, config.notify, chat_policy, "https://p").unwrap());
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(notifier.run(stop.clone()));
+    let replica = Replica::new(&db.url, &text, Live::new()).await;
+    let broker = &replica.broker;
+    replica.start();
 
     let alice = Identity::new("alice", ["dba"]);
     let started = std::time::Instant::now();
@@ -861,5 +823,4 @@ async fn a_hanging_receiver_does_not_hold_up_other_targets() {
         "all 30 in Slack before any hung webhook attempt timed out"
     );
     assert!(hook.deliveries().is_empty(), "the receiver still hangs");
-    stop.cancel();
 }

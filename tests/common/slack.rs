@@ -115,20 +115,8 @@ impl Slack {
         }
         let ws = Arc::new(Mutex::new(ws));
         let state = Arc::clone(&ws);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = axum::Router::new().route("/api/{method}", post(api)).with_state(state);
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        let addr = rx.recv().unwrap();
+        let app = axum::Router::new().route("/api/{method}", post(api)).with_state(state);
+        let addr = serve_on_thread("127.0.0.1:0", app);
         Slack {
             api_url: format!("http://{addr}/api/"),
             token,
@@ -269,6 +257,25 @@ impl Slack {
     pub fn rate_limit(&self, calls: usize, secs: u64) {
         self.ws.lock().unwrap().rate_limited = Some((calls, secs));
     }
+}
+
+/// Serves `app` on `bind` from a thread and runtime of its own, so that plain (not async)
+/// tests can use the stand-ins; returns the address it listens on.
+pub fn serve_on_thread(bind: &str, app: axum::Router) -> std::net::SocketAddr {
+    let bind = bind.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {

@@ -65,21 +65,8 @@ impl Receiver {
             ..Inbox::default()
         }));
         let state = Arc::clone(&inbox);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let bind = format!("{ip}:0");
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = axum::Router::new().route("/hooks", post(receive)).with_state(state);
-                let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        let addr = rx.recv().unwrap();
+        let app = axum::Router::new().route("/hooks", post(receive)).with_state(state);
+        let addr = super::slack::serve_on_thread(&format!("{ip}:0"), app);
         Receiver {
             url: format!("http://{addr}/hooks"),
             secret,
