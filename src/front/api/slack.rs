@@ -26,7 +26,7 @@ use super::{ApiError, ApiJson, ApiQuery, ApiState};
 use crate::access::Identity;
 use crate::audit::AuditDraft;
 use crate::broker::BrokerError;
-use crate::notify::slack::{Chat, APPROVE, DENY};
+use crate::notify::slack::{escape, Chat, APPROVE, DENY};
 use crate::notify::SLACK;
 use crate::store::{ChatLink, StoreError};
 use crate::time::Timestamp;
@@ -154,7 +154,7 @@ pub(crate) async fn start_link(
         "Your code to link this Slack account to jitgate user *{}*: *{code}*\n\
          Enter it within 10 minutes with `jitgate link slack --code {code}`, or on the console's Slack page. \
          If you did not ask for this, ignore it: nothing is linked without the code.",
-        crate::notify::slack::escape(&who.user)
+        escape(&who.user)
     );
     let message = crate::notify::slack::Message {
         text: text.clone(),
@@ -378,13 +378,16 @@ async fn interaction(state: &Arc<ApiState>, headers: &HeaderMap, body: &[u8]) ->
         return Ok(());
     };
     let outcome = decide(state, &press, decision, now).await;
+    // Slack reads the answer as mrkdwn: nothing in it may format or mention.
     let (result, text) = match &outcome {
-        Ok(text) => ("decided", text.clone()),
+        Ok(text) => ("decided", escape(text)),
         Err(why) => (
             "refused",
             format!(
-                "{why}\nDecide in the console: {}/requests/{}",
-                state.site.origin, press.request_id
+                "{}\nDecide in the console: {}/requests/{}",
+                escape(why),
+                state.site.origin,
+                escape(&press.request_id)
             ),
         ),
     };
