@@ -108,6 +108,17 @@ impl Stand {
         }
     }
 
+    /// Alice, logged in with the CLI, holding an echo-admin grant that Bob approved.
+    fn alice_holds_echo_admin(&self) -> common::User {
+        let alice = self.proxy.login("alice");
+        let req = alice.json(&["request", "echo-admin", "--reason", "INC-9", "--for", "30m"]);
+        self.proxy
+            .login("bob")
+            .run(&["approve", req["id"].as_str().unwrap()], None)
+            .success();
+        alice
+    }
+
     fn app(&self, name: &str) -> String {
         format!("https://{name}.localhost:{}", self.port)
     }
@@ -740,13 +751,7 @@ async fn websocket(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_pass_and_close_when_the_grant_is_revoked() {
     let stand = Stand::start().await;
-    let alice_cli = stand.proxy.login("alice");
-    let req = alice_cli.json(&["request", "echo-admin", "--reason", "INC-9", "--for", "30m"]);
-    stand
-        .proxy
-        .login("bob")
-        .run(&["approve", req["id"].as_str().unwrap()], None)
-        .success();
+    let alice_cli = stand.alice_holds_echo_admin();
     let grant = alice_cli.json(&["grants"])[0]["id"].as_str().unwrap().to_owned();
     alice_cli.json(&["request", "quiet", "--reason", "x", "--for", "30m"]);
     let alice = stand.logged_in("alice", "echo").await;
@@ -836,13 +841,7 @@ async fn websockets_pass_and_close_when_the_grant_is_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_closes_that_browsers_websockets_and_nothing_else() {
     let stand = Stand::start().await;
-    let alice_cli = stand.proxy.login("alice");
-    let req = alice_cli.json(&["request", "echo-admin", "--reason", "INC-9", "--for", "30m"]);
-    stand
-        .proxy
-        .login("bob")
-        .run(&["approve", req["id"].as_str().unwrap()], None)
-        .success();
+    let alice_cli = stand.alice_holds_echo_admin();
     let laptop = stand.logged_in("alice", "echo").await;
     let phone = stand.logged_in("alice", "echo").await;
     let mut on_laptop = websocket(&stand, "echo", "/ws", &laptop.app_cookie(&stand.app("echo")))
@@ -929,13 +928,7 @@ async fn a_streaming_answer_ends_when_the_grant_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_that_is_down_gets_a_page_naming_the_app() {
     let stand = Stand::start().await;
-    let alice_cli = stand.proxy.login("alice");
-    let req = alice_cli.json(&["request", "echo-admin", "--reason", "INC-9", "--for", "30m"]);
-    stand
-        .proxy
-        .login("bob")
-        .run(&["approve", req["id"].as_str().unwrap()], None)
-        .success();
+    stand.alice_holds_echo_admin();
     let alice = stand.logged_in("alice", "down").await;
     let page = alice.follow(&format!("{}/status", stand.app("down"))).await;
     assert_eq!(page.status, StatusCode::BAD_GATEWAY, "{page:?}");
