@@ -219,7 +219,14 @@ pub enum Command {
 pub fn run(cli: Cli) -> CliResult {
     let Cli { global, command } = cli;
     init_logging(&global, matches!(command, Command::Serve(_)));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // ssh-proxy only pipes bytes: on one thread the task that copies also waits on the
+    // sockets, where a multi-thread runtime would wake it from a worker for every chunk.
+    let mut builder = if matches!(command, Command::SshProxy { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| CliError::Refused(format!("cannot start the runtime: {e}")))?;
