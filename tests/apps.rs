@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::idp::browser;
-use common::upstream::{upstream, Seen};
+use common::upstream::{upstream, upstream_tls, Seen};
 use common::{Backend, Proxy, TestDb};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
@@ -128,7 +128,7 @@ impl Stand {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let jar = Arc::new(reqwest::cookie::Jar::default());
         let mut b = browser().add_root_certificate(ca).cookie_provider(Arc::clone(&jar));
-        for app in ["echo", "quiet", "down", "files", "nosuch"] {
+        for app in ["echo", "quiet", "down", "files", "secure", "nosuch"] {
             b = b.resolve(&format!("{app}.localhost"), addr);
         }
         Browser {
@@ -795,6 +795,18 @@ async fn websockets_pass_and_close_when_the_grant_is_revoked() {
         String::from_utf8_lossy(&first[..n])
     );
 
+    // An upstream that answers 101 without the handshake's proof gets no splice.
+    match websocket(&stand, "echo", "/ws-liar", &cookie).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 502),
+        other => panic!("a fake WebSocket switch passed: {:?}", other.map(|_| ())),
+    }
+    let log = strip_ansi(&stand.proxy.log());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("no valid Sec-WebSocket-Accept") && l.contains("app=echo")),
+        "{log}"
+    );
+
     // Revoked: the open WebSocket closes at once.
     let sam = stand.proxy.login("sam");
     sam.run(&["revoke", &grant, "--reason", "done"], None).success();
@@ -923,6 +935,167 @@ async fn a_streaming_answer_ends_when_the_grant_expires() {
     assert!((-2..100).contains(&late), "ended {late} ms after the expiry");
     let again = alice.follow(&format!("{}/stream", stand.app("quiet"))).await;
     assert!(again.url.contains("/apps/quiet"), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_waiting_for_its_answer_ends_with_the_grant() {
+    let stand = Stand::start().await;
+    let alice_cli = stand.alice_holds_echo_admin();
+    let grant = alice_cli.json(&["grants"])[0]["id"].as_str().unwrap().to_owned();
+    let alice = stand.logged_in("alice", "echo").await;
+    // A long poll: the upstream answers only after a minute.
+    let poll = alice.http.get(format!("{}/slow", stand.app("echo"))).send();
+    // An upload that stops half-way: the upstream waits for the rest before it answers.
+    let (more, rest) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    more.send(Ok(bytes::Bytes::from_static(b"first half"))).await.unwrap();
+    let upload = alice
+        .http
+        .post(format!("{}/upload", stand.app("echo")))
+        .body(reqwest::Body::wrap(http_body_util::StreamBody::new(
+            tokio_stream_from(rest).map(|chunk| chunk.map(hyper::body::Frame::data)),
+        )))
+        .send();
+    let (poll, upload) = (tokio::spawn(poll), tokio::spawn(upload));
+    // Both are at the upstream, waiting.
+    let seen = common::eventually(Duration::from_secs(5), || {
+        let paths = stand.seen.paths();
+        paths.iter().any(|p| p == "/upload").then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the upload never reached the upstream: {:?}",
+        stand.seen.paths()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!poll.is_finished() && !upload.is_finished(), "answered before the cut");
+
+    let sam = stand.proxy.login("sam");
+    sam.run(&["revoke", &grant, "--reason", "done"], None).success();
+    let revoked = Instant::now();
+    for (what, answer) in [("long poll", poll), ("upload", upload)] {
+        let resp = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .unwrap_or_else(|_| panic!("the {what} outlived its grant"))
+            .unwrap()
+            .unwrap();
+        let took = revoked.elapsed();
+        eprintln!("the {what} was answered {took:?} after the revocation returned");
+        assert!(took < Duration::from_millis(100), "{what}: {took:?}");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{what}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains(&format!("grant {grant} ended before the app answered")),
+            "{what}: {text}"
+        );
+    }
+    drop(more);
+}
+
+/// The receiving end of a channel as a stream, for a request body sent piece by piece.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_reach_the_upstream_cleaned_like_headers() {
+    // An https upstream that speaks HTTP/2, where trailers pass as they are sent.
+    let (tls_up, _, pin) = upstream_tls().await;
+    let stand = Stand::start_with(|_| {
+        format!(
+            r#"
+[[apps]]
+name = "secure"
+upstream = "https://{tls_up}"
+pin_sha256 = "{pin}"
+
+[[profiles]]
+name = "secure"
+max_duration = "1h"
+requesters = ["group:ops"]
+approvals_required = 0
+http = {{ apps = ["secure"] }}
+"#
+        )
+    })
+    .await;
+    stand
+        .proxy
+        .login("alice")
+        .json(&["request", "secure", "--reason", "x", "--for", "10m"]);
+    let alice = stand.logged_in("alice", "secure").await;
+    let cookie = alice.app_cookie(&stand.app("secure"));
+    let smuggled = [
+        ("x-jitgate-user", "mallory"),
+        ("x_jitgate_grant", "grant-forged"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-http-method-override", "DELETE"),
+        ("cookie", "__Host-jitgate-app=stolen"),
+        ("x-checksum", "kept"),
+    ];
+    let check = |how: &str, echoed: &Value| {
+        assert_eq!(
+            echoed["version"], "HTTP/2.0",
+            "{how}: the upstream hop is HTTP/2: {echoed}"
+        );
+        assert_eq!(echoed["body"], "hello", "{how}: {echoed}");
+        let trailers: Vec<(&str, &str)> = echoed["trailers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t[0].as_str().unwrap(), t[1].as_str().unwrap()))
+            .collect();
+        assert_eq!(trailers, [("x-checksum", "kept")], "{how}: {echoed}");
+        // The identity the upstream hears is the proxy's, in the headers.
+        assert_eq!(header_values(echoed, "x-jitgate-user"), ["alice"], "{how}");
+    };
+
+    // HTTP/2 from the client: trailers in a HEADERS frame after the data.
+    let tls = tls_to(&stand, "secure.localhost", b"h2").await;
+    let (h2c, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let req = http::Request::post(format!("https://secure.localhost:{}/t", stand.port))
+        .header("cookie", format!("__Host-jitgate-app={cookie}"))
+        .body(())
+        .unwrap();
+    let mut h2c = h2c.ready().await.unwrap();
+    let (resp, mut send) = h2c.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(b"hello"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    for (k, v) in smuggled {
+        trailers.append(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
+    }
+    send.send_trailers(trailers).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut echoed = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        echoed.extend_from_slice(&chunk);
+    }
+    check("HTTP/2", &serde_json::from_slice(&echoed).unwrap());
+
+    // HTTP/1.1 from the client: a chunked body whose last chunk carries trailer fields.
+    let fields: String = smuggled.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let answer = raw(
+        &stand,
+        "secure.localhost",
+        &format!(
+            "POST /t HTTP/1.1\r\nHost: secure.localhost:{}\r\nCookie: __Host-jitgate-app={cookie}\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: x-checksum\r\nConnection: close\r\n\r\n\
+             5\r\nhello\r\n0\r\n{fields}\r\n",
+            stand.port
+        ),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let json = answer.split("\r\n\r\n").nth(1).unwrap();
+    // The answer may come chunked: the JSON is between the first '{' and the last '}'.
+    let json = &json[json.find('{').unwrap()..=json.rfind('}').unwrap()];
+    check("HTTP/1.1", &serde_json::from_str(json).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

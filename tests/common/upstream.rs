@@ -35,12 +35,59 @@ impl Seen {
     }
 }
 
-/// The test upstream: echoes method, path, headers and body as JSON; `/ws` echoes
-/// WebSocket messages; `/stream` sends a line every 50 ms until the client goes.
+/// The test upstream: echoes method, version, path, headers, trailers and body as JSON;
+/// `/ws` echoes WebSocket messages; `/stream` sends a line every 50 ms until the client
+/// goes; `/slow` answers after a minute; `/ws-liar` fakes a WebSocket switch.
 pub async fn upstream() -> (SocketAddr, Seen) {
     let seen = Seen::default();
-    let record = seen.clone();
-    let app = axum::Router::new()
+    let app = router(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+/// The same upstream over TLS, offering HTTP/2 and HTTP/1.1 by ALPN, with a fresh
+/// self-signed certificate for 127.0.0.1; the certificate's SHA-256 in hex, to pin.
+pub async fn upstream_tls() -> (SocketAddr, Seen, String) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use sha2::Digest;
+    use tower::ServiceExt;
+    let seen = Seen::default();
+    let app = router(seen.clone());
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let pin = hex::encode(sha2::Sha256::digest(cert.cert.der()));
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen, pin)
+}
+
+fn router(seen: Seen) -> axum::Router {
+    let record = seen;
+    axum::Router::new()
         .route(
             "/ui",
             get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], UI_PAGE) }),
@@ -61,6 +108,27 @@ pub async fn upstream() -> (SocketAddr, Seen) {
                         }
                     }
                 })
+            }),
+        )
+        // Answers after a minute: a long poll, or an upload the app reads only later.
+        .route(
+            "/slow",
+            any(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }),
+        )
+        // Says it switched to WebSocket without proving it read the handshake.
+        .route(
+            "/ws-liar",
+            get(|| async {
+                axum::http::Response::builder()
+                    .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+                    .header(header::CONNECTION, "upgrade")
+                    .header(header::UPGRADE, "websocket")
+                    .header(header::SEC_WEBSOCKET_ACCEPT, "bm90IHRoZSBhbnN3ZXI=")
+                    .body(axum::body::Body::empty())
+                    .unwrap()
             }),
         )
         .route(
@@ -91,19 +159,35 @@ pub async fn upstream() -> (SocketAddr, Seen) {
                         )
                     })
                     .collect();
-                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                let (body, trailers) = match http_body_util::BodyExt::collect(body).await {
+                    Ok(c) => {
+                        let trailers: Vec<(String, String)> = c
+                            .trailers()
+                            .map(|t| {
+                                t.iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.as_str().to_owned(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        (c.to_bytes(), trailers)
+                    }
+                    Err(_) => Default::default(),
+                };
                 axum::Json(json!({
                     "method": parts.method.as_str(),
+                    "version": format!("{:?}", parts.version),
                     "path": parts.uri.path(),
                     "query": parts.uri.query(),
                     "headers": headers,
+                    "trailers": trailers,
                     "body": String::from_utf8_lossy(&body),
                 }))
                 .into_response()
             }
-        }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, seen)
+        }))
 }

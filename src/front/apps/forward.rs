@@ -12,7 +12,7 @@ use axum::http::{Request, Response, StatusCode, Uri, Version};
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming};
 use maud::html;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{headers, text, App, HeldRef, IdentityHeaders};
 
@@ -78,10 +78,26 @@ impl Forward<'_> {
         if let Err(refused) = self.toward_upstream(&mut parts) {
             return refused;
         }
-        let up = Request::from_parts(parts, Body::new(body));
-        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)).await;
+        // One token of its own for the whole exchange: waiters on the grant's shared token
+        // would all queue on its lock.
+        let cut = held.live.token().child_token();
+        // An upload ends with its grant too, and its trailers are cleaned like headers.
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            Body::new(body)
+        } else {
+            CutBody::around(body, cut.clone(), &held, Direction::Upstream)
+        };
+        let up = Request::from_parts(parts, body);
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)) => sent,
+            // A long poll or an upload waits for the answer's head; the cut does not wait
+            // with it. Dropping the request drops its upstream connection.
+            _ = cut.cancelled() => return ended(&held),
+        };
         let resp = match sent {
             Ok(Ok(r)) => r,
+            // The upload was cut mid-way, so the client error says why.
+            Ok(Err(_)) if held.live.is_cut() => return ended(&held),
             Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
             Err(_) => {
                 return self.unreachable(
@@ -95,7 +111,7 @@ impl Forward<'_> {
         };
         let (mut parts, body) = resp.into_parts();
         headers::clean_response(&mut parts.headers);
-        Response::from_parts(parts, CutBody::around(body, held))
+        Response::from_parts(parts, CutBody::around(body, cut, &held, Direction::Client))
     }
 
     pub(super) async fn websocket(&self, mut req: Request<Incoming>, held: HeldRef) -> Response<Body> {
@@ -114,6 +130,7 @@ impl Forward<'_> {
         parts
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
         let up = Request::from_parts(parts, Body::empty());
         let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)).await;
         let mut resp = match sent {
@@ -125,7 +142,16 @@ impl Forward<'_> {
             // Not upgraded, but maybe a stream all the same: it ends with the grant too.
             let (mut parts, body) = resp.into_parts();
             headers::clean_response(&mut parts.headers);
-            return Response::from_parts(parts, CutBody::around(body, held));
+            let cut = held.live.token().child_token();
+            return Response::from_parts(parts, CutBody::around(body, cut, &held, Direction::Client));
+        }
+        // Only an upstream that proves it read this handshake gets a raw splice: anything
+        // else answering 101 (a confused server, a smuggled request) would get one too.
+        if !accepts(key.as_ref(), resp.headers().get(header::SEC_WEBSOCKET_ACCEPT)) {
+            return self.unreachable(
+                "its answer to the WebSocket upgrade has no valid Sec-WebSocket-Accept",
+                &held,
+            );
         }
         let from_upstream = hyper::upgrade::on(&mut resp);
         let app = Arc::clone(&self.app.name);
@@ -183,23 +209,60 @@ impl Forward<'_> {
     }
 }
 
-/// An upstream's body, ended (as an error, so the client cannot take it for complete) when
-/// its grant is cut.
+/// Whether `accept` is the answer RFC 6455 (4.2.2) requires to the client's `key`.
+fn accepts(key: Option<&HeaderValue>, accept: Option<&HeaderValue>) -> bool {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let (Some(key), Some(accept)) = (key, accept) else {
+        return false;
+    };
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update(GUID);
+    let expected = base64::engine::general_purpose::STANDARD.encode(h.finalize());
+    accept.as_bytes() == expected.as_bytes()
+}
+
+/// The answer to a request whose grant was cut before the upstream answered.
+fn ended(held: &HeldRef) -> Response<Body> {
+    let why = if held.live.ended_by_logout() {
+        "you logged out".to_owned()
+    } else {
+        format!("grant {} ended", held.auth.grant_id())
+    };
+    text(
+        StatusCode::FORBIDDEN,
+        &format!("jitgate: {why} before the app answered; reload to see what you can do now"),
+    )
+}
+
+/// Which way a body flows, so its trailers are cleaned as that way's headers are.
+#[derive(Clone, Copy)]
+enum Direction {
+    Upstream,
+    Client,
+}
+
+/// A body on its way through, ended (as an error, so the receiver cannot take it for
+/// complete) when its grant is cut, with its trailers cleaned like the headers before it.
 struct CutBody {
     inner: Incoming,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    direction: Direction,
     /// Keeps the grant's registration with `live` while the body flows.
     _held: HeldRef,
 }
 
 impl CutBody {
-    fn around(inner: Incoming, held: HeldRef) -> Body {
-        // A token of its own: waiters on one shared token would all queue on its lock.
-        let cut = held.live.token().child_token().cancelled_owned();
+    /// `cut` is a child of the grant's token, so that waiting on it does not queue on the
+    /// grant's shared lock.
+    fn around(inner: Incoming, cut: CancellationToken, held: &HeldRef, direction: Direction) -> Body {
         Body::new(CutBody {
             inner,
-            cut: Box::pin(cut),
-            _held: held,
+            cut: Box::pin(cut.cancelled_owned()),
+            direction,
+            _held: held.clone(),
         })
     }
 }
@@ -212,7 +275,26 @@ impl hyper::body::Body for CutBody {
         if std::future::Future::poll(self.cut.as_mut(), cx).is_ready() {
             return Poll::Ready(Some(Err("the grant ended".into())));
         }
-        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+        let direction = self.direction;
+        Pin::new(&mut self.inner).poll_frame(cx).map(|frame| {
+            frame.map(|f| {
+                f.map(|f| {
+                    // Trailers reach frameworks that merge them into headers: they get
+                    // the same cleaning, or they would smuggle what the headers may not.
+                    match f.into_trailers() {
+                        Ok(mut t) => {
+                            match direction {
+                                Direction::Upstream => headers::clean_request(&mut t),
+                                Direction::Client => headers::clean_response(&mut t),
+                            }
+                            Frame::trailers(t)
+                        }
+                        Err(data) => data,
+                    }
+                })
+                .map_err(Into::into)
+            })
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -221,5 +303,24 @@ impl hyper::body::Body for CutBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_websocket_accept_must_answer_the_key() {
+        // The example handshake of RFC 6455, section 1.3.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let good = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(accepts(Some(&key), Some(&good)));
+        let other = HeaderValue::from_static("x3JJHMbDL1EzLkh9GBhXDw==");
+        assert!(!accepts(Some(&other), Some(&good)), "another key's answer");
+        assert!(!accepts(Some(&key), None), "no answer");
+        assert!(!accepts(None, Some(&good)), "no key asked");
+        let lower = HeaderValue::from_static("s3pplmbitxaq9kygzzhzrbk+xoo=");
+        assert!(!accepts(Some(&key), Some(&lower)), "base64 is case-sensitive");
     }
 }

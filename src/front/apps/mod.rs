@@ -7,6 +7,7 @@
 mod forward;
 pub(crate) mod headers;
 pub mod path;
+mod samples;
 mod signin;
 mod upstream;
 
@@ -125,6 +126,8 @@ pub struct AppsFront {
     /// App cookies whose signature checked out: cookie → (app, session id hash).
     cookies: Cache<String, (Arc<str>, Arc<str>)>,
     denials: DenialThrottle,
+    /// The writer of sampled request lines, when an app samples them.
+    samples: Option<samples::Samples>,
 }
 
 impl AppsFront {
@@ -146,7 +149,6 @@ impl AppsFront {
             by_host.insert(config.host.clone(), Arc::new(app));
         }
         Ok(AppsFront {
-            state,
             by_host,
             decisions: Cache::builder()
                 .max_capacity(DECISION_CACHE_ENTRIES)
@@ -158,6 +160,11 @@ impl AppsFront {
                 .time_to_live(COOKIE_TRUST)
                 .build(),
             denials: DenialThrottle::new(DECISION_CACHE_ENTRIES),
+            samples: apps
+                .iter()
+                .any(|a| a.audit_sample > 0.0)
+                .then(|| samples::Samples::start(Arc::clone(state.broker.store()))),
+            state,
         })
     }
 
@@ -205,12 +212,9 @@ impl AppsFront {
                 .grant(held.auth.grant_id())
                 .details(serde_json::json!({ "method": method.as_str(), "path": path }));
             // A sample: it must not slow the request it describes.
-            let store = Arc::clone(self.state.broker.store());
-            tokio::spawn(async move {
-                if let Err(e) = store.append_audit(vec![event]).await {
-                    tracing::warn!(error = %e, "cannot record a sampled app request");
-                }
-            });
+            if let Some(samples) = &self.samples {
+                samples.record(event);
+            }
         }
         let identity = match self.identity(&app, &session, &held, now) {
             Ok(h) => h,
@@ -456,6 +460,7 @@ impl AppsFront {
 }
 
 /// A grant chosen from a cached access; keeps the access alive while the request runs.
+#[derive(Clone)]
 struct HeldRef {
     access: Arc<Access>,
     index: usize,
