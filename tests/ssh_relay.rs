@@ -668,13 +668,23 @@ fn channel_requests_the_profile_does_not_allow_are_refused() {
     let out = alice.ssh(&["-W", "127.0.0.1:22", "root@db-prod-1"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("open failed: administratively prohibited"), "{err}");
-    // Stock ssh shows the proxy's reason with -v; the audit log always has it.
-    let out = alice.ssh(&["-v", "-W", "127.0.0.1:22", "root@db-prod-1"]);
+    // Stock ssh shows the proxy's reason after OpenSSH's own.
     assert!(
-        text(&out.stderr).contains("jitgate: port forwarding is not allowed by grant grant-"),
-        "{}",
-        text(&out.stderr)
+        err.contains(
+            "open failed: administratively prohibited: jitgate: port forwarding is not allowed by grant grant-"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("(profile db-root)"), "{err}");
+    // A refused -R has no text of its own in the protocol: the session's stderr says why.
+    let out = alice.ssh(&["-R", "0:127.0.0.1:22", "root@db-prod-1", "echo ran"]);
+    assert_eq!(text(&out.stdout), "ran\n", "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("remote port forwarding failed"), "{err}");
+    assert!(
+        err.contains("jitgate: port forwarding is not allowed by grant grant-")
+            && err.contains("; remote forward localhost:0 refused"),
+        "{err}"
     );
     let out = alice.ssh(&[
         "-o",

@@ -185,6 +185,7 @@ pub(super) async fn run(
                     }
                     ask(Asked::Shell);
                     let sent = to_target.request_shell(true).await;
+                    tell_notices(&shared, &to_client).await;
                     if terminal.is_some() && inside_warning(&open.auth, front.expiry_warning, Timestamp::now()) {
                         let line = expiry_warning(&open.auth, Timestamp::now());
                         let _ = to_client.extended_data_bytes(1, line.into_bytes()).await;
@@ -209,7 +210,9 @@ pub(super) async fn run(
                         break;
                     }
                     ask(Asked::Exec);
-                    to_target.exec(true, command).await
+                    let sent = to_target.exec(true, command).await;
+                    tell_notices(&shared, &to_client).await;
+                    sent
                 }
                 ChannelMsg::RequestSubsystem { name, .. } if subsystem_allowed(&name) => {
                     if let Err(why) = record(&front, &shared, id, terminal.as_ref(), &name, &recorder).await {
@@ -331,6 +334,14 @@ pub(super) async fn run(
     // Dropping the recorder ends its file; the session's end event waits for the hash.
     drop(recorder);
     shared.channels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+}
+
+/// Shows the session's pending notices on this channel's stderr, once.
+async fn tell_notices(shared: &Shared, to_client: &russh::ChannelWriteHalf<russh::server::Msg>) {
+    let notices = std::mem::take(&mut *shared.notices.lock().unwrap_or_else(|e| e.into_inner()));
+    for line in notices {
+        let _ = to_client.extended_data_bytes(1, line.into_bytes()).await;
+    }
 }
 
 const RECORDING_STOPPED: &str =

@@ -43,6 +43,9 @@ pub(super) struct Shared {
     pub done: CancellationToken,
     /// Channels open now, of every kind.
     pub open_channels: std::sync::atomic::AtomicUsize,
+    /// Why a request without a text of its own in the protocol was refused (`-R`): the
+    /// next program started on a channel shows it on stderr.
+    pub notices: Mutex<Vec<String>>,
 }
 
 /// One of a session's [`MAX_CHANNELS`] channel slots, given back when dropped.
@@ -135,6 +138,7 @@ where
         recordings: Mutex::new(Vec::new()),
         done: CancellationToken::new(),
         open_channels: std::sync::atomic::AtomicUsize::new(0),
+        notices: Mutex::new(Vec::new()),
     });
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = TargetSession {
@@ -538,9 +542,13 @@ impl russh::server::Handler for TargetSession {
         .details(serde_json::json!({ "session": self.shared.session_id, "to": target }));
         if !allowed {
             let _ = self.front.broker().store().append_audit(vec![event]).await;
-            session.debug(true, &forwarding_refused(open), "")?;
+            // OpenSSH prints a refused channel's description after its reason:
+            // "open failed: administratively prohibited: jitgate: …".
             reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .reject(russh::ChannelOpenFailure::Other {
+                    code: 1,
+                    reason: forwarding_refused(open),
+                })
                 .await;
             return Ok(());
         }
@@ -603,7 +611,15 @@ impl russh::server::Handler for TargetSession {
             return Ok(false);
         }
         if !allowed {
-            session.debug(true, &forwarding_refused(open), "")?;
+            // A refused global request carries no text; ssh only warns that the forward
+            // failed. The reason goes to the session's stderr when its program starts.
+            let why = forwarding_refused(open);
+            session.debug(true, &why, "")?;
+            self.shared
+                .notices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("{why}; remote forward {address}:{port} refused\r\n"));
             return Ok(false);
         }
         match tokio::time::timeout(super::TARGET_CALL_TIMEOUT, open.target.tcpip_forward(address, *port))
