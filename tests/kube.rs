@@ -219,6 +219,64 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
 }
 
 #[test]
+fn logging_out_ends_that_logins_watches_and_not_another_logins() {
+    let stand = stand();
+    let ns = &stand.ns;
+    let laptop = Kubectl::new(&stand, "alice", "devs");
+    laptop.request("payments-quick", "30m");
+    // Alice logged in a second time elsewhere, with a kubectl of its own.
+    let desktop = Kubectl::for_login(stand.proxy.login_at("alice", "home-alice-desktop"));
+    let watch = |k: &Kubectl| {
+        let mut child = k
+            .command(&["get", "pods", "-n", ns, "-w"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = timed_lines(child.stdout.take().unwrap());
+        loop {
+            let (_, line) = lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the watch lists the pod");
+            if line.starts_with("web-1") {
+                break;
+            }
+        }
+        (child, lines)
+    };
+    let (mut on_laptop, laptop_lines) = watch(&laptop);
+    let (mut on_desktop, _) = watch(&desktop);
+
+    laptop.user.run(&["logout"], None).success();
+    let start = Instant::now();
+    while on_laptop.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the watch outlived the logout"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let after = start.elapsed();
+    eprintln!("the watch ended {after:?} after `jitgate logout` returned");
+    assert!(after < Duration::from_millis(100), "ended {after:?} after the logout");
+    std::thread::sleep(Duration::from_millis(50));
+    let out: Vec<String> = laptop_lines.try_iter().map(|(_, l)| l).collect();
+    assert!(
+        out.iter().any(|l| l.contains("jitgate: you logged out of the proxy")),
+        "kubectl says why: {out:?}"
+    );
+    // The other login's watch goes on, and its kubectl still works.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        on_desktop.try_wait().unwrap().is_none(),
+        "the other login's watch ended too"
+    );
+    ok(&desktop.run(&["get", "pods", "-n", ns]));
+    on_desktop.kill().unwrap();
+    let _ = on_desktop.wait();
+}
+
+#[test]
 fn a_followed_log_ends_at_expiry_and_exec_is_create_and_ends_with_a_revoke() {
     let stand = stand();
     let ns = &stand.ns;

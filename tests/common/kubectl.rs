@@ -119,7 +119,11 @@ pub struct Kubectl {
 impl Kubectl {
     pub fn new(stand: &Stand, name: &str, group: &str) -> Kubectl {
         stand.proxy.add_user(name, &[group]);
-        let user = stand.proxy.login(name);
+        Kubectl::for_login(stand.proxy.login(name))
+    }
+
+    /// kubectl for a user already logged in.
+    pub fn for_login(user: User) -> Kubectl {
         let printed = user.run(&["kubeconfig", "--cluster", "test"], None).success().stdout;
         let kubeconfig = user.home.join("kubeconfig");
         std::fs::write(&kubeconfig, printed).unwrap();

@@ -244,7 +244,12 @@ impl Proxy {
 
     /// Logs `name` in with a `JITGATE_HOME` of their own and returns it.
     pub fn login(&self, name: &str) -> User {
-        let home = self.dir.join(format!("home-{name}"));
+        self.login_at(name, &format!("home-{name}"))
+    }
+
+    /// Logs `name` in once more, as from another machine: a login of its own in `home`.
+    pub fn login_at(&self, name: &str, home: &str) -> User {
+        let home = self.dir.join(home);
         let user = User { home };
         user.run(
             &[

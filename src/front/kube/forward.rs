@@ -293,6 +293,13 @@ impl Forward<'_> {
 /// Why a stream ended, and how to get access again. Made when the cut happens, so the time
 /// is when it ended (the expiry, or the revocation before it).
 fn cut_message(held: &Held) -> String {
+    if held.live.ended_by_logout() {
+        return format!(
+            "jitgate: you logged out of the proxy at {}; grant {} goes on for your other logins. Run `jitgate login` to use it again",
+            crate::time::Timestamp::now().to_rfc3339(),
+            held.auth.grant_id(),
+        );
+    }
     format!(
         "jitgate: grant {} ended at {}; request access again with: jitgate request {} --reason TEXT --for DURATION",
         held.auth.grant_id(),

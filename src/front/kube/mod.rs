@@ -61,6 +61,8 @@ struct Cluster {
 struct Caller {
     identity: Identity,
     expires_at: Timestamp,
+    /// The login the token was derived from (`token:{jti}`): its streams end when it does.
+    login: Arc<str>,
 }
 
 /// A grant in use on a cluster: its registration with `live`, and the headers that tell the
@@ -73,13 +75,16 @@ struct Held {
     grant: HeaderValue,
 }
 
+/// (grant, cluster, login).
+type HeldKey = (Arc<str>, Arc<str>, Arc<str>);
+
 pub struct KubeFront {
     state: Arc<ApiState>,
     clusters: HashMap<String, Arc<Cluster>>,
     /// Checked tokens, by (cluster, token): a token is good on its own cluster only.
     callers: Cache<(Arc<str>, Arc<str>), Arc<Caller>>,
-    /// Grants in use, by (grant, cluster).
-    held: Cache<(Arc<str>, Arc<str>), Arc<Held>>,
+    /// Grants in use, by (grant, cluster, login): a logout cuts only that login's streams.
+    held: Cache<HeldKey, Arc<Held>>,
     /// (grant, cluster) pairs whose first request is already in the audit log.
     first_seen: Cache<(Arc<str>, Arc<str>), ()>,
     denials: DenialThrottle,
@@ -209,11 +214,12 @@ impl KubeFront {
             })?;
         // A token from `derive` names its login; an API token never reaches here (its
         // audience is not a cluster's), and without a login behind it a token is refused.
-        if claims.parent.is_none() {
+        let Some(parent) = claims.parent.as_deref() else {
             return Err(status::unauthorized(
                 "jitgate: this token was not made for kubectl; use `jitgate kube-credential`",
             ));
-        }
+        };
+        let login: Arc<str> = crate::live::token_login(parent).into();
         self.state.still_valid(&claims).await.map_err(|e| match e {
             Invalid::Refused(why) => status::unauthorized(&format!("jitgate: {why}")),
             Invalid::Store(e) => {
@@ -232,6 +238,7 @@ impl KubeFront {
         let caller = Arc::new(Caller {
             identity: claims.identity(),
             expires_at: claims.expires_at(),
+            login,
         });
         self.callers.insert(key, Arc::clone(&caller)).await;
         Ok(caller)
@@ -283,11 +290,16 @@ impl KubeFront {
     async fn hold(&self, cluster: &Cluster, caller: &Caller, auth: Authorized) -> Result<Arc<Held>, Response<Body>> {
         let id: Arc<str> = auth.grant_id().into();
         let pair = (Arc::clone(&id), Arc::clone(&cluster.name));
-        if let Some(h) = self.held.get(&pair).await {
+        let key = (Arc::clone(&id), Arc::clone(&cluster.name), Arc::clone(&caller.login));
+        if let Some(h) = self.held.get(&key).await {
             if !h.live.is_cut() {
                 return Ok(h);
             }
-            self.held.invalidate(&pair).await;
+            // Until the token check sees the logout, its requests meet the cut entry.
+            if h.live.ended_by_logout() {
+                return Err(logged_out());
+            }
+            self.held.invalidate(&key).await;
         }
         if !self.first_seen.contains_key(&pair) {
             let event = AuditDraft::new("kube.first_request", &caller.identity.user, &cluster.name)
@@ -325,16 +337,20 @@ impl KubeFront {
             user,
             grant,
             groups,
-            live: self.state.broker.live().register(&auth),
+            live: self.state.broker.live().register_for(&auth, &caller.login),
             auth,
         });
+        if held.live.ended_by_logout() {
+            self.held.insert(key, held).await;
+            return Err(logged_out());
+        }
         if held.live.is_cut() {
             return Err(status::forbidden(&format!(
                 "jitgate: grant {} has ended; request access again",
                 held.auth.grant_id()
             )));
         }
-        self.held.insert(pair, Arc::clone(&held)).await;
+        self.held.insert(key, Arc::clone(&held)).await;
         Ok(held)
     }
 
@@ -432,6 +448,11 @@ fn discovery(path: &str) -> bool {
         || p == "/openapi/v2"
         || p == "/openapi/v3"
         || p.starts_with("/openapi/v3/")
+}
+
+/// The answer to a token whose login ended while the token still lives.
+fn logged_out() -> Response<Body> {
+    status::unauthorized("jitgate: you logged out of the proxy; run `jitgate login`, and kubectl gets a new token")
 }
 
 #[cfg(test)]
