@@ -250,7 +250,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tokio::spawn(Arc::clone(&broker).record_cuts(cuts));
     tokio::spawn(notifier.run(shutdown.clone()));
     tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
-    tls::serve(listener, tls_config, routes, shutdown).await;
+    tls::serve(listener, tls_config, routes, server.idle_timeout, shutdown).await;
     Ok(())
 }
 

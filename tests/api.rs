@@ -604,3 +604,71 @@ async fn a_burst_of_concurrent_guesses_gets_no_more_than_the_limit() {
         "only five guesses reach the password check; the rest are rate-limited"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = Proxy::start_with(db.dir.path(), &db.url, WALKTHROUGH_PROFILES, "idle_timeout = \"2s\"");
+    proxy.add_user("alice", &["dba"]);
+    let port = url::Url::parse(&proxy.url).unwrap().port().unwrap();
+    let open = || async {
+        let tls = common::tls_connect(&proxy.ca, port, "localhost", b"h2").await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (client, connection) = h2::client::handshake(tls).await.unwrap();
+        let closed = tokio::spawn(async move {
+            let _ = connection.await;
+            std::time::Instant::now()
+        });
+        (client.ready().await.unwrap(), closed)
+    };
+    let uri = |path: &str| format!("https://localhost:{port}{path}");
+
+    // One request answered, then nothing: closed once the connection has been idle 2 s.
+    let (mut idle, closed) = open().await;
+    let (resp, _) = idle
+        .send_request(http::Request::get(uri("/healthz")).body(()).unwrap(), true)
+        .unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    while body.data().await.is_some() {}
+    let answered = std::time::Instant::now();
+    let at = tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("an idle HTTP/2 connection stayed open")
+        .unwrap();
+    let after = at - answered;
+    eprintln!("the idle connection was closed {after:?} after its last answer");
+    assert!(
+        (Duration::from_millis(1900)..Duration::from_secs(4)).contains(&after),
+        "closed {after:?} after its last answer"
+    );
+
+    // A request still in flight (its upload unfinished) keeps the connection open past that.
+    let (mut busy, mut closed) = open().await;
+    let post = http::Request::post(uri("/api/v1/login"))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (resp, mut upload) = busy.send_request(post, false).unwrap();
+    upload
+        .send_data(bytes::Bytes::from_static(br#"{"user":"alice","#), false)
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(3500), &mut closed)
+            .await
+            .is_err(),
+        "a connection with a request in flight was closed"
+    );
+    // Not even told to go away: it still takes new requests.
+    let mut busy = busy.ready().await.unwrap();
+    let (health, _) = busy
+        .send_request(http::Request::get(uri("/healthz")).body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(health.await.unwrap().status(), 200);
+    let rest = format!(r#""password":"{}"}}"#, password_of("alice"));
+    upload.send_data(bytes::Bytes::from(rest), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .expect("the connection stayed open once idle")
+        .unwrap();
+}

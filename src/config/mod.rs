@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub certs_dir: PathBuf,
     pub token_lifetime: Duration,
     pub request_ttl: Duration,
+    /// An HTTP/2 connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +128,7 @@ struct RawServer {
     certs_dir: Option<PathBuf>,
     token_lifetime: Option<String>,
     request_ttl: Option<String>,
+    idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -289,6 +292,7 @@ fn validate_server(raw: RawServer, errors: &mut Vec<String>) -> ServerConfig {
         certs_dir,
         token_lifetime,
         request_ttl,
+        idle_timeout,
     } = raw;
     let listen = listen.as_deref().unwrap_or("127.0.0.1:8443");
     let listen = listen.parse().unwrap_or_else(|_| {
@@ -324,6 +328,19 @@ fn validate_server(raw: RawServer, errors: &mut Vec<String>) -> ServerConfig {
         Duration::from_secs(86_400),
         errors,
     );
+    // nginx's keep-alive default; browsers and kubectl open a new connection when needed.
+    let idle_timeout = duration_field(
+        "server.idle_timeout",
+        idle_timeout.as_deref(),
+        Duration::from_secs(75),
+        errors,
+    );
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&idle_timeout) {
+        errors.push(format!(
+            "server.idle_timeout: {} is out of range (1s to 1h)",
+            humantime::format_duration(idle_timeout)
+        ));
+    }
     ServerConfig {
         listen,
         public_url,
@@ -332,6 +349,7 @@ fn validate_server(raw: RawServer, errors: &mut Vec<String>) -> ServerConfig {
         certs_dir: certs_dir.unwrap_or_else(|| "certs".into()),
         token_lifetime,
         request_ttl,
+        idle_timeout,
     }
 }
 
@@ -356,6 +374,17 @@ mod tests {
 
     fn errors_of(text: &str) -> Vec<String> {
         Config::parse(text, "t.toml").unwrap_err().errors
+    }
+
+    #[test]
+    fn the_idle_timeout_stays_within_reason() {
+        let errs = errors_of("[server]\nidle_timeout = \"2h\"\n");
+        assert_eq!(errs, ["server.idle_timeout: 2h is out of range (1s to 1h)"]);
+        let errs = errors_of("[server]\nidle_timeout = \"soon\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("server.idle_timeout: \"soon\" is not a duration"), "{errs:?}");
+        let fine = Config::parse("[server]\nidle_timeout = \"30s\"\n", "t.toml").unwrap();
+        assert_eq!(fine.server.idle_timeout, Duration::from_secs(30));
     }
 
     #[test]

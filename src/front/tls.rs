@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,8 +143,85 @@ fn plain(status: StatusCode, message: &str) -> Response<Body> {
     resp
 }
 
-/// Accepts connections until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, routes: Routes, shutdown: CancellationToken) {
+/// Requests in flight on one HTTP/2 connection, and since when it has had none.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` when the last request ended.
+    last_ms: AtomicU64,
+    born: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            born: tokio::time::Instant::now(),
+        })
+    }
+
+    /// When the connection will have been idle for `idle`, if nothing is in flight now.
+    fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
+        (self.in_flight.load(Ordering::Acquire) == 0)
+            .then(|| self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
+    }
+}
+
+/// Counts a request in flight until its answer's body is done or dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = a.born.elapsed().as_millis() as u64;
+        a.last_ms.fetch_max(now, Ordering::AcqRel);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that keeps its request counted while it streams.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Accepts connections until `shutdown` is cancelled. An HTTP/2 connection with no request
+/// in flight for `idle` is closed gracefully (GOAWAY); HTTP/1.1 keep-alive connections end
+/// when no new request head arrives within the header timeout.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    routes: Routes,
+    idle: Duration,
+    shutdown: CancellationToken,
+) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -168,10 +246,23 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, routes
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
             let sni: Option<Arc<str>> = tls.get_ref().1.server_name().map(|s| s.to_ascii_lowercase().into());
+            // HTTP/2 keeps a connection open between requests until the client or the
+            // server ends it: without a limit, idle clients that answer pings hold memory
+            // for ever. HTTP/1.1 is bounded by the header timeout instead.
+            let activity = (tls.get_ref().1.alpn_protocol() == Some(b"h2")).then(Activity::new);
+            let counted = activity.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let routes = routes.clone();
                 let sni = sni.clone();
-                async move { Ok::<_, std::convert::Infallible>(routes.route(req, peer, sni.as_deref()).await) }
+                let in_flight = counted.as_ref().map(InFlight::start);
+                async move {
+                    let resp = routes.route(req, peer, sni.as_deref()).await;
+                    let resp = match in_flight {
+                        Some(f) => resp.map(|inner| Body::new(Tracked { inner, _in_flight: f })),
+                        None => resp,
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -186,7 +277,27 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, routes
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .max_concurrent_streams(MAX_STREAMS)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            let ended = match activity {
+                None => conn.await,
+                Some(activity) => loop {
+                    let deadline = activity
+                        .idle_deadline(idle)
+                        .unwrap_or_else(|| tokio::time::Instant::now() + idle);
+                    tokio::select! {
+                        ended = conn.as_mut() => break ended,
+                        _ = tokio::time::sleep_until(deadline) => {
+                            if activity.idle_deadline(idle).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                                tracing::debug!(%peer, "HTTP/2 connection idle; closing it");
+                                conn.as_mut().graceful_shutdown();
+                                break conn.await;
+                            }
+                        }
+                    }
+                },
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
