@@ -51,7 +51,25 @@ struct Registry {
     logins: HashMap<Arc<str>, Vec<u64>>,
     /// Logins ended, and when: as for grants, a late registration starts cut.
     ended_logins: HashMap<Arc<str>, std::time::Instant>,
+    /// Logins renewed as another (old → new), and when: a late registration under the old
+    /// name (a credential derived from it, still cached) counts under the new one.
+    renamed: HashMap<Arc<str>, (Arc<str>, std::time::Instant)>,
     next_id: u64,
+}
+
+impl Registry {
+    /// The name `login` goes by now, following renewals.
+    fn current(&self, login: &str) -> Arc<str> {
+        let mut name: Arc<str> = login.into();
+        // Each renewal is one step; the bound only guards against a cycle.
+        for _ in 0..16 {
+            match self.renamed.get(&name) {
+                Some((next, _)) => name = Arc::clone(next),
+                None => break,
+            }
+        }
+        name
+    }
 }
 
 struct LoginConnection {
@@ -182,7 +200,10 @@ impl Live {
     fn register_with(&self, auth: &Authorized, login: Option<&str>, now: Timestamp) -> LiveHandle {
         let grant_id: Arc<str> = auth.grant_id().into();
         let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
-        if registry.ended.contains_key(&grant_id) || login.is_some_and(|l| registry.ended_logins.contains_key(l)) {
+        let login = login.map(|l| registry.current(l));
+        if registry.ended.contains_key(&grant_id)
+            || login.as_ref().is_some_and(|l| registry.ended_logins.contains_key(l))
+        {
             let token = CancellationToken::new();
             token.cancel();
             return LiveHandle {
@@ -214,7 +235,6 @@ impl Live {
         let generation = entry.generation;
         let token = entry.cut.child_token();
         let conn = login.map(|l| {
-            let l: Arc<str> = l.into();
             registry.conns.insert(
                 next,
                 LoginConnection {
@@ -277,10 +297,15 @@ impl Live {
     /// `new` ends.
     pub fn rekey_login(&self, old: &str, new: &str) {
         let mut registry = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let new: Arc<str> = new.into();
+        let now = std::time::Instant::now();
+        registry
+            .renamed
+            .retain(|_, (_, at)| now.duration_since(*at) < ENDED_MEMORY);
+        registry.renamed.insert(old.into(), (Arc::clone(&new), now));
         let Some(ids) = registry.logins.remove(old) else {
             return;
         };
-        let new: Arc<str> = new.into();
         for id in &ids {
             if let Some(c) = registry.conns.get_mut(id) {
                 c.login = Arc::clone(&new);
@@ -480,6 +505,22 @@ mod tests {
         assert_eq!(live.cut_login("session:a", "again"), 0);
         drop((phone, plain));
         assert_eq!(live.open_connections("g1"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_registration_under_a_renewed_login_ends_with_the_new_one() {
+        let live = Live::new();
+        let now = Timestamp::now();
+        let auth = Authorized::for_test("g1", now.saturating_add(Duration::from_secs(3600)));
+        live.rekey_login("token:a", "token:b");
+        live.rekey_login("token:b", "token:c");
+        // A credential of the first login, still cached somewhere, opens a stream.
+        let late = live.register_with(&auth, Some("token:a"), now);
+        assert!(!late.is_cut());
+        assert_eq!(live.cut_login("token:c", "logged out"), 1);
+        assert!(late.is_cut() && late.ended_by_logout());
+        // And once the last name has ended, the first one registers cut.
+        assert!(live.register_with(&auth, Some("token:a"), now).is_cut());
     }
 
     #[tokio::test(start_paused = true)]

@@ -642,6 +642,36 @@ async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
         "closed {after:?} after its last answer"
     );
 
+    // A client that says nothing at all is let go as soon.
+    use tokio::io::AsyncReadExt;
+    let mut silent = common::tls_connect(&proxy.ca, port, "localhost", b"h2").await;
+    let opened = std::time::Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut sink))
+        .await
+        .expect("a silent HTTP/2 connection stayed open")
+        .ok();
+    let after = opened.elapsed();
+    assert!(after < Duration::from_secs(4), "closed after {after:?}");
+
+    // HTTP/2 spoken on a connection that agreed on HTTP/1.1 gets no HTTP/2 (and so no way
+    // around its limits).
+    let h1 = common::tls_connect(&proxy.ca, port, "localhost", b"http/1.1").await;
+    let spoken = async {
+        let (client, connection) = h2::client::handshake(h1).await?;
+        tokio::spawn(connection);
+        let mut client = client.ready().await?;
+        let (resp, _) = client.send_request(http::Request::get(uri("/healthz")).body(()).unwrap(), true)?;
+        resp.await.map(|r| r.status())
+    };
+    let spoken = tokio::time::timeout(Duration::from_secs(10), spoken)
+        .await
+        .expect("no answer either way");
+    assert!(
+        spoken.is_err(),
+        "HTTP/2 was served on an HTTP/1.1 connection: {spoken:?}"
+    );
+
     // A request still in flight (its upload unfinished) keeps the connection open past that.
     let (mut busy, mut closed) = open().await;
     let post = http::Request::post(uri("/api/v1/login"))

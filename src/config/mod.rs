@@ -382,7 +382,10 @@ mod tests {
         assert_eq!(errs, ["server.idle_timeout: 2h is out of range (1s to 1h)"]);
         let errs = errors_of("[server]\nidle_timeout = \"soon\"\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("server.idle_timeout: \"soon\" is not a duration"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("server.idle_timeout: \"soon\" is not a duration"),
+            "{errs:?}"
+        );
         let fine = Config::parse("[server]\nidle_timeout = \"30s\"\n", "t.toml").unwrap();
         assert_eq!(fine.server.idle_timeout, Duration::from_secs(30));
     }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -146,6 +145,8 @@ fn plain(status: StatusCode, message: &str) -> Response<Body> {
 /// Requests in flight on one HTTP/2 connection, and since when it has had none.
 struct Activity {
     in_flight: AtomicUsize,
+    /// Whether any request came: until one does, the header timeout applies.
+    asked: AtomicBool,
     /// Milliseconds after `born` when the last request ended.
     last_ms: AtomicU64,
     born: tokio::time::Instant,
@@ -155,15 +156,22 @@ impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
+            asked: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             born: tokio::time::Instant::now(),
         })
     }
 
-    /// When the connection will have been idle for `idle`, if nothing is in flight now.
+    /// When the connection will have been idle long enough to close, if nothing is in
+    /// flight now.
     fn idle_deadline(&self, idle: Duration) -> Option<tokio::time::Instant> {
-        (self.in_flight.load(Ordering::Acquire) == 0)
-            .then(|| self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if !self.asked.load(Ordering::Acquire) {
+            return Some(self.born + idle.min(HEADER_READ_TIMEOUT));
+        }
+        Some(self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
     }
 }
 
@@ -173,6 +181,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.asked.store(true, Ordering::Release);
         InFlight(Arc::clone(activity))
     }
 }
@@ -212,6 +221,66 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+/// Serves one HTTP/2 connection. HTTP/2 keeps a connection open between requests until
+/// one side ends it: without a limit, idle clients that answer pings would hold memory for
+/// ever. So a connection is closed gracefully once it has had no request in flight for
+/// `idle`, or has sent none within the header timeout of its start.
+async fn serve_h2(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    routes: Routes,
+    peer: SocketAddr,
+    sni: Option<Arc<str>>,
+    idle: Duration,
+) -> Result<(), hyper::Error> {
+    let activity = Activity::new();
+    let counted = Arc::clone(&activity);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let routes = routes.clone();
+        let sni = sni.clone();
+        let in_flight = InFlight::start(&counted);
+        async move {
+            let resp = routes.route(req, peer, sni.as_deref()).await;
+            let resp = resp.map(|inner| {
+                Body::new(Tracked {
+                    inner,
+                    _in_flight: in_flight,
+                })
+            });
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    loop {
+        let deadline = activity
+            .idle_deadline(idle)
+            .unwrap_or_else(|| tokio::time::Instant::now() + idle);
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            _ = tokio::time::sleep_until(deadline) => {
+                if activity.idle_deadline(idle).is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    // A client that never asked anything is owed nothing: dropping the
+                    // connection closes it, where a graceful end would wait for its preface.
+                    if !activity.asked.load(Ordering::Acquire) {
+                        tracing::debug!(%peer, "HTTP/2 connection sent no request in time; closing it");
+                        return Ok(());
+                    }
+                    tracing::debug!(%peer, "HTTP/2 connection idle; closing it");
+                    conn.as_mut().graceful_shutdown();
+                    // GOAWAY, then the client's acknowledgement; one that never comes does
+                    // not hold the connection.
+                    return tokio::time::timeout(HEADER_READ_TIMEOUT, conn).await.unwrap_or(Ok(()));
+                }
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled. An HTTP/2 connection with no request
 /// in flight for `idle` is closed gracefully (GOAWAY); HTTP/1.1 keep-alive connections end
 /// when no new request head arrives within the header timeout.
@@ -246,56 +315,27 @@ pub async fn serve(
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
             let sni: Option<Arc<str>> = tls.get_ref().1.server_name().map(|s| s.to_ascii_lowercase().into());
-            // HTTP/2 keeps a connection open between requests until the client or the
-            // server ends it: without a limit, idle clients that answer pings hold memory
-            // for ever. HTTP/1.1 is bounded by the header timeout instead.
-            let activity = (tls.get_ref().1.alpn_protocol() == Some(b"h2")).then(Activity::new);
-            let counted = activity.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let routes = routes.clone();
-                let sni = sni.clone();
-                let in_flight = counted.as_ref().map(InFlight::start);
-                async move {
-                    let resp = routes.route(req, peer, sni.as_deref()).await;
-                    let resp = match in_flight {
-                        Some(f) => resp.map(|inner| Body::new(Tracked { inner, _in_flight: f })),
-                        None => resp,
-                    };
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_headers(MAX_HEADERS)
-                .max_buf_size(MAX_HEAD_BYTES);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(MAX_HEAD_BYTES as u32)
-                .max_concurrent_streams(MAX_STREAMS)
-                .keep_alive_interval(Some(Duration::from_secs(30)));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            tokio::pin!(conn);
-            let ended = match activity {
-                None => conn.await,
-                Some(activity) => loop {
-                    let deadline = activity
-                        .idle_deadline(idle)
-                        .unwrap_or_else(|| tokio::time::Instant::now() + idle);
-                    tokio::select! {
-                        ended = conn.as_mut() => break ended,
-                        _ = tokio::time::sleep_until(deadline) => {
-                            if activity.idle_deadline(idle).is_some_and(|d| d <= tokio::time::Instant::now()) {
-                                tracing::debug!(%peer, "HTTP/2 connection idle; closing it");
-                                conn.as_mut().graceful_shutdown();
-                                break conn.await;
-                            }
-                        }
-                    }
-                },
+            // The protocol is the one ALPN agreed on, and only that: HTTP/2's preface on an
+            // HTTP/1.1 connection is a bad request, not a way around HTTP/2's limits.
+            let ended = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(tls, routes, peer, sni, idle).await
+            } else {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let routes = routes.clone();
+                    let sni = sni.clone();
+                    async move { Ok::<_, std::convert::Infallible>(routes.route(req, peer, sni.as_deref()).await) }
+                });
+                hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_headers(MAX_HEADERS)
+                    // The head's size is checked as such: a buffer limit alone lets a head
+                    // through that arrives whole in one read.
+                    .max_header_size(MAX_HEAD_BYTES)
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
+                    .await
             };
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

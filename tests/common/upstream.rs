@@ -86,7 +86,8 @@ pub async fn upstream_tls() -> (SocketAddr, Seen, String) {
 }
 
 fn router(seen: Seen) -> axum::Router {
-    let record = seen;
+    let record = seen.clone();
+    let slow_seen = seen;
     axum::Router::new()
         .route(
             "/ui",
@@ -113,9 +114,12 @@ fn router(seen: Seen) -> axum::Router {
         // Answers after a minute: a long poll, or an upload the app reads only later.
         .route(
             "/slow",
-            any(|| async {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                "late"
+            any(move || {
+                slow_seen.0.lock().unwrap().push("/slow".to_owned());
+                async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "late"
+                }
             }),
         )
         // Says it switched to WebSocket without proving it read the handshake.

@@ -87,17 +87,22 @@ impl Forward<'_> {
         } else {
             CutBody::around(body, cut.clone(), &held, Direction::Upstream)
         };
+        if cut.is_cancelled() {
+            return ended(&held, false);
+        }
         let up = Request::from_parts(parts, body);
         let sent = tokio::select! {
-            sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)) => sent,
+            // The cut first: a request whose grant just ended is not handed on.
+            biased;
             // A long poll or an upload waits for the answer's head; the cut does not wait
             // with it. Dropping the request drops its upstream connection.
-            _ = cut.cancelled() => return ended(&held),
+            _ = cut.cancelled() => return ended(&held, true),
+            sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)) => sent,
         };
         let resp = match sent {
             Ok(Ok(r)) => r,
             // The upload was cut mid-way, so the client error says why.
-            Ok(Err(_)) if held.live.is_cut() => return ended(&held),
+            Ok(Err(_)) if held.live.is_cut() => return ended(&held, true),
             Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
             Err(_) => {
                 return self.unreachable(
@@ -132,7 +137,11 @@ impl Forward<'_> {
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
         let up = Request::from_parts(parts, Body::empty());
-        let sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)).await;
+        let sent = tokio::select! {
+            biased;
+            _ = held.live.cancelled() => return ended(&held, true),
+            sent = tokio::time::timeout(self.app.config.response_timeout, self.app.upgrades.request(up)) => sent,
+        };
         let mut resp = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
@@ -224,16 +233,22 @@ fn accepts(key: Option<&HeaderValue>, accept: Option<&HeaderValue>) -> bool {
     accept.as_bytes() == expected.as_bytes()
 }
 
-/// The answer to a request whose grant was cut before the upstream answered.
-fn ended(held: &HeldRef) -> Response<Body> {
+/// The answer to a request whose grant was cut before the upstream answered; `sent` says
+/// whether the request had gone to the app (which may then have acted on it).
+fn ended(held: &HeldRef, sent: bool) -> Response<Body> {
     let why = if held.live.ended_by_logout() {
         "you logged out".to_owned()
     } else {
         format!("grant {} ended", held.auth.grant_id())
     };
+    let what = if sent {
+        "while the app was answering this request: the app may have acted on it, but its answer is withheld"
+    } else {
+        "before this request reached the app"
+    };
     text(
         StatusCode::FORBIDDEN,
-        &format!("jitgate: {why} before the app answered; reload to see what you can do now"),
+        &format!("jitgate: {why} {what}; reload to see what you can do now"),
     )
 }
 

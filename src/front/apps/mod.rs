@@ -210,7 +210,7 @@ impl AppsFront {
         if app.config.audit_sample > 0.0 && rand::random::<f64>() < app.config.audit_sample {
             let event = AuditDraft::new("app.request", &session.identity.user, &app.name)
                 .grant(held.auth.grant_id())
-                .details(serde_json::json!({ "method": method.as_str(), "path": path }));
+                .details(serde_json::json!({ "method": method.as_str(), "path": capped(&path, 512) }));
             // A sample: it must not slow the request it describes.
             if let Some(samples) = &self.samples {
                 samples.record(event);

@@ -9,11 +9,13 @@ use tokio::sync::mpsc;
 
 use crate::audit::AuditDraft;
 use crate::store::Store;
+use crate::time::Timestamp;
 
 /// Samples waiting for the writer; beyond this they are dropped and counted.
 const QUEUE: usize = 4096;
-/// Samples written in one append, so a burst costs few transactions.
-const BATCH: usize = 256;
+/// Samples written in one append: a burst costs few transactions, and none holds the
+/// store's writer long from the audit writes that requests wait on.
+const BATCH: usize = 32;
 
 pub(super) struct Samples {
     queue: mpsc::Sender<AuditDraft>,
@@ -45,10 +47,13 @@ impl Samples {
         Samples { queue, dropped }
     }
 
-    /// Queues one sample without waiting; a full queue drops it.
-    pub(super) fn record(&self, event: AuditDraft) {
-        if self.queue.try_send(event).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// Queues one sample without waiting, stamped now (it may be written a little later);
+    /// a full queue drops it. The first drop since the writer last reported is logged at
+    /// once, so a store that hangs is not silent about it.
+    pub(super) fn record(&self, mut event: AuditDraft) {
+        event.time.get_or_insert_with(Timestamp::now);
+        if self.queue.try_send(event).is_err() && self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!("sampled app requests are being dropped: the audit log is behind (lower audit_sample?)");
         }
     }
 }

@@ -48,6 +48,10 @@ pub(super) struct Shared {
     pub notices: Mutex<Vec<String>>,
 }
 
+/// Notices kept for a session's next program; later ones are dropped (the audit log has
+/// every refusal).
+const MAX_NOTICES: usize = 4;
+
 /// One of a session's [`MAX_CHANNELS`] channel slots, given back when dropped.
 pub(super) struct ChannelSlot(Arc<Shared>);
 
@@ -615,11 +619,14 @@ impl russh::server::Handler for TargetSession {
             // failed. The reason goes to the session's stderr when its program starts.
             let why = forwarding_refused(open);
             session.debug(true, &why, "")?;
-            self.shared
-                .notices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(format!("{why}; remote forward {address}:{port} refused\r\n"));
+            // The address is the client's own text: shown short and printable, and only a
+            // few notices are kept for a client that asks again and again.
+            let shown: String = address.chars().filter(|c| !c.is_control()).take(64).collect();
+            let line = format!("{why}; remote forward {shown}:{port} refused\r\n");
+            let mut notices = self.shared.notices.lock().unwrap_or_else(|e| e.into_inner());
+            if notices.len() < MAX_NOTICES && !notices.contains(&line) {
+                notices.push(line);
+            }
             return Ok(false);
         }
         match tokio::time::timeout(super::TARGET_CALL_TIMEOUT, open.target.tcpip_forward(address, *port))
