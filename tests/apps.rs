@@ -1077,14 +1077,7 @@ http = {{ apps = ["secure"] }}
     send.send_trailers(trailers).unwrap();
     let resp = resp.await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut echoed = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        echoed.extend_from_slice(&chunk);
-    }
-    check("HTTP/2", &serde_json::from_slice(&echoed).unwrap());
+    check("HTTP/2", &serde_json::from_slice(&h2_body(resp).await).unwrap());
 
     // HTTP/1.1 from the client: a chunked body whose last chunk carries trailer fields.
     let fields: String = smuggled.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
@@ -1215,6 +1208,18 @@ async fn nginx_as_the_upstream_serves_files_through_the_proxy() {
     );
 }
 
+/// The whole body of an HTTP/2 answer, its flow-control window given back as it comes.
+async fn h2_body(resp: http::Response<h2::RecvStream>) -> Vec<u8> {
+    let mut body = resp.into_body();
+    let mut all = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        all.extend_from_slice(&chunk);
+    }
+    all
+}
+
 /// A TLS connection to the proxy for `app`'s host, offering `alpn`.
 async fn tls_to(
     stand: &Stand,
@@ -1271,14 +1276,7 @@ async fn http2_rapid_reset_and_slowloris_do_not_starve_other_users() {
     let (resp, _) = h2c.send_request(req, true).unwrap();
     let resp = resp.await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut echoed = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        echoed.extend_from_slice(&chunk);
-    }
-    let echoed: Value = serde_json::from_slice(&echoed).unwrap();
+    let echoed: Value = serde_json::from_slice(&h2_body(resp).await).unwrap();
     assert_eq!(echoed["path"], "/h2");
     // quiet has pass_identity_headers = false: the upstream hears nothing of who calls.
     for h in [

@@ -199,15 +199,7 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
         .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
         .success();
     let done = revoked_at.elapsed();
-    let start = Instant::now();
-    while watch.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the watch outlived the revoke"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let after = start.elapsed();
+    let after = time_to_exit(&mut watch, "the revoke");
     assert!(
         after < Duration::from_millis(100),
         "ended {after:?} after `jitgate revoke` returned ({done:?})"
@@ -216,6 +208,17 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
         &alice.run(&["get", "pods", "-n", ns]),
         "no active grant allows list pods",
     );
+}
+
+/// How long `kubectl` takes to exit from now, watched every 2 ms; at most 10 s (`after` names
+/// what it should exit after).
+fn time_to_exit(kubectl: &mut std::process::Child, after: &str) -> Duration {
+    let start = Instant::now();
+    while kubectl.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(10), "kubectl outlived {after}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    start.elapsed()
 }
 
 #[test]
@@ -248,15 +251,7 @@ fn logging_out_ends_that_logins_watches_and_not_another_logins() {
     let (mut on_desktop, _) = watch(&desktop);
 
     laptop.user.run(&["logout"], None).success();
-    let start = Instant::now();
-    while on_laptop.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the watch outlived the logout"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let after = start.elapsed();
+    let after = time_to_exit(&mut on_laptop, "the logout");
     eprintln!("the watch ended {after:?} after `jitgate logout` returned");
     assert!(after < Duration::from_millis(100), "ended {after:?} after the logout");
     std::thread::sleep(Duration::from_millis(50));
