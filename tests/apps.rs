@@ -223,6 +223,19 @@ impl Browser {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// Logs out of the proxy with the console's form, as the button does.
+    async fn log_out(&self, proxy: &str) {
+        let home = self.follow(&format!("{proxy}/")).await;
+        let csrf = Browser::csrf(&home.body);
+        self.http
+            .post(format!("{proxy}/auth/logout"))
+            .header("origin", proxy)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// The CSRF token of a proxy page's form.
     fn csrf(body: &str) -> String {
         let at = body.find("name=\"csrf\" value=\"").expect("a form") + "name=\"csrf\" value=\"".len();
@@ -532,16 +545,7 @@ async fn an_app_cookie_opens_only_its_own_app() {
     );
 
     // Logging out of the proxy ends the app session too.
-    let home = alice.follow(&format!("{}/", stand.proxy.url)).await;
-    let csrf = Browser::csrf(&home.body);
-    alice
-        .http
-        .post(format!("{}/auth/logout", stand.proxy.url))
-        .header("origin", &stand.proxy.url)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    alice.log_out(&stand.proxy.url).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(on_echo(cookie).await, StatusCode::FOUND);
 }
@@ -863,16 +867,7 @@ async fn logging_out_closes_that_browsers_websockets_and_nothing_else() {
         .await
         .expect("the upgrade passes");
 
-    let home = laptop.follow(&format!("{}/", stand.proxy.url)).await;
-    let csrf = Browser::csrf(&home.body);
-    laptop
-        .http
-        .post(format!("{}/auth/logout", stand.proxy.url))
-        .header("origin", &stand.proxy.url)
-        .form(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    laptop.log_out(&stand.proxy.url).await;
     let logged_out = Instant::now();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
