@@ -132,23 +132,7 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
     let expires = epoch(held["expires_at"].as_str().unwrap());
     ok(&alice.run(&["get", "pods", "-n", ns]));
 
-    let mut watch = alice
-        .command(&["get", "pods", "-n", ns, "-w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = timed_lines(watch.stdout.take().unwrap());
-    let errors = timed_lines(watch.stderr.take().unwrap());
-    let listed = |lines: &std::sync::mpsc::Receiver<(Instant, String)>| loop {
-        let (_, line) = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the watch lists the pod");
-        if line.starts_with("web-1") {
-            break;
-        }
-    };
-    listed(&lines);
+    let (mut watch, lines, errors) = watching_pods(&alice, ns);
     // The watch stays open until the grant ends, then kubectl says why and exits.
     let status = loop {
         if let Some(s) = watch.try_wait().unwrap() {
@@ -185,14 +169,7 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
 
     // A revoke ends an open watch as quickly.
     let grant = alice.request("payments-quick", "30m");
-    let mut watch = alice
-        .command(&["get", "pods", "-n", ns, "-w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = timed_lines(watch.stdout.take().unwrap());
-    listed(&lines);
+    let (mut watch, _, _) = watching_pods(&alice, ns);
     let revoked_at = Instant::now();
     alice
         .user
@@ -208,6 +185,30 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
         &alice.run(&["get", "pods", "-n", ns]),
         "no active grant allows list pods",
     );
+}
+
+type Lines = std::sync::mpsc::Receiver<(Instant, String)>;
+
+/// `kubectl get pods -w` in `ns`, once it has listed the pod: the process and its stdout
+/// and stderr lines as they come.
+fn watching_pods(k: &Kubectl, ns: &str) -> (std::process::Child, Lines, Lines) {
+    let mut child = k
+        .command(&["get", "pods", "-n", ns, "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = timed_lines(child.stdout.take().unwrap());
+    let errors = timed_lines(child.stderr.take().unwrap());
+    loop {
+        let (_, line) = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the watch lists the pod");
+        if line.starts_with("web-1") {
+            break;
+        }
+    }
+    (child, lines, errors)
 }
 
 /// How long `kubectl` takes to exit from now, watched every 2 ms; at most 10 s (`after` names
@@ -229,26 +230,8 @@ fn logging_out_ends_that_logins_watches_and_not_another_logins() {
     laptop.request("payments-quick", "30m");
     // Alice logged in a second time elsewhere, with a kubectl of its own.
     let desktop = Kubectl::for_login(stand.proxy.login_at("alice", "home-alice-desktop"));
-    let watch = |k: &Kubectl| {
-        let mut child = k
-            .command(&["get", "pods", "-n", ns, "-w"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = timed_lines(child.stdout.take().unwrap());
-        loop {
-            let (_, line) = lines
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the watch lists the pod");
-            if line.starts_with("web-1") {
-                break;
-            }
-        }
-        (child, lines)
-    };
-    let (mut on_laptop, laptop_lines) = watch(&laptop);
-    let (mut on_desktop, _) = watch(&desktop);
+    let (mut on_laptop, laptop_lines, _) = watching_pods(&laptop, ns);
+    let (mut on_desktop, _, _) = watching_pods(&desktop, ns);
 
     laptop.user.run(&["logout"], None).success();
     let after = time_to_exit(&mut on_laptop, "the logout");
