@@ -227,7 +227,7 @@ impl hyper::body::Body for Tracked {
 /// `idle`, or has sent none within the header timeout of its start.
 async fn serve_h2(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    routes: Routes,
+    routes: Arc<Routes>,
     peer: SocketAddr,
     sni: Option<Arc<str>>,
     idle: Duration,
@@ -235,7 +235,7 @@ async fn serve_h2(
     let activity = Activity::new();
     let counted = Arc::clone(&activity);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let routes = routes.clone();
+        let routes = Arc::clone(&routes);
         let sni = sni.clone();
         let in_flight = InFlight::start(&counted);
         async move {
@@ -292,6 +292,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    // Shared, not copied: a connection holds a pointer to the routes for as long as it lives.
+    let routes = Arc::new(routes);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -305,41 +307,52 @@ pub async fn serve(
                 }
             },
         };
-        let acceptor = acceptor.clone();
-        let routes = routes.clone();
-        tokio::spawn(async move {
-            let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let sni: Option<Arc<str>> = tls.get_ref().1.server_name().map(|s| s.to_ascii_lowercase().into());
-            // The protocol is the one ALPN agreed on, and only that: HTTP/2's preface on an
-            // HTTP/1.1 connection is a bad request, not a way around HTTP/2's limits.
-            let ended = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                serve_h2(tls, routes, peer, sni, idle).await
-            } else {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let routes = routes.clone();
-                    let sni = sni.clone();
-                    async move { Ok::<_, std::convert::Infallible>(routes.route(req, peer, sni.as_deref()).await) }
-                });
-                hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .max_headers(MAX_HEADERS)
-                    // The head's size is checked as such: a buffer limit alone lets a head
-                    // through that arrives whole in one read.
-                    .max_header_size(MAX_HEAD_BYTES)
-                    .max_buf_size(MAX_HEAD_BYTES)
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .with_upgrades()
-                    .await
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+        tokio::spawn(connection(acceptor.clone(), tcp, peer, Arc::clone(&routes), idle));
+    }
+}
+
+/// One client connection, from the TLS handshake to its end.
+async fn connection(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    routes: Arc<Routes>,
+    idle: Duration,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let sni: Option<Arc<str>> = tls.get_ref().1.server_name().map(|s| s.to_ascii_lowercase().into());
+    // The protocol is the one ALPN agreed on, and only that: HTTP/2's preface on an
+    // HTTP/1.1 connection is a bad request, not a way around HTTP/2's limits.
+    let ended = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        // Boxed so that HTTP/1.1 connections, the many, do not carry HTTP/2's larger state.
+        Box::pin(serve_h2(tls, routes, peer, sni, idle)).await
+    } else {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let routes = Arc::clone(&routes);
+            let sni = sni.clone();
+            // hyper keeps room for one request's future for as long as the connection
+            // lives, idle or not; boxed, that room is a pointer, and the few KiB the
+            // future needs are taken only while a request is being answered.
+            Box::pin(async move { Ok::<_, std::convert::Infallible>(routes.route(req, peer, sni.as_deref()).await) })
         });
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_headers(MAX_HEADERS)
+            // The head's size is checked as such: a buffer limit alone lets a head
+            // through that arrives whole in one read.
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
