@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::kube::{cluster, kubectl_path, timed_lines};
+use common::kube::{bin_dir, cluster, kubectl_path, timed_lines};
 use common::kubectl::{epoch, ok, refused, stand, text, Kubectl};
 use serde_json::Value;
 
@@ -184,6 +184,57 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
     refused(
         &alice.run(&["get", "pods", "-n", ns]),
         "no active grant allows list pods",
+    );
+}
+
+/// Controllers watch in protobuf, not JSON as kubectl does: their client gets the ERROR
+/// event in that encoding, and client-go's error says why the watch ended.
+#[test]
+fn a_protobuf_watch_is_told_why_it_ended() {
+    let stand = stand();
+    let ns = &stand.ns;
+    let alice = Kubectl::new(&stand, "alice", "devs");
+    let grant = alice.request("payments-quick", "30m");
+    let mut watch = alice
+        .program(bin_dir().join("watch"), &["--namespace", ns])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = timed_lines(watch.stdout.take().unwrap());
+    let errors = timed_lines(watch.stderr.take().unwrap());
+    loop {
+        let (_, line) = lines.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            let err: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+            panic!("the protobuf watch lists the pod; stderr: {err:?}")
+        });
+        if line == "ADDED web-1" {
+            break;
+        }
+    }
+    let revoked_at = Instant::now();
+    alice
+        .user
+        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
+        .success();
+    let done = revoked_at.elapsed();
+    let after = time_to_exit(&mut watch, "the revoke");
+    let status = watch.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let out: Vec<String> = lines.try_iter().map(|(_, l)| l).collect();
+    let err: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+    // Exit status 3: client-go decoded an ERROR event (4 would be a watch closed unexplained).
+    assert_eq!(status.code(), Some(3), "stdout: {out:?}\nstderr: {err:?}");
+    let said = out.iter().find(|l| l.starts_with("ERROR")).expect("the ERROR event");
+    assert!(
+        said.starts_with("ERROR Expired: jitgate: grant ")
+            && said.contains(" ended at ")
+            && said.contains("request access again with: jitgate request payments-quick"),
+        "{said}"
+    );
+    assert!(
+        after < Duration::from_millis(100),
+        "ended {after:?} after `jitgate revoke` returned ({done:?})"
     );
 }
 

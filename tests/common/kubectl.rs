@@ -131,7 +131,13 @@ impl Kubectl {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(kubectl_path());
+        self.program(kubectl_path(), args)
+    }
+
+    /// Another client of the test cluster's binary (`watch`, a client-go watch in protobuf),
+    /// run as this person with their kubeconfig, as kubectl is.
+    pub fn program(&self, path: PathBuf, args: &[&str]) -> Command {
+        let mut c = Command::new(path);
         c.arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)

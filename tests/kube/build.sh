@@ -24,5 +24,5 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$bin.tmp" .
 mv "$bin.tmp" "$bin"
-for name in kube-apiserver etcd kubectl kubelet; do ln -sf kube-cluster "$out/$name"; done
+for name in kube-apiserver etcd kubectl kubelet watch; do ln -sf kube-cluster "$out/$name"; done
 echo "$want" > "$stamp"

@@ -260,16 +260,20 @@ impl Forward<'_> {
         Response::from_parts(parts, Body::empty())
     }
 
-    /// What a stream says when its grant ends, if it can say anything: a JSON watch and a
-    /// log can.
+    /// What a stream says when its grant ends, if it can say anything: a watch (JSON or
+    /// protobuf, as the API server answered it) and a log can.
     fn last_words(&self, headers: &HeaderMap) -> Option<LastWords> {
         let Attrs::Resource(r) = self.attrs else { return None };
-        let json = headers
+        let media = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with("application/json"));
-        if r.verb == "watch" && json {
-            Some(LastWords::WatchEvent)
+            .map(|t| t.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+        if r.verb == "watch" {
+            match media.as_deref() {
+                Some("application/json") => Some(LastWords::WatchEvent),
+                Some("application/vnd.kubernetes.protobuf") => Some(LastWords::WatchFrame),
+                _ => None,
+            }
         } else if r.subresource == Some("log") {
             Some(LastWords::LogLine)
         } else {
@@ -313,6 +317,8 @@ fn cut_message(held: &Held) -> String {
 enum LastWords {
     /// A JSON watch: an ERROR event with a Status (kubectl prints its message).
     WatchEvent,
+    /// A protobuf watch: the same event in its framing (client-go's error carries it).
+    WatchFrame,
     /// A log: a last line.
     LogLine,
 }
@@ -322,6 +328,7 @@ impl LastWords {
         let message = cut_message(held);
         match self {
             LastWords::WatchEvent => status::watch_error_event("Expired", &message),
+            LastWords::WatchFrame => status::watch_error_frame("Expired", &message),
             LastWords::LogLine => Bytes::from(format!("{message}\n")),
         }
     }
@@ -434,9 +441,9 @@ struct CutBody {
     inner: Incoming,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     last: Option<LastWords>,
-    /// Whether what was sent so far ends on a line: only then can a last line or event be
-    /// added without breaking one in two.
-    at_line_end: bool,
+    /// Where what was sent so far ends: last words go out only between two lines or
+    /// frames, never in the middle of one.
+    sent: Boundary,
     ended: bool,
     said_last: bool,
     held: Arc<Held>,
@@ -448,12 +455,75 @@ impl CutBody {
         Body::new(CutBody {
             inner,
             cut: Box::pin(cut),
+            sent: Boundary::new(last),
             last,
-            at_line_end: true,
             ended: false,
             said_last: false,
             held,
         })
+    }
+}
+
+/// How far a stream has got through its lines (JSON watch events, log lines) or its
+/// length-prefixed frames (protobuf watch events).
+enum Boundary {
+    Lines {
+        at_end: bool,
+    },
+    /// `head` holds the first `have` bytes of a frame's 4-byte big-endian length; `left` is
+    /// what remains of the frame's body once the length is whole.
+    Frames {
+        head: [u8; 4],
+        have: usize,
+        left: usize,
+    },
+}
+
+impl Boundary {
+    fn new(last: Option<LastWords>) -> Boundary {
+        match last {
+            Some(LastWords::WatchFrame) => Boundary::Frames {
+                head: [0; 4],
+                have: 0,
+                left: 0,
+            },
+            _ => Boundary::Lines { at_end: true },
+        }
+    }
+
+    fn pass(&mut self, mut data: &[u8]) {
+        match self {
+            Boundary::Lines { at_end } => {
+                if let Some(&b) = data.last() {
+                    *at_end = b == b'\n';
+                }
+            }
+            Boundary::Frames { head, have, left } => {
+                while !data.is_empty() {
+                    if *left > 0 {
+                        let n = (*left).min(data.len());
+                        *left -= n;
+                        data = &data[n..];
+                        continue;
+                    }
+                    let n = (4 - *have).min(data.len());
+                    head[*have..*have + n].copy_from_slice(&data[..n]);
+                    *have += n;
+                    data = &data[n..];
+                    if *have == 4 {
+                        *have = 0;
+                        *left = u32::from_be_bytes(*head) as usize;
+                    }
+                }
+            }
+        }
+    }
+
+    fn between(&self) -> bool {
+        match self {
+            Boundary::Lines { at_end } => *at_end,
+            Boundary::Frames { have, left, .. } => *have == 0 && *left == 0,
+        }
     }
 }
 
@@ -470,7 +540,7 @@ impl hyper::body::Body for CutBody {
         }
         if std::future::Future::poll(self.cut.as_mut(), cx).is_ready() {
             self.ended = true;
-            if let Some(last) = self.last.take().filter(|_| self.at_line_end) {
+            if let Some(last) = self.last.take().filter(|_| self.sent.between()) {
                 self.said_last = true;
                 return Poll::Ready(Some(Ok(Frame::data(last.say(&self.held)))));
             }
@@ -479,9 +549,7 @@ impl hyper::body::Body for CutBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                if let Some(&b) = data.last() {
-                    self.at_line_end = b == b'\n';
-                }
+                self.sent.pass(data);
             }
         }
         polled.map_err(Into::into)
@@ -500,5 +568,48 @@ impl hyper::body::Body for CutBody {
             return hyper::body::SizeHint::default();
         }
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protobuf_frames_are_followed_across_chunks() {
+        let mut b = Boundary::new(Some(LastWords::WatchFrame));
+        assert!(b.between());
+        let frame = status::watch_error_frame("Expired", "a frame of some length");
+        let two: Vec<u8> = [frame.as_ref(), frame.as_ref()].concat();
+        // Every way of cutting two frames in chunks: between frames only at 0, one frame's
+        // length and two frames' lengths.
+        for cut in 0..=two.len() {
+            let mut b = Boundary::new(Some(LastWords::WatchFrame));
+            b.pass(&two[..cut]);
+            assert_eq!(
+                b.between(),
+                cut == 0 || cut == frame.len() || cut == two.len(),
+                "after {cut} bytes"
+            );
+            b.pass(&two[cut..]);
+            assert!(b.between());
+        }
+        // A length split byte by byte, then an empty frame.
+        for byte in [0u8, 0, 0, 0] {
+            b.pass(&[byte]);
+        }
+        assert!(b.between(), "an empty frame is whole once its length is");
+    }
+
+    #[test]
+    fn lines_end_at_a_newline() {
+        let mut b = Boundary::new(Some(LastWords::WatchEvent));
+        assert!(b.between());
+        b.pass(b"{\"type\":\"ADDED\"");
+        assert!(!b.between());
+        b.pass(b"}\n");
+        assert!(b.between());
+        b.pass(b"");
+        assert!(b.between(), "an empty chunk changes nothing");
     }
 }

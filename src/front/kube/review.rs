@@ -96,7 +96,7 @@ struct ProtoReview {
     spec: Option<Spec>,
 }
 
-const PROTOBUF_MAGIC: &[u8] = b"k8s\0";
+use super::status::PROTOBUF_MAGIC;
 
 /// The review's spec from a JSON or protobuf body (kubectl sends protobuf).
 fn read_spec(body: &[u8]) -> Option<Spec> {

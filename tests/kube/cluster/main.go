@@ -1,7 +1,8 @@
-// One binary, four programs: started as `kube-apiserver` it is the real API server, as
+// One binary, five programs: started as `kube-apiserver` it is the real API server, as
 // `kubectl` the real kubectl, as `etcd` a single-member etcd embedded from etcd's own server
 // package, at the versions k8s.io/kubernetes itself requires, and as `kubelet` a stand-in
-// kubelet for pod streams (kubelet.go). The name is taken from
+// kubelet for pod streams (kubelet.go), and as `watch` a client-go pod watch in protobuf
+// (watch.go). The name is taken from
 // argv[0] (a symlink) or, for convenience, from the first argument.
 package main
 
@@ -35,7 +36,7 @@ func main() {
 		}()
 	}
 	name := filepath.Base(os.Args[0])
-	if name != "kube-apiserver" && name != "kubectl" && name != "etcd" && name != "kubelet" && len(os.Args) > 1 {
+	if name != "kube-apiserver" && name != "kubectl" && name != "etcd" && name != "kubelet" && name != "watch" && len(os.Args) > 1 {
 		name = os.Args[1]
 		os.Args = os.Args[1:]
 	}
@@ -50,8 +51,10 @@ func main() {
 		runEtcd(os.Args[1:])
 	case "kubelet":
 		runKubelet(os.Args[1:])
+	case "watch":
+		runWatch(os.Args[1:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: kube-cluster kube-apiserver|kubectl|etcd|kubelet [ARGS...]")
+		fmt.Fprintln(os.Stderr, "usage: kube-cluster kube-apiserver|kubectl|etcd|kubelet|watch [ARGS...]")
 		os.Exit(2)
 	}
 }
