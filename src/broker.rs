@@ -66,7 +66,13 @@ pub struct Broker {
     request_ttl: Duration,
     index: RwLock<IndexState>,
     changed: Notify,
+    /// How far this replica has applied the audit log's logouts and renewals (a seq); None
+    /// until the first sweep, which starts at the log's head.
+    logins_followed: tokio::sync::Mutex<Option<i64>>,
 }
+
+/// What `follow_logins` reads from the audit log, at most this many a round.
+const LOGIN_EVENTS_PER_ROUND: u32 = 1000;
 
 impl Broker {
     pub fn new(policy: Arc<Policy>, store: Arc<dyn Store>, live: Live, request_ttl: Duration) -> Self {
@@ -81,6 +87,7 @@ impl Broker {
                 loaded_at: Instant::now(),
             }),
             changed: Notify::new(),
+            logins_followed: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -330,7 +337,8 @@ impl Broker {
         let ended = self.expire_due_grants(now).await;
         let stale = self.expire_stale_requests(now).await;
         self.refresh_index(now).await?;
-        ended.and(stale)?;
+        let followed = self.follow_logins().await;
+        ended.and(stale).and(followed)?;
         Ok(self.store.next_due().await?)
     }
 
@@ -393,6 +401,44 @@ impl Broker {
             state.loaded_at = Instant::now();
             return Ok(());
         }
+        Ok(())
+    }
+
+    /// Applies logouts and token renewals recorded since the last round, by any replica, to
+    /// this replica's connections: what a login opened here ends when it logs out anywhere.
+    /// Its own are applied twice, which changes nothing.
+    pub async fn follow_logins(&self) -> Result<(), BrokerError> {
+        let mut followed = self.logins_followed.lock().await;
+        let head = self.store.audit_head().await?.map_or(0, |h| h.seq);
+        let Some(after) = *followed else {
+            // Nothing was open here before this replica started.
+            *followed = Some(head);
+            return Ok(());
+        };
+        if head <= after {
+            return Ok(());
+        }
+        use crate::live::login_events::{self, LoginChange};
+        let events = self
+            .store
+            .audit_actions(after, head, &login_events::ACTIONS, LOGIN_EVENTS_PER_ROUND)
+            .await?;
+        let upto = match events.last() {
+            Some(last) if events.len() == LOGIN_EVENTS_PER_ROUND as usize => last.seq,
+            _ => head,
+        };
+        for event in &events {
+            match login_events::read(event) {
+                Some(LoginChange::Ended(login)) => {
+                    self.live.cut_login(&login, "logged out");
+                }
+                Some(LoginChange::Renamed { old, new }) => self.live.rekey_login(&old, &new),
+                None => {
+                    tracing::warn!(seq = event.seq, action = %event.action, "a login event without the login it names")
+                }
+            }
+        }
+        *followed = Some(upto);
         Ok(())
     }
 

@@ -24,7 +24,61 @@ pub fn token_login(jti: &str) -> String {
 
 /// The login key of a browser session.
 pub fn session_login(id_hash: &str) -> String {
-    format!("session:{id_hash}")
+    format!("session:{}", session_ref(id_hash))
+}
+
+/// How the audit log names a browser session (`session.ended`), so that every replica can
+/// end what it opened: the start of its id's hash, which is of no use to log in with.
+pub fn session_ref(id_hash: &str) -> &str {
+    id_hash.get(..16).unwrap_or(id_hash)
+}
+
+/// The audit events that end or rename a login. Each replica reads them back from the log
+/// (`Broker::follow_logins`) to end what that login opened there: made and read here, so
+/// the two cannot drift apart.
+pub mod login_events {
+    use crate::audit::{AuditDraft, AuditEvent};
+
+    /// The actions `read` understands.
+    pub const ACTIONS: [&str; 3] = ["logout", "session.ended", "token.replaced"];
+
+    /// A CLI token's logout.
+    pub fn logout(user: &str, jti: &str) -> AuditDraft {
+        AuditDraft::new("logout", user, "local").details(serde_json::json!({ "jti": jti }))
+    }
+
+    /// A browser session's logout (or its replacement by a new login in that browser).
+    pub fn session_ended(user: &str, idp: &str, id_hash: &str) -> AuditDraft {
+        AuditDraft::new("session.ended", user, idp)
+            .details(serde_json::json!({ "by": "logout", "session": super::session_ref(id_hash) }))
+    }
+
+    /// A CLI token renewed as another.
+    pub fn token_replaced(user: &str, idp: &str, old_jti: &str, new_jti: &str) -> AuditDraft {
+        AuditDraft::new("token.replaced", user, idp)
+            .details(serde_json::json!({ "jti": old_jti, "replaced_by": new_jti }))
+    }
+
+    /// What an event did to a login.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum LoginChange {
+        Ended(String),
+        Renamed { old: String, new: String },
+    }
+
+    pub fn read(event: &AuditEvent) -> Option<LoginChange> {
+        let details: serde_json::Value = serde_json::from_str(&event.details).ok()?;
+        let text = |key: &str| details.get(key).and_then(|v| v.as_str());
+        match event.action.as_str() {
+            "logout" => Some(LoginChange::Ended(super::token_login(text("jti")?))),
+            "session.ended" => Some(LoginChange::Ended(super::session_login(text("session")?))),
+            "token.replaced" => Some(LoginChange::Renamed {
+                old: super::token_login(text("jti")?),
+                new: super::token_login(text("replaced_by")?),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// That the open connections of a grant were cut, and why.
@@ -391,6 +445,55 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn logged(draft: crate::audit::AuditDraft) -> crate::audit::AuditEvent {
+        crate::audit::AuditEvent {
+            seq: 1,
+            time: Timestamp::now(),
+            actor: draft.actor,
+            action: draft.action.to_owned(),
+            target: draft.target,
+            request_id: None,
+            grant_id: None,
+            reason: None,
+            details: draft.details.to_string(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn login_events_read_back_as_the_logins_they_name() {
+        use login_events::{read, LoginChange};
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert_eq!(
+            read(&logged(login_events::logout("dana", "j1"))),
+            Some(LoginChange::Ended(token_login("j1")))
+        );
+        let ended = logged(login_events::session_ended("dana", "corp", hash));
+        assert!(
+            !ended.details.contains(hash),
+            "the log names the session, not its id's hash"
+        );
+        assert_eq!(read(&ended), Some(LoginChange::Ended(session_login(hash))));
+        assert_eq!(
+            read(&logged(login_events::token_replaced("dana", "corp", "j1", "j2"))),
+            Some(LoginChange::Renamed {
+                old: token_login("j1"),
+                new: token_login("j2")
+            })
+        );
+        let mut renamed_to_nothing = logged(login_events::token_replaced("dana", "corp", "j1", "j2"));
+        renamed_to_nothing.details = r#"{"jti":"j1"}"#.into();
+        assert_eq!(
+            read(&renamed_to_nothing),
+            None,
+            "a renewal of old records names no new token"
+        );
+        let mut other = logged(login_events::logout("dana", "j1"));
+        other.action = "grant.revoked".into();
+        assert_eq!(read(&other), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn connections_are_cut_at_expiry() {

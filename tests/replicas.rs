@@ -82,3 +82,81 @@ async fn a_revocation_on_one_replica_cuts_connections_on_another() {
         .unwrap();
     assert!(again.is_err(), "B no longer authorizes the revoked grant");
 }
+
+/// A logout through one replica ends what that login opened on another, at the other's next
+/// look at the store; the same person's other logins keep theirs. A renewal seen first
+/// carries the renewed token's connections over to the new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_replica_ends_that_logins_connections_on_another() {
+    use jitgate::live::{login_events, session_login, token_login};
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let ttl = Duration::from_secs(3600);
+    let a = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
+    let b = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
+    let dev = Identity::new("dana", ["dev"]);
+    let now = Timestamp::now();
+    a.open_request(&dev, "staging-shell", "deploy".into(), Duration::from_secs(600), now)
+        .await
+        .unwrap();
+    // B's first look at the store: it learns the grant and starts following logins there.
+    b.sweep(now).await.unwrap();
+    let labels = BTreeMap::from([("env".into(), "staging".into())]);
+    let ssh = Resource::Ssh {
+        host: "web-stg-1",
+        labels: &labels,
+        login: "ubuntu",
+    };
+    let authorized = b
+        .authorize(&dev, ssh, Action::SshLogin, now)
+        .await
+        .unwrap()
+        .expect("allowed on B");
+    let browser_session = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let laptop = b.live().register_for(&authorized, &token_login("jti-laptop"));
+    let desktop = b.live().register_for(&authorized, &token_login("jti-desktop"));
+    let browser = b.live().register_for(&authorized, &session_login(browser_session));
+
+    // Through A: the laptop's token is renewed, then logged out with; the browser logs out.
+    let store = a.store();
+    store
+        .append_audit(vec![login_events::token_replaced(
+            "dana",
+            "corp",
+            "jti-laptop",
+            "jti-laptop-2",
+        )])
+        .await
+        .unwrap();
+    let expires = Timestamp::from_millis(now.as_millis() + 3_600_000);
+    store
+        .revoke_token("jti-laptop-2", expires, login_events::logout("dana", "jti-laptop-2"))
+        .await
+        .unwrap();
+    store
+        .append_audit(vec![login_events::session_ended("dana", "corp", browser_session)])
+        .await
+        .unwrap();
+    assert!(
+        !laptop.is_cut() && !browser.is_cut(),
+        "B has not looked at the store yet"
+    );
+
+    b.sweep(Timestamp::now()).await.unwrap();
+    for (what, conn) in [("the renewed laptop login", &laptop), ("the browser session", &browser)] {
+        tokio::time::timeout(Duration::from_millis(100), conn.cancelled())
+            .await
+            .unwrap_or_else(|_| panic!("B cut {what}'s connection"));
+        assert!(
+            conn.ended_by_logout(),
+            "{what} ended by its logout, not its grant's end"
+        );
+    }
+    assert!(
+        !desktop.is_cut(),
+        "another login of the same person keeps its connection"
+    );
+    // Read again, the same events change nothing.
+    b.sweep(Timestamp::now()).await.unwrap();
+    assert!(!desktop.is_cut());
+}

@@ -839,6 +839,35 @@ async fn audit_paging(backend: Backend) {
         paged.extend(next);
     }
     assert_eq!(paged, all);
+
+    // Events by action, between two seqs: what each replica reads to follow logouts.
+    let mut other = AuditDraft::new("other.event", "tester", "t11");
+    other.time = Some(Timestamp::from_millis(11_000));
+    let mut odd = drafts(12..=12);
+    odd[0].action = "odd.event";
+    s.append_audit(vec![other]).await.unwrap();
+    s.append_audit(odd).await.unwrap();
+    let by_action = |after: i64, upto: i64, actions: &'static [&'static str], limit: u32| async move {
+        seqs(&s.audit_actions(after, upto, actions, limit).await.unwrap())
+    };
+    assert_eq!(by_action(0, 12, &["other.event", "odd.event"], 100).await, [11, 12]);
+    assert_eq!(
+        by_action(0, 11, &["other.event", "odd.event"], 100).await,
+        [11],
+        "up to the seq given"
+    );
+    assert_eq!(
+        by_action(11, 12, &["other.event", "odd.event"], 100).await,
+        [12],
+        "after the seq given"
+    );
+    assert_eq!(
+        by_action(0, 12, &["test.event"], 3).await,
+        [1, 2, 3],
+        "at most the limit"
+    );
+    assert!(by_action(0, 12, &["no.such.event"], 100).await.is_empty());
+    assert!(by_action(0, 12, &[], 100).await.is_empty());
 }
 
 async fn refusals(backend: Backend) {

@@ -167,8 +167,7 @@ impl Sessions {
     /// Ends a session; false when it had already ended.
     pub async fn end(&self, session: &Session, now: Timestamp) -> Result<bool, StoreError> {
         self.cache.invalidate(&session.id_hash).await;
-        let event = AuditDraft::new("session.ended", &session.identity.user, &session.idp)
-            .details(serde_json::json!({ "by": "logout" }));
+        let event = crate::live::login_events::session_ended(&session.identity.user, &session.idp, &session.id_hash);
         let ended = self.store.end_session(&session.id_hash, now, event).await?;
         self.cache.invalidate(&session.id_hash).await;
         Ok(ended)

@@ -200,6 +200,15 @@ pub trait Store: Notices + Send + Sync + 'static {
         since: Option<Timestamp>,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The events with one of `actions`, in seq order, after `after_seq` and up to `upto_seq`
+    /// (both as seqs), at most `limit`.
+    async fn audit_actions(
+        &self,
+        after_seq: i64,
+        upto_seq: i64,
+        actions: &[&str],
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
 /// Opens the store named by `url` and applies the embedded migrations.

@@ -715,6 +715,29 @@ impl Store for SqlStore {
         .map_err(store_error)?;
         rows.iter().map(audit_from_row).collect()
     }
+
+    async fn audit_actions(
+        &self,
+        after_seq: i64,
+        upto_seq: i64,
+        actions: &[&str],
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        if actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<String> = (0..actions.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 AND seq <= $2 AND action IN ({}) ORDER BY seq LIMIT $3",
+            wanted.join(",")
+        );
+        let mut query = sqlx::query(&sql).bind(after_seq).bind(upto_seq).bind(i64::from(limit));
+        for a in actions {
+            query = query.bind(*a);
+        }
+        let rows = query.fetch_all(&self.reader).await.map_err(store_error)?;
+        rows.iter().map(audit_from_row).collect()
+    }
 }
 
 async fn insert_flow(

@@ -313,7 +313,7 @@ pub async fn login(
 
 pub async fn logout(State(state): State<Arc<ApiState>>, caller: Caller) -> Result<Json<serde_json::Value>, ApiError> {
     let c = &caller.claims;
-    let event = AuditDraft::new("logout", &c.sub, "local").details(serde_json::json!({ "jti": c.jti }));
+    let event = crate::live::login_events::logout(&c.sub, &c.jti);
     state.broker.store().revoke_token(&c.jti, c.expires_at(), event).await?;
     let cut = state
         .broker
@@ -563,7 +563,8 @@ pub async fn refresh(
         .await?;
     // The renewed token replaces this one: a copy of the old one stops working now. If this
     // fails, the CLI keeps the old token and the new one goes unused until it expires.
-    let replaced = AuditDraft::new("token.replaced", &c.sub, &c.idp).details(serde_json::json!({ "jti": c.jti }));
+    // Naming the new token lets the other replicas move what the old one opened there too.
+    let replaced = crate::live::login_events::token_replaced(&c.sub, &c.idp, &c.jti, &renewed.jti);
     // What the old token opened (SSH sessions) goes on under the new one: logging out
     // with the renewed token ends it.
     state.broker.live().rekey_login(
