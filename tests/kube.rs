@@ -227,7 +227,7 @@ fn a_protobuf_watch_is_told_why_it_ended() {
     assert_eq!(status.code(), Some(3), "stdout: {out:?}\nstderr: {err:?}");
     let said = out.iter().find(|l| l.starts_with("ERROR")).expect("the ERROR event");
     assert!(
-        said.starts_with("ERROR Expired: jitgate: grant ")
+        said.starts_with("ERROR Forbidden: jitgate: grant ")
             && said.contains(" ended at ")
             && said.contains("request access again with: jitgate request payments-quick"),
         "{said}"

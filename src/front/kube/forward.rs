@@ -327,8 +327,10 @@ impl LastWords {
     fn say(self, held: &Held) -> Bytes {
         let message = cut_message(held);
         match self {
-            LastWords::WatchEvent => status::watch_error_event("Expired", &message),
-            LastWords::WatchFrame => status::watch_error_frame("Expired", &message),
+            // Forbidden, as the code says: with Expired ("too old resource version") a
+            // client-go reflector would re-list quietly and log the reason only at -v=4.
+            LastWords::WatchEvent => status::watch_error_event("Forbidden", &message),
+            LastWords::WatchFrame => status::watch_error_frame("Forbidden", &message),
             LastWords::LogLine => Bytes::from(format!("{message}\n")),
         }
     }
