@@ -74,6 +74,15 @@ pub struct Broker {
 /// What `follow_logins` reads from the audit log, at most this many a round.
 const LOGIN_EVENTS_PER_ROUND: u32 = 1000;
 
+/// How far a round of `follow_logins` got: to the head it read up to, unless `limit` events
+/// came back, when there may be more after the last of them.
+fn followed_up_to(events: &[crate::audit::AuditEvent], head: i64, limit: u32) -> i64 {
+    match events.last() {
+        Some(last) if events.len() >= limit as usize => last.seq,
+        _ => head,
+    }
+}
+
 impl Broker {
     pub fn new(policy: Arc<Policy>, store: Arc<dyn Store>, live: Live, request_ttl: Duration) -> Self {
         Broker {
@@ -334,11 +343,21 @@ impl Broker {
     pub async fn sweep(&self, now: Timestamp) -> Result<Option<Timestamp>, BrokerError> {
         // One bad row must not stop the rest: each item is tried on its own, and the index
         // is reloaded whatever happened before, so revocations from elsewhere still arrive.
+        //
+        // Logouts are read from the audit log's head as it was before the grant index first
+        // loads: nothing can be authorized, and so opened, before the point they are read
+        // from. Until that point is known the index stays empty.
+        if self.logins_followed.lock().await.is_none() {
+            self.follow_logins().await?;
+        }
         let ended = self.expire_due_grants(now).await;
         let stale = self.expire_stale_requests(now).await;
         self.refresh_index(now).await?;
-        let followed = self.follow_logins().await;
-        ended.and(stale).and(followed)?;
+        // Not read now, read next round from where it stopped; the rest goes on meanwhile.
+        if let Err(e) = self.follow_logins().await {
+            tracing::error!(error = %e, "cannot follow logouts in the audit log; retrying");
+        }
+        ended.and(stale)?;
         Ok(self.store.next_due().await?)
     }
 
@@ -422,11 +441,9 @@ impl Broker {
         let events = self
             .store
             .audit_actions(after, head, &login_events::ACTIONS, LOGIN_EVENTS_PER_ROUND)
-            .await?;
-        let upto = match events.last() {
-            Some(last) if events.len() == LOGIN_EVENTS_PER_ROUND as usize => last.seq,
-            _ => head,
-        };
+            .await
+            .inspect_err(|e| tracing::warn!(after, head, error = %e, "cannot read login events"))?;
+        let upto = followed_up_to(&events, head, LOGIN_EVENTS_PER_ROUND);
         for event in &events {
             match login_events::read(event) {
                 Some(LoginChange::Ended(login)) => {
@@ -629,4 +646,36 @@ fn activation_event(r: &AccessRequest, g: &Grant) -> AuditDraft {
             "expires_at": g.expires_at,
             "approvers": r.approvals.iter().map(|a| a.approver.as_str()).collect::<Vec<_>>(),
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seq: i64) -> crate::audit::AuditEvent {
+        crate::audit::AuditEvent {
+            seq,
+            time: Timestamp::now(),
+            actor: "dana".into(),
+            action: "logout".into(),
+            target: "local".into(),
+            request_id: None,
+            grant_id: None,
+            reason: None,
+            details: "{}".into(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_round_of_login_events_stops_at_its_last_and_others_at_the_head() {
+        assert_eq!(followed_up_to(&[], 40, 3), 40, "nothing wanted up to the head");
+        assert_eq!(followed_up_to(&[at(5), at(9)], 40, 3), 40, "all there was");
+        assert_eq!(
+            followed_up_to(&[at(5), at(9), at(12)], 40, 3),
+            12,
+            "more may follow the limit"
+        );
+    }
 }

@@ -242,7 +242,7 @@ impl Live {
     }
 
     /// Registers a connection as `register` does, also under the login that opened it
-    /// (`session:{hash}`, `token:{jti}`): `cut_login` ends it when that login ends.
+    /// (`session_login`, `token_login`): `cut_login` ends it when that login ends.
     pub fn register_for(&self, auth: &Authorized, login: &str) -> LiveHandle {
         self.register_with(auth, Some(login), Timestamp::now())
     }

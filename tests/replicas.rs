@@ -156,7 +156,67 @@ async fn a_logout_on_one_replica_ends_that_logins_connections_on_another() {
         !desktop.is_cut(),
         "another login of the same person keeps its connection"
     );
-    // Read again, the same events change nothing.
+
+    // The next round reads on from there: a later logout of the desktop is seen too.
+    store
+        .revoke_token("jti-desktop", expires, login_events::logout("dana", "jti-desktop"))
+        .await
+        .unwrap();
     b.sweep(Timestamp::now()).await.unwrap();
-    assert!(!desktop.is_cut());
+    tokio::time::timeout(Duration::from_millis(100), desktop.cancelled())
+        .await
+        .expect("B cut the desktop login's connection in its next round");
+}
+
+/// A replica follows logouts from the log's head as it was before it could authorize
+/// anything: older logouts do not touch what it opens, and every later one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_logouts_from_before_its_first_authorization() {
+    use jitgate::live::{login_events, token_login};
+
+    let db = TestDb::new(Backend::Postgres).await;
+    let ttl = Duration::from_secs(3600);
+    let a = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
+    let dev = Identity::new("dana", ["dev"]);
+    let now = Timestamp::now();
+    a.open_request(&dev, "staging-shell", "deploy".into(), Duration::from_secs(600), now)
+        .await
+        .unwrap();
+    let expires = Timestamp::from_millis(now.as_millis() + 3_600_000);
+    // A logout recorded before B starts: B never saw that login's connections.
+    a.store()
+        .revoke_token("jti-old", expires, login_events::logout("dana", "jti-old"))
+        .await
+        .unwrap();
+
+    let b = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
+    let labels = BTreeMap::from([("env".into(), "staging".into())]);
+    let ssh = Resource::Ssh {
+        host: "web-stg-1",
+        labels: &labels,
+        login: "ubuntu",
+    };
+    assert!(
+        b.authorize(&dev, ssh, Action::SshLogin, now).await.unwrap().is_err(),
+        "nothing is authorized before B's first look at the store"
+    );
+    b.sweep(Timestamp::now()).await.unwrap();
+    let authorized = b
+        .authorize(&dev, ssh, Action::SshLogin, Timestamp::now())
+        .await
+        .unwrap()
+        .expect("allowed on B");
+    let conn = b.live().register_for(&authorized, &token_login("jti-new"));
+    b.sweep(Timestamp::now()).await.unwrap();
+    assert!(!conn.is_cut(), "a logout from before B started ends nothing B opened");
+
+    // The first event after B's start point is not missed.
+    a.store()
+        .revoke_token("jti-new", expires, login_events::logout("dana", "jti-new"))
+        .await
+        .unwrap();
+    b.sweep(Timestamp::now()).await.unwrap();
+    tokio::time::timeout(Duration::from_millis(100), conn.cancelled())
+        .await
+        .expect("B cut the connection of the login that logged out");
 }
