@@ -170,13 +170,7 @@ fn a_watch_ends_at_the_grants_expiry_and_a_revoke_ends_another() {
     // A revoke ends an open watch as quickly.
     let grant = alice.request("payments-quick", "30m");
     let (mut watch, _, _) = watching_pods(&alice, ns);
-    let revoked_at = Instant::now();
-    alice
-        .user
-        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
-        .success();
-    let done = revoked_at.elapsed();
-    let after = time_to_exit(&mut watch, "the revoke");
+    let (done, after) = revoke_and_time_exit(&alice, &grant, &mut watch);
     assert!(
         after < Duration::from_millis(100),
         "ended {after:?} after `jitgate revoke` returned ({done:?})"
@@ -195,30 +189,12 @@ fn a_protobuf_watch_is_told_why_it_ended() {
     let ns = &stand.ns;
     let alice = Kubectl::new(&stand, "alice", "devs");
     let grant = alice.request("payments-quick", "30m");
-    let mut watch = alice
-        .program(bin_dir().join("watch"), &["--namespace", ns])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = timed_lines(watch.stdout.take().unwrap());
-    let errors = timed_lines(watch.stderr.take().unwrap());
-    loop {
-        let (_, line) = lines.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            let err: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
-            panic!("the protobuf watch lists the pod; stderr: {err:?}")
-        });
-        if line == "ADDED web-1" {
-            break;
-        }
-    }
-    let revoked_at = Instant::now();
-    alice
-        .user
-        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
-        .success();
-    let done = revoked_at.elapsed();
-    let after = time_to_exit(&mut watch, "the revoke");
+    let (mut watch, lines, errors) = started(
+        alice.program(bin_dir().join("watch"), &["--namespace", ns]),
+        |line| line == "ADDED web-1",
+        "the protobuf watch lists the pod",
+    );
+    let (done, after) = revoke_and_time_exit(&alice, &grant, &mut watch);
     let status = watch.wait().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let out: Vec<String> = lines.try_iter().map(|(_, l)| l).collect();
@@ -243,23 +219,41 @@ type Lines = std::sync::mpsc::Receiver<(Instant, String)>;
 /// `kubectl get pods -w` in `ns`, once it has listed the pod: the process and its stdout
 /// and stderr lines as they come.
 fn watching_pods(k: &Kubectl, ns: &str) -> (std::process::Child, Lines, Lines) {
-    let mut child = k
-        .command(&["get", "pods", "-n", ns, "-w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    started(
+        k.command(&["get", "pods", "-n", ns, "-w"]),
+        |line| line.starts_with("web-1"),
+        "the watch lists the pod",
+    )
+}
+
+/// `command` started, once a line of its stdout passes `ready` (within 20 s, or the test
+/// fails saying `what` did not happen, with its stderr): the process and its stdout and
+/// stderr lines as they come.
+fn started(mut command: Command, ready: impl Fn(&str) -> bool, what: &str) -> (std::process::Child, Lines, Lines) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let lines = timed_lines(child.stdout.take().unwrap());
     let errors = timed_lines(child.stderr.take().unwrap());
     loop {
-        let (_, line) = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the watch lists the pod");
-        if line.starts_with("web-1") {
+        let Ok((_, line)) = lines.recv_timeout(Duration::from_secs(20)) else {
+            let err: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+            panic!("{what}: not within 20 s; stderr: {err:?}");
+        };
+        if ready(&line) {
             break;
         }
     }
     (child, lines, errors)
+}
+
+/// Revokes `grant` as its holder, then times `child`'s exit: how long `jitgate revoke`
+/// took, and how long after it returned the child exited.
+fn revoke_and_time_exit(k: &Kubectl, grant: &Value, child: &mut std::process::Child) -> (Duration, Duration) {
+    let revoked_at = Instant::now();
+    k.user
+        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
+        .success();
+    let done = revoked_at.elapsed();
+    (done, time_to_exit(child, "the revoke"))
 }
 
 /// How long `kubectl` takes to exit from now, watched every 2 ms; at most 10 s (`after` names

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestDb};
-use jitgate::access::{AccessProfile, Action, Identity, Policy, Resource, SshScope};
+use jitgate::access::{AccessProfile, AccessRequest, Action, Authorized, Identity, Policy, Resource, SshScope};
 use jitgate::broker::Broker;
 use jitgate::live::Live;
 use jitgate::time::Timestamp;
@@ -36,35 +36,43 @@ fn policy() -> Arc<Policy> {
     Arc::new(Policy::new(vec![profile], vec![]))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revocation_on_one_replica_cuts_connections_on_another() {
-    let db = TestDb::new(Backend::Postgres).await;
+/// Two replicas on one store, A and B, and dana's request, approved by policy, made
+/// through A at `now`.
+async fn replicas(db: &TestDb, now: Timestamp) -> (Broker, Broker, Identity, AccessRequest) {
     let ttl = Duration::from_secs(3600);
-    let a = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
-    let b = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
+    let open = || async { jitgate::store::open(&db.url).await.unwrap() };
+    let a = Broker::new(policy(), open().await, Live::new(), ttl);
+    let b = Broker::new(policy(), open().await, Live::new(), ttl);
     let dev = Identity::new("dana", ["dev"]);
-    let lead = Identity::new("lee", ["leads"]);
-
-    let now = Timestamp::now();
     let request = a
         .open_request(&dev, "staging-shell", "deploy".into(), Duration::from_secs(600), now)
         .await
         .unwrap();
-    let grant_id = request.grant_id.clone().expect("auto-approved");
+    (a, b, dev, request)
+}
 
-    // Replica B learns of the grant from the store, authorizes and registers a connection.
-    b.refresh_index(now).await.unwrap();
+/// What `broker` decides for `who` logging in as ubuntu on a staging host.
+async fn ssh_on(broker: &Broker, who: &Identity, now: Timestamp) -> Option<Authorized> {
     let labels = BTreeMap::from([("env".into(), "staging".into())]);
     let ssh = Resource::Ssh {
         host: "web-stg-1",
         labels: &labels,
         login: "ubuntu",
     };
-    let authorized = b
-        .authorize(&dev, ssh, Action::SshLogin, now)
-        .await
-        .unwrap()
-        .expect("allowed on B");
+    broker.authorize(who, ssh, Action::SshLogin, now).await.unwrap().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_cuts_connections_on_another() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let now = Timestamp::now();
+    let (a, b, dev, request) = replicas(&db, now).await;
+    let lead = Identity::new("lee", ["leads"]);
+    let grant_id = request.grant_id.clone().expect("auto-approved");
+
+    // Replica B learns of the grant from the store, authorizes and registers a connection.
+    b.refresh_index(now).await.unwrap();
+    let authorized = ssh_on(&b, &dev, now).await.expect("allowed on B");
     assert_eq!(authorized.grant_id(), grant_id);
     let conn = b.live().register(&authorized);
 
@@ -76,11 +84,10 @@ async fn a_revocation_on_one_replica_cuts_connections_on_another() {
     tokio::time::timeout(Duration::from_millis(100), conn.cancelled())
         .await
         .expect("B cut the connection");
-    let again = b
-        .authorize(&dev, ssh, Action::SshLogin, Timestamp::now())
-        .await
-        .unwrap();
-    assert!(again.is_err(), "B no longer authorizes the revoked grant");
+    assert!(
+        ssh_on(&b, &dev, Timestamp::now()).await.is_none(),
+        "B no longer authorizes the revoked grant"
+    );
 }
 
 /// A logout through one replica ends what that login opened on another, at the other's next
@@ -91,27 +98,11 @@ async fn a_logout_on_one_replica_ends_that_logins_connections_on_another() {
     use jitgate::live::{login_events, session_login, token_login};
 
     let db = TestDb::new(Backend::Postgres).await;
-    let ttl = Duration::from_secs(3600);
-    let a = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
-    let b = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
-    let dev = Identity::new("dana", ["dev"]);
     let now = Timestamp::now();
-    a.open_request(&dev, "staging-shell", "deploy".into(), Duration::from_secs(600), now)
-        .await
-        .unwrap();
+    let (a, b, dev, _) = replicas(&db, now).await;
     // B's first look at the store: it learns the grant and starts following logins there.
     b.sweep(now).await.unwrap();
-    let labels = BTreeMap::from([("env".into(), "staging".into())]);
-    let ssh = Resource::Ssh {
-        host: "web-stg-1",
-        labels: &labels,
-        login: "ubuntu",
-    };
-    let authorized = b
-        .authorize(&dev, ssh, Action::SshLogin, now)
-        .await
-        .unwrap()
-        .expect("allowed on B");
+    let authorized = ssh_on(&b, &dev, now).await.expect("allowed on B");
     let browser_session = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     let laptop = b.live().register_for(&authorized, &token_login("jti-laptop"));
     let desktop = b.live().register_for(&authorized, &token_login("jti-desktop"));
@@ -175,13 +166,9 @@ async fn a_replica_follows_logouts_from_before_its_first_authorization() {
     use jitgate::live::{login_events, token_login};
 
     let db = TestDb::new(Backend::Postgres).await;
-    let ttl = Duration::from_secs(3600);
-    let a = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
-    let dev = Identity::new("dana", ["dev"]);
+    // B is made now but looks at the store only later, as a replica starting then would.
     let now = Timestamp::now();
-    a.open_request(&dev, "staging-shell", "deploy".into(), Duration::from_secs(600), now)
-        .await
-        .unwrap();
+    let (a, b, dev, _) = replicas(&db, now).await;
     let expires = Timestamp::from_millis(now.as_millis() + 3_600_000);
     // A logout recorded before B starts: B never saw that login's connections.
     a.store()
@@ -189,23 +176,12 @@ async fn a_replica_follows_logouts_from_before_its_first_authorization() {
         .await
         .unwrap();
 
-    let b = Broker::new(policy(), jitgate::store::open(&db.url).await.unwrap(), Live::new(), ttl);
-    let labels = BTreeMap::from([("env".into(), "staging".into())]);
-    let ssh = Resource::Ssh {
-        host: "web-stg-1",
-        labels: &labels,
-        login: "ubuntu",
-    };
     assert!(
-        b.authorize(&dev, ssh, Action::SshLogin, now).await.unwrap().is_err(),
+        ssh_on(&b, &dev, now).await.is_none(),
         "nothing is authorized before B's first look at the store"
     );
     b.sweep(Timestamp::now()).await.unwrap();
-    let authorized = b
-        .authorize(&dev, ssh, Action::SshLogin, Timestamp::now())
-        .await
-        .unwrap()
-        .expect("allowed on B");
+    let authorized = ssh_on(&b, &dev, Timestamp::now()).await.expect("allowed on B");
     let conn = b.live().register_for(&authorized, &token_login("jti-new"));
     b.sweep(Timestamp::now()).await.unwrap();
     assert!(!conn.is_cut(), "a logout from before B started ends nothing B opened");
