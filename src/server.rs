@@ -145,6 +145,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         Live::reporting(cut_reports),
         server.request_ttl,
     ));
+    // Logouts taken by other replicas are followed from this point, before this one can
+    // approve or open anything.
+    broker
+        .follow_logins()
+        .await
+        .map_err(|e| ServeError::Setup(format!("cannot read the audit log's head: {e}")))?;
     let ssh_cas = Arc::new(ssh_cas);
     let jump = ssh::JumpAddress::new(ssh_addr, &public_url);
     let recordings = server.data_dir.join("recordings");
