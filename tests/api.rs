@@ -606,6 +606,70 @@ async fn a_burst_of_concurrent_guesses_gets_no_more_than_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http1_connections_keep_serving_and_are_closed_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let proxy = Proxy::start_with(db.dir.path(), &db.url, WALKTHROUGH_PROFILES, "idle_timeout = \"3s\"");
+    let port = url::Url::parse(&proxy.url).unwrap().port().unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let pause = || tokio::time::sleep(Duration::from_millis(1200));
+    let mut conn = tokio::io::BufReader::new(common::tls_connect(&proxy.ca, port, "localhost", b"http/1.1").await);
+
+    // Pauses longer than the half second after which the proxy parks a connection (hands
+    // hyper's buffers back) are invisible to the client: the same connection goes on.
+    for wait in [false, true] {
+        if wait {
+            pause().await;
+        }
+        conn.get_mut().write_all(get("/healthz").as_bytes()).await.unwrap();
+        assert_eq!(common::read_answer(&mut conn).await.0, 200);
+    }
+    // Two requests in one write, after a pause: both answered, in order.
+    pause().await;
+    let two = get("/healthz") + &get("/no-such-page");
+    conn.get_mut().write_all(two.as_bytes()).await.unwrap();
+    assert_eq!(common::read_answer(&mut conn).await.0, 200);
+    assert_eq!(common::read_answer(&mut conn).await.0, 404);
+    // A head sent in pieces, with pauses between them longer than the park delay.
+    pause().await;
+    for (i, piece) in ["GET /heal", "thz HTTP/1.1\r\nHo", "st: localhost\r\n\r\n"]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        conn.get_mut().write_all(piece.as_bytes()).await.unwrap();
+    }
+    assert_eq!(common::read_answer(&mut conn).await.0, 200);
+
+    // Then nothing: closed once the connection has been idle for idle_timeout (3 s).
+    let answered = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest))
+        .await
+        .expect("an idle HTTP/1.1 connection stayed open")
+        .unwrap();
+    let after = answered.elapsed();
+    eprintln!("the idle HTTP/1.1 connection was closed {after:?} after its last answer");
+    assert!(rest.is_empty(), "unasked-for bytes: {rest:?}");
+    assert!(
+        (Duration::from_millis(2900)..Duration::from_secs(5)).contains(&after),
+        "closed {after:?} after its last answer"
+    );
+
+    // A client that says nothing at all is let go as soon.
+    let mut silent = common::tls_connect(&proxy.ca, port, "localhost", b"http/1.1").await;
+    let opened = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(12), silent.read_to_end(&mut rest))
+        .await
+        .expect("a silent HTTP/1.1 connection stayed open")
+        .ok();
+    let after = opened.elapsed();
+    assert!(after < Duration::from_secs(5), "closed after {after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
     let db = TestDb::new(Backend::Sqlite).await;
     let proxy = Proxy::start_with(db.dir.path(), &db.url, WALKTHROUGH_PROFILES, "idle_timeout = \"2s\"");

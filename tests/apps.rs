@@ -741,9 +741,23 @@ async fn websocket(
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
     tokio_tungstenite::tungstenite::Error,
 > {
+    let tls = tls_to(stand, &format!("{app}.localhost"), b"http/1.1").await;
+    websocket_on(tls, stand, app, path, cookie).await
+}
+
+/// Opens a WebSocket on a connection already open to `app`.
+async fn websocket_on(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    stand: &Stand,
+    app: &str,
+    path: &str,
+    cookie: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let host = format!("{app}.localhost");
-    let tls = tls_to(stand, &host, b"http/1.1").await;
     let mut req = format!("wss://{host}:{}{path}", stand.port)
         .into_client_request()
         .unwrap();
@@ -769,6 +783,32 @@ async fn websockets_pass_and_close_when_the_grant_is_revoked() {
         .unwrap();
     let back = ws.next().await.unwrap().unwrap();
     assert_eq!(back.into_text().unwrap().as_str(), "hello");
+
+    // The same on a keep-alive connection that answered a request and then sat idle long
+    // enough for the proxy to park it (hand hyper's buffers back).
+    let mut conn = tokio::io::BufReader::new(tls_to(&stand, "echo.localhost", b"http/1.1").await);
+    conn.get_mut()
+        .write_all(
+            format!(
+                "GET /first HTTP/1.1\r\nHost: echo.localhost:{}\r\nCookie: __Host-jitgate-app={cookie}\r\n\r\n",
+                stand.port
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(common::read_answer(&mut conn).await.0, 200);
+    assert!(conn.buffer().is_empty());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut later = websocket_on(conn.into_inner(), &stand, "echo", "/ws", &cookie)
+        .await
+        .expect("the upgrade passes on a parked connection");
+    later
+        .send(tokio_tungstenite::tungstenite::Message::text("later"))
+        .await
+        .unwrap();
+    let back = later.next().await.unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "later");
 
     // An app with WebSockets off refuses the upgrade.
     let _ = alice.follow(&format!("{}/", stand.app("quiet"))).await;
@@ -831,6 +871,21 @@ async fn websockets_pass_and_close_when_the_grant_is_revoked() {
     assert!(
         took < Duration::from_millis(100),
         "closed {took:?} after the revocation"
+    );
+
+    // So did the one opened on a parked connection.
+    let later_ended = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match later.next().await {
+                None | Some(Err(_)) | Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        later_ended.is_ok(),
+        "a WebSocket opened on a parked connection outlived the revocation"
     );
 
     // The pseudo-upgraded stream ended with the grant too.

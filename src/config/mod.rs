@@ -61,7 +61,7 @@ pub struct ServerConfig {
     pub certs_dir: PathBuf,
     pub token_lifetime: Duration,
     pub request_ttl: Duration,
-    /// An HTTP/2 connection with no request in flight this long is closed.
+    /// An HTTPS connection (HTTP/1.1 or HTTP/2) with no request in flight this long is closed.
     pub idle_timeout: Duration,
 }
 

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -142,14 +144,17 @@ fn plain(status: StatusCode, message: &str) -> Response<Body> {
     resp
 }
 
-/// Requests in flight on one HTTP/2 connection, and since when it has had none.
+/// Requests in flight on one connection, and since when it has had none.
 struct Activity {
     in_flight: AtomicUsize,
     /// Whether any request came: until one does, the header timeout applies.
     asked: AtomicBool,
-    /// Milliseconds after `born` when the last request ended.
+    /// Milliseconds after `born` when the last request ended (or, on HTTP/1.1, when a
+    /// parked connection woke).
     last_ms: AtomicU64,
     born: tokio::time::Instant,
+    /// HTTP/1.1: hyper is letting go of the connection to park it.
+    parking: AtomicBool,
 }
 
 impl Activity {
@@ -159,7 +164,25 @@ impl Activity {
             asked: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             born: tokio::time::Instant::now(),
+            parking: AtomicBool::new(false),
         })
+    }
+
+    fn ms_now(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Since when nothing has been in flight, if nothing is now.
+    fn quiet_since(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_millis(self.last_ms.load(Ordering::Acquire)))
+    }
+
+    /// Counts as activity: a parked connection that woke is not parked again at once.
+    fn touch(&self) {
+        self.last_ms.fetch_max(self.ms_now(), Ordering::AcqRel);
     }
 
     /// When the connection will have been idle long enough to close, if nothing is in
@@ -189,8 +212,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        let now = a.born.elapsed().as_millis() as u64;
-        a.last_ms.fetch_max(now, Ordering::AcqRel);
+        a.last_ms.fetch_max(a.ms_now(), Ordering::AcqRel);
         a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -281,9 +303,196 @@ async fn serve_h2(
     }
 }
 
+/// Serves one HTTP/1.1 connection.
+///
+/// hyper holds about 16 KiB of buffers for as long as it serves a connection, idle or not,
+/// and keep-alive connections are mostly idle: a browser keeps several per host open for
+/// minutes. So once a connection has had no request in flight for [`PARK_AFTER`], hyper is
+/// asked to let go of it between requests (its shutdown of the stream is skipped; the
+/// client sees nothing), and the connection waits as a bare TLS stream until the client
+/// sends again, then gets a fresh hyper connection. It is closed after `idle` without a
+/// request, or, before the first request, after the shorter of `idle` and the header
+/// timeout.
+async fn serve_h1(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    routes: Arc<Routes>,
+    peer: SocketAddr,
+    sni: Option<Arc<str>>,
+    idle: Duration,
+) -> Result<(), hyper::Error> {
+    let activity = Activity::new();
+    let counted = Arc::clone(&activity);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let routes = Arc::clone(&routes);
+        let sni = sni.clone();
+        let in_flight = InFlight::start(&counted);
+        // hyper keeps room for one request's future for as long as it serves the
+        // connection; boxed, that room is a pointer, and the few KiB the future needs are
+        // taken only while a request is being answered.
+        Box::pin(async move {
+            let resp = routes.route(req, peer, sni.as_deref()).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked {
+                inner,
+                _in_flight: in_flight,
+            }))
+        })
+    });
+    let mut io = Parkable {
+        tls,
+        unread: bytes::Bytes::new(),
+        activity: Arc::clone(&activity),
+    };
+    loop {
+        // Bytes left over from before the park are a request head begun: until a request
+        // has been answered, the connection is not parked again, so that a client sending
+        // its head slowly cannot restart hyper's header timeout.
+        let resumed_mid_head = (!io.unread.is_empty()).then(|| activity.ms_now());
+        let mut asked_to_park = false;
+        let mut conn = Box::pin(
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_headers(MAX_HEADERS)
+                // The head's size is checked as such: a buffer limit alone lets a head
+                // through that arrives whole in one read.
+                .max_header_size(MAX_HEAD_BYTES)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(io), svc.clone())
+                .with_upgrades(),
+        );
+        let parking = loop {
+            let deadline = activity
+                .quiet_since()
+                .map_or_else(|| tokio::time::Instant::now() + PARK_AFTER, |t| t + PARK_AFTER);
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    ended?;
+                    break activity.parking.load(Ordering::Acquire);
+                }
+                _ = tokio::time::sleep_until(deadline), if !asked_to_park => {
+                    let quiet = activity.quiet_since().is_some_and(|t| t + PARK_AFTER <= tokio::time::Instant::now());
+                    let answered = resumed_mid_head.is_none_or(|r| activity.last_ms.load(Ordering::Acquire) > r);
+                    if quiet && answered {
+                        asked_to_park = true;
+                        activity.parking.store(true, Ordering::Release);
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        };
+        activity.parking.store(false, Ordering::Release);
+        // Ended by the client, by an error answer, or handed over in an upgrade: done.
+        let Some(parts) = (if parking {
+            Pin::into_inner(conn).into_parts()
+        } else {
+            None
+        }) else {
+            return Ok(());
+        };
+        tracing::trace!(%peer, unread = parts.read_buf.len(), "connection parked");
+        io = parts.io.into_inner();
+        io.unread = parts.read_buf;
+        let asked = activity.asked.load(Ordering::Acquire);
+        let until = match activity.quiet_since() {
+            Some(quiet) if asked => quiet + idle,
+            _ => activity.born + idle.min(HEADER_READ_TIMEOUT),
+        };
+        if io.unread.is_empty() {
+            match tokio::time::timeout_at(until, io.wait()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "idle connection failed");
+                    return Ok(());
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "connection idle; closing it");
+                    let _ = tokio::time::timeout(Duration::from_secs(1), io.tls.shutdown()).await;
+                    return Ok(());
+                }
+            }
+        }
+        activity.touch();
+    }
+}
+
+/// How long an HTTP/1.1 connection goes without a request in flight before it is parked.
+/// Short enough that idle keep-alive connections cost little; long enough that a client
+/// sending request after request keeps its hyper connection.
+const PARK_AFTER: Duration = Duration::from_millis(500);
+
+/// The TLS stream under hyper's HTTP/1.1, which hyper can hand back between requests.
+struct Parkable {
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    /// Bytes hyper had read and not parsed when it let go of the connection.
+    unread: bytes::Bytes,
+    activity: Arc<Activity>,
+}
+
+impl Parkable {
+    /// Waits, holding no buffer, until the client sends something or closes, having sent
+    /// whatever of the last answer is still queued.
+    async fn wait(&mut self) -> std::io::Result<()> {
+        self.tls.flush().await?;
+        // What TLS had decrypted, hyper has read: a parked stream waits on the socket.
+        self.tls.get_ref().0.readable().await
+    }
+}
+
+impl tokio::io::AsyncRead for Parkable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Parkable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        // hyper shuts the stream down when it lets go of it; a parked connection stays
+        // open. The flag is cleared once hyper is done, so an upgraded stream shuts down.
+        if this.activity.parking.load(Ordering::Acquire) {
+            return Pin::new(&mut this.tls).poll_flush(cx);
+        }
+        Pin::new(&mut this.tls).poll_shutdown(cx)
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled. An HTTP/2 connection with no request
-/// in flight for `idle` is closed gracefully (GOAWAY); HTTP/1.1 keep-alive connections end
-/// when no new request head arrives within the header timeout.
+/// in flight for `idle` is closed gracefully (GOAWAY), an HTTP/1.1 keep-alive connection
+/// after `idle` without a request.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -332,25 +541,7 @@ async fn connection(
         // Boxed so that HTTP/1.1 connections, the many, do not carry HTTP/2's larger state.
         Box::pin(serve_h2(tls, routes, peer, sni, idle)).await
     } else {
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let routes = Arc::clone(&routes);
-            let sni = sni.clone();
-            // hyper keeps room for one request's future for as long as the connection
-            // lives, idle or not; boxed, that room is a pointer, and the few KiB the
-            // future needs are taken only while a request is being answered.
-            Box::pin(async move { Ok::<_, std::convert::Infallible>(routes.route(req, peer, sni.as_deref()).await) })
-        });
-        hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_headers(MAX_HEADERS)
-            // The head's size is checked as such: a buffer limit alone lets a head
-            // through that arrives whole in one read.
-            .max_header_size(MAX_HEAD_BYTES)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(tls), svc)
-            .with_upgrades()
-            .await
+        serve_h1(tls, routes, peer, sni, idle).await
     };
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -417,6 +417,33 @@ pub async fn tls_connect(
         .unwrap()
 }
 
+/// Reads one HTTP/1.1 answer whose body has a `content-length`: its status and body.
+pub async fn read_answer(conn: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> (u16, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    conn.read_line(&mut line).await.unwrap();
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {line:?}"));
+    let mut length = 0;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        assert!(!line.is_empty(), "the connection closed inside an answer's head");
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).await.unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
 /// One HTTP/1.1 request written byte for byte (no client library normalizes its path or
 /// framing) over a fresh TLS connection; the whole answer as text.
 pub async fn raw_https(ca: &Path, port: u16, server_name: &str, request: &[u8]) -> String {
