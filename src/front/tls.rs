@@ -155,6 +155,8 @@ struct Activity {
     born: tokio::time::Instant,
     /// HTTP/1.1: hyper is letting go of the connection to park it.
     parking: AtomicBool,
+    /// HTTP/1.1: a request asked for an upgrade or for the connection to close.
+    no_park: AtomicBool,
 }
 
 impl Activity {
@@ -165,6 +167,7 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             born: tokio::time::Instant::now(),
             parking: AtomicBool::new(false),
+            no_park: AtomicBool::new(false),
         })
     }
 
@@ -326,6 +329,20 @@ async fn serve_h1(
         let routes = Arc::clone(&routes);
         let sni = sni.clone();
         let in_flight = InFlight::start(&counted);
+        // An upgrade takes the stream over, and a client that asked to close gets its
+        // close (and an HTTP/1.0 body without a length ends by it): neither is parked, and
+        // a park already asked for is called off, so that hyper's shutdown is a real one.
+        if req.version() != hyper::Version::HTTP_11
+            || req.headers().contains_key(hyper::header::UPGRADE)
+            || req
+                .headers()
+                .get_all(hyper::header::CONNECTION)
+                .iter()
+                .any(|v| v.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"close")))
+        {
+            counted.no_park.store(true, Ordering::Release);
+            counted.parking.store(false, Ordering::Release);
+        }
         // hyper keeps room for one request's future for as long as it serves the
         // connection; boxed, that room is a pointer, and the few KiB the future needs are
         // taken only while a request is being answered.
@@ -361,9 +378,11 @@ async fn serve_h1(
                 .with_upgrades(),
         );
         let parking = loop {
-            let deadline = activity
-                .quiet_since()
-                .map_or_else(|| tokio::time::Instant::now() + PARK_AFTER, |t| t + PARK_AFTER);
+            let now = tokio::time::Instant::now();
+            // Not sooner than PARK_AFTER from now when the connection is quiet but may not
+            // be parked yet (a head begun): the check would otherwise spin.
+            let deadline = activity.quiet_since().unwrap_or(now) + PARK_AFTER;
+            let deadline = if deadline <= now { now + PARK_AFTER } else { deadline };
             tokio::select! {
                 ended = conn.as_mut() => {
                     ended?;
@@ -372,7 +391,7 @@ async fn serve_h1(
                 _ = tokio::time::sleep_until(deadline), if !asked_to_park => {
                     let quiet = activity.quiet_since().is_some_and(|t| t + PARK_AFTER <= tokio::time::Instant::now());
                     let answered = resumed_mid_head.is_none_or(|r| activity.last_ms.load(Ordering::Acquire) > r);
-                    if quiet && answered {
+                    if quiet && answered && !activity.no_park.load(Ordering::Acquire) {
                         asked_to_park = true;
                         activity.parking.store(true, Ordering::Release);
                         conn.as_mut().graceful_shutdown();
@@ -391,7 +410,12 @@ async fn serve_h1(
         };
         tracing::trace!(%peer, unread = parts.read_buf.len(), "connection parked");
         io = parts.io.into_inner();
-        io.unread = parts.read_buf;
+        // An empty `read_buf` still holds hyper's whole read buffer: only what is in it is kept.
+        io.unread = if parts.read_buf.is_empty() {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::copy_from_slice(&parts.read_buf)
+        };
         let asked = activity.asked.load(Ordering::Acquire);
         let until = match activity.quiet_since() {
             Some(quiet) if asked => quiet + idle,
@@ -399,7 +423,8 @@ async fn serve_h1(
         };
         if io.unread.is_empty() {
             match tokio::time::timeout_at(until, io.wait()).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(()),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "idle connection failed");
                     return Ok(());
@@ -429,12 +454,17 @@ struct Parkable {
 }
 
 impl Parkable {
-    /// Waits, holding no buffer, until the client sends something or closes, having sent
-    /// whatever of the last answer is still queued.
-    async fn wait(&mut self) -> std::io::Result<()> {
+    /// Waits until the client sends the start of its next request (false: it closed),
+    /// having sent whatever of the last answer is still queued. Bytes on the socket that
+    /// make no request, such as a TLS record dribbled in a byte at a time, do not end the
+    /// wait, so they do not put off the idle timeout either.
+    async fn wait(&mut self) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
         self.tls.flush().await?;
-        // What TLS had decrypted, hyper has read: a parked stream waits on the socket.
-        self.tls.get_ref().0.readable().await
+        let mut first = [0u8; 64];
+        let n = self.tls.read(&mut first).await?;
+        self.unread = bytes::Bytes::copy_from_slice(&first[..n]);
+        Ok(n > 0)
     }
 }
 

@@ -216,6 +216,16 @@ impl Proxy {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// The CPU time the proxy has used so far (user and system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // The command name may hold spaces; the fields after it do not.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on every Linux the tests run on.
+        Duration::from_millis(ticks * 10)
+    }
+
     /// Runs a server-side command (`users`, `audit`) against this proxy's config.
     pub fn admin(&self, args: &[&str], stdin: Option<&str>) -> Run {
         let mut full: Vec<&str> = args.to_vec();
