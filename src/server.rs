@@ -256,7 +256,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tokio::spawn(Arc::clone(&broker).record_cuts(cuts));
     tokio::spawn(notifier.run(shutdown.clone()));
     tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
-    tls::serve(listener, tls_config, routes, server.idle_timeout, shutdown).await;
+    let shards = crate::front::shards::Shards::start(&shutdown).map_err(ServeError::Setup)?;
+    tls::serve(listener, tls_config, routes, server.idle_timeout, shards, shutdown).await;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod apps;
 pub mod kube;
+pub mod shards;
 pub mod ssh;
 pub mod throttle;
 pub mod tls;

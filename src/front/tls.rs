@@ -21,6 +21,7 @@ use tower::ServiceExt;
 
 use crate::front::apps::AppsFront;
 use crate::front::kube::{KubeFront, PREFIX as KUBE_PREFIX};
+use crate::front::shards::Shards;
 
 /// The address a request came from, as seen on the TCP connection.
 #[derive(Clone, Copy, Debug)]
@@ -528,6 +529,7 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     routes: Routes,
     idle: Duration,
+    shards: Shards,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -546,7 +548,21 @@ pub async fn serve(
                 }
             },
         };
-        tokio::spawn(connection(acceptor.clone(), tcp, peer, Arc::clone(&routes), idle));
+        // The connection moves to its shard's thread, and its socket to that thread's poller.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand a connection over");
+                continue;
+            }
+        };
+        let (acceptor, routes) = (acceptor.clone(), Arc::clone(&routes));
+        shards.spawn(async move {
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => connection(acceptor, tcp, peer, routes, idle).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot take a connection over"),
+            }
+        });
     }
 }
 

@@ -97,7 +97,7 @@ impl Forward<'_> {
             // A long poll or an upload waits for the answer's head; the cut does not wait
             // with it. Dropping the request drops its upstream connection.
             _ = cut.cancelled() => return ended(&held, true),
-            sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client.request(up)) => sent,
+            sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client().request(up)) => sent,
         };
         let resp = match sent {
             Ok(Ok(r)) => r,

@@ -80,8 +80,15 @@ pub struct App {
     pub origin: String,
     /// The host browsers used, as `X-Forwarded-Host` tells the upstream.
     host_header: HeaderValue,
-    client: UpstreamClient,
+    /// One pool per shard: a request and the upstream connection it uses share a thread.
+    clients: Box<[UpstreamClient]>,
     upgrades: UpstreamClient,
+}
+
+impl App {
+    fn client(&self) -> &UpstreamClient {
+        &self.clients[crate::front::shards::current() % self.clients.len()]
+    }
 }
 
 /// Where a session stands with one app: the grants that reach it, each watched by `live`.
@@ -135,6 +142,10 @@ impl AppsFront {
         let mut by_host = HashMap::new();
         for (config, site) in apps.iter().zip(sites(&state.site, apps)) {
             let (client, upgrades) = upstream::clients(config)?;
+            let mut clients = vec![client];
+            for _ in 1..crate::front::shards::count() {
+                clients.push(upstream::clients(config)?.0);
+            }
             let origin = site.origin;
             let host_header =
                 HeaderValue::from_str(&config.host).map_err(|e| format!("apps {:?}: {e}", config.name))?;
@@ -143,7 +154,7 @@ impl AppsFront {
                 name: config.name.as_str().into(),
                 config: config.clone(),
                 origin,
-                client,
+                clients: clients.into(),
                 upgrades,
             };
             by_host.insert(config.host.clone(), Arc::new(app));
