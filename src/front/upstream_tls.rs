@@ -42,6 +42,8 @@ pub fn clients(
             b.enable_http1().wrap_connector(http.clone())
         }
     };
+    // Idle connections are kept per shard (each has its own pools): the cap is shared out.
+    let idle_cap = (POOL_MAX_IDLE_PER_HOST / crate::front::shards::count()).max(8);
     let build = |connector, idle| {
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE)
@@ -49,10 +51,7 @@ pub fn clients(
             .build(connector)
     };
     // An upgrade that was refused must not leave its connection for the next one.
-    (
-        build(connector(true), POOL_MAX_IDLE_PER_HOST),
-        build(connector(false), 0),
-    )
+    (build(connector(true), idle_cap), build(connector(false), 0))
 }
 
 /// A client config builder on ring with the safe protocol versions.

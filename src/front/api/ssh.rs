@@ -76,7 +76,7 @@ pub async fn connect(
     let upgrade = hyper::upgrade::on(&mut req);
     let front = Arc::clone(&state.ssh.front);
     let user = caller.identity.user;
-    tokio::spawn(async move {
+    crate::front::shards::spawn_main(async move {
         match upgrade.await {
             Ok(io) => serve_session(front, host, TokioIo::new(io), Some(user)).await,
             Err(e) => tracing::debug!(error = %e, "SSH upgrade failed"),

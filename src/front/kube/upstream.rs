@@ -23,8 +23,9 @@ pub struct Upstream {
     /// The server URL without a trailing slash, to which request paths are appended.
     pub base: String,
     /// Built on first use and again after a failure: a missing CA or key file is reported
-    /// on each request (and at start) instead of keeping the proxy from starting.
-    clients: OnceLock<(KubeClient, KubeClient)>,
+    /// on each request (and at start) instead of keeping the proxy from starting. One pair
+    /// per shard, so that a request and its API server connection share a thread.
+    clients: Box<[OnceLock<(KubeClient, KubeClient)>]>,
     token: Cache<(), HeaderValue>,
 }
 
@@ -34,18 +35,19 @@ impl Upstream {
         Upstream {
             config,
             base,
-            clients: OnceLock::new(),
+            clients: (0..crate::front::shards::count()).map(|_| OnceLock::new()).collect(),
             token: Cache::builder().max_capacity(1).time_to_live(TOKEN_REREAD).build(),
         }
     }
 
     /// The pooled client and the one for upgrades.
     pub fn clients(&self) -> Result<&(KubeClient, KubeClient), String> {
-        if let Some(c) = self.clients.get() {
+        let slot = &self.clients[crate::front::shards::current() % self.clients.len()];
+        if let Some(c) = slot.get() {
             return Ok(c);
         }
         let built = build_clients(&self.config)?;
-        Ok(self.clients.get_or_init(|| built))
+        Ok(slot.get_or_init(|| built))
     }
 
     /// `Authorization` for the proxy's own token on the cluster, when it uses one.
