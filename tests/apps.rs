@@ -731,16 +731,15 @@ async fn request_framing_and_header_abuse_end_at_the_proxy() {
     );
 }
 
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
 /// Opens a WebSocket to `path` on `app` with this app cookie.
 async fn websocket(
     stand: &Stand,
     app: &str,
     path: &str,
     cookie: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    tokio_tungstenite::tungstenite::Error,
-> {
+) -> Result<WebSocket, tokio_tungstenite::tungstenite::Error> {
     let tls = tls_to(stand, &format!("{app}.localhost"), b"http/1.1").await;
     websocket_on(tls, stand, app, path, cookie).await
 }
@@ -752,10 +751,7 @@ async fn websocket_on(
     app: &str,
     path: &str,
     cookie: &str,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    tokio_tungstenite::tungstenite::Error,
-> {
+) -> Result<WebSocket, tokio_tungstenite::tungstenite::Error> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let host = format!("{app}.localhost");
     let mut req = format!("wss://{host}:{}{path}", stand.port)

@@ -247,6 +247,52 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+type Answer = Pin<Box<dyn std::future::Future<Output = Result<Response<Tracked>, std::convert::Infallible>> + Send>>;
+
+/// The service either protocol runs: it routes each request, counted in flight until its
+/// answer's body is done.
+fn counted_service(
+    routes: Arc<Routes>,
+    peer: SocketAddr,
+    sni: Option<Arc<str>>,
+    counted: Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Tracked>,
+    Error = std::convert::Infallible,
+    Future = Answer,
+> + Clone {
+    hyper::service::service_fn(move |req: Request<Incoming>| -> Answer {
+        let routes = Arc::clone(&routes);
+        let sni = sni.clone();
+        let in_flight = InFlight::start(&counted);
+        // HTTP/1.1: an upgrade takes the stream over, and a client that asked to close
+        // gets its close (an HTTP/1.0 body without a length ends by it): neither is parked,
+        // and a park already asked for is called off, so that hyper's shutdown is real.
+        if req.version() < hyper::Version::HTTP_11
+            || req.headers().contains_key(hyper::header::UPGRADE)
+            || req
+                .headers()
+                .get_all(hyper::header::CONNECTION)
+                .iter()
+                .any(|v| v.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"close")))
+        {
+            counted.no_park.store(true, Ordering::Release);
+            counted.parking.store(false, Ordering::Release);
+        }
+        // hyper's HTTP/1.1 keeps room for one request's future for as long as it serves
+        // the connection; boxed, that room is a pointer, and the few KiB the future needs
+        // are taken only while a request is being answered.
+        Box::pin(async move {
+            let resp = routes.route(req, peer, sni.as_deref()).await;
+            Ok(resp.map(|inner| Tracked {
+                inner,
+                _in_flight: in_flight,
+            }))
+        })
+    })
+}
+
 /// Serves one HTTP/2 connection. HTTP/2 keeps a connection open between requests until
 /// one side ends it: without a limit, idle clients that answer pings would hold memory for
 /// ever. So a connection is closed gracefully once it has had no request in flight for
@@ -259,22 +305,7 @@ async fn serve_h2(
     idle: Duration,
 ) -> Result<(), hyper::Error> {
     let activity = Activity::new();
-    let counted = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let routes = Arc::clone(&routes);
-        let sni = sni.clone();
-        let in_flight = InFlight::start(&counted);
-        async move {
-            let resp = routes.route(req, peer, sni.as_deref()).await;
-            let resp = resp.map(|inner| {
-                Body::new(Tracked {
-                    inner,
-                    _in_flight: in_flight,
-                })
-            });
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
+    let svc = counted_service(routes, peer, sni, Arc::clone(&activity));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
@@ -325,36 +356,7 @@ async fn serve_h1(
     idle: Duration,
 ) -> Result<(), hyper::Error> {
     let activity = Activity::new();
-    let counted = Arc::clone(&activity);
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let routes = Arc::clone(&routes);
-        let sni = sni.clone();
-        let in_flight = InFlight::start(&counted);
-        // An upgrade takes the stream over, and a client that asked to close gets its
-        // close (and an HTTP/1.0 body without a length ends by it): neither is parked, and
-        // a park already asked for is called off, so that hyper's shutdown is a real one.
-        if req.version() != hyper::Version::HTTP_11
-            || req.headers().contains_key(hyper::header::UPGRADE)
-            || req
-                .headers()
-                .get_all(hyper::header::CONNECTION)
-                .iter()
-                .any(|v| v.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"close")))
-        {
-            counted.no_park.store(true, Ordering::Release);
-            counted.parking.store(false, Ordering::Release);
-        }
-        // hyper keeps room for one request's future for as long as it serves the
-        // connection; boxed, that room is a pointer, and the few KiB the future needs are
-        // taken only while a request is being answered.
-        Box::pin(async move {
-            let resp = routes.route(req, peer, sni.as_deref()).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked {
-                inner,
-                _in_flight: in_flight,
-            }))
-        })
-    });
+    let svc = counted_service(routes, peer, sni, Arc::clone(&activity));
     let mut io = Parkable {
         tls,
         unread: bytes::Bytes::new(),
