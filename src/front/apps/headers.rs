@@ -10,22 +10,23 @@ pub const APP_COOKIE: &str = "__Host-jitgate-app";
 /// The cookie that ties a sign-in on an app's host to the browser that started it.
 pub const STATE_COOKIE: &str = "__Host-jitgate-app-state";
 
-/// Headers the proxy alone sets toward the upstream.
-pub const USER: &str = "x-jitgate-user";
-pub const EMAIL: &str = "x-jitgate-email";
-pub const GROUPS: &str = "x-jitgate-groups";
-pub const GRANT: &str = "x-jitgate-grant";
-pub const ASSERTION: &str = "x-jitgate-assertion";
-pub const FORWARDED_FOR: &str = "x-forwarded-for";
-pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
-pub const FORWARDED_HOST: &str = "x-forwarded-host";
+/// Headers the proxy alone sets toward the upstream. Names, not strings: a string is
+/// parsed into a name again on every use.
+pub const USER: HeaderName = HeaderName::from_static("x-jitgate-user");
+pub const EMAIL: HeaderName = HeaderName::from_static("x-jitgate-email");
+pub const GROUPS: HeaderName = HeaderName::from_static("x-jitgate-groups");
+pub const GRANT: HeaderName = HeaderName::from_static("x-jitgate-grant");
+pub const ASSERTION: HeaderName = HeaderName::from_static("x-jitgate-assertion");
+pub const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// `_` and `-` are the same to many frameworks (CGI, Django, nginx with
 /// `underscores_in_headers`), so both spellings are one header here. Names are lower case
 /// already: that is how the `http` crate keeps them.
 fn canonical(name: &HeaderName) -> std::borrow::Cow<'_, str> {
     let s = name.as_str();
-    if s.contains('_') {
+    if s.as_bytes().contains(&b'_') {
         std::borrow::Cow::Owned(s.replace('_', "-"))
     } else {
         std::borrow::Cow::Borrowed(s)
@@ -51,42 +52,54 @@ fn is_override(n: &str) -> bool {
     )
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+/// Hop-by-hop headers (RFC 9110 §7.6.1), and `Proxy-Authenticate`, which is the proxy's
+/// business too.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name)
+}
+
+/// Removes hop-by-hop headers, whatever `Connection` names, and the names `also` picks.
+/// One pass over the names: most messages have none of these, and then nothing is
+/// allocated or hashed.
+fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n) || also(n))
+        .cloned()
+        .collect();
+    doomed.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+    );
+    for name in doomed {
+        headers.remove(name);
+    }
+}
 
 /// Removes hop-by-hop headers: the fixed list and whatever `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove("proxy-authenticate");
+    strip(headers, |_| false);
 }
 
 /// The request headers the upstream gets, before the proxy adds its own.
 pub fn clean_request(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    let reserved: Vec<HeaderName> = headers.keys().filter(|n| is_reserved(n)).cloned().collect();
-    for name in reserved {
-        headers.remove(name);
-    }
+    strip(headers, is_reserved);
     strip_own_cookies(headers);
 }
 
@@ -100,7 +113,10 @@ fn strip_own_cookies(headers: &mut HeaderMap) {
     {
         return;
     }
-    let kept: Vec<String> = headers
+    // Built straight into one string: a browser's only cookie on an app host is often the
+    // proxy's, and then nothing is allocated.
+    let mut kept = String::new();
+    for pair in headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -108,11 +124,15 @@ fn strip_own_cookies(headers: &mut HeaderMap) {
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
         .filter(|pair| !own(pair.split('=').next().unwrap_or_default().trim()))
-        .map(str::to_owned)
-        .collect();
+    {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(v) = HeaderValue::from_str(&kept) {
             headers.insert(header::COOKIE, v);
         }
     }
@@ -129,6 +149,9 @@ pub fn clean_response(headers: &mut HeaderMap) {
             name.starts_with("__Host-jitgate")
         })
     };
+    if !headers.get_all(header::SET_COOKIE).iter().any(own) {
+        return;
+    }
     let cookies: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()

@@ -105,16 +105,16 @@ impl Forward<'_> {
         clean_request(&mut parts.headers);
         let h = &mut parts.headers;
         if let Ok(v) = HeaderValue::from_str(&self.peer.ip().to_string()) {
-            h.insert("x-forwarded-for", v);
+            h.insert(FORWARDED_FOR, v);
         }
         if let Some(c) = credential {
             h.insert(header::AUTHORIZATION, c);
         }
-        h.insert("impersonate-user", self.held.user.clone());
+        h.insert(IMPERSONATE_USER, self.held.user.clone());
         for g in &self.held.groups {
-            h.append("impersonate-group", g.clone());
+            h.append(IMPERSONATE_GROUP, g.clone());
         }
-        h.insert("impersonate-extra-jitgate-grant", self.held.grant.clone());
+        h.insert(IMPERSONATE_GRANT, self.held.grant.clone());
         Ok(())
     }
 
@@ -347,6 +347,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+// Names, not strings: a string is parsed into a name again on every use.
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
+const IMPERSONATE_GROUP: HeaderName = HeaderName::from_static("impersonate-group");
+const IMPERSONATE_GRANT: HeaderName = HeaderName::from_static("impersonate-extra-jitgate-grant");
 
 /// Headers the API server must never get from a client: credentials, identities to act
 /// as (`Impersonate-*`, and `X-Remote-*` for front-proxy authentication), forwarding
