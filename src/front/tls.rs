@@ -71,7 +71,6 @@ pub struct Routes {
 
 impl Routes {
     async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr, sni: Option<&str>) -> Response<Body> {
-        req.extensions_mut().insert(PeerAddr(peer));
         let host = match request_host(&req) {
             Ok(h) => h,
             Err(why) => return plain(StatusCode::BAD_REQUEST, why),
@@ -104,6 +103,8 @@ impl Routes {
         if req.uri().path().starts_with(KUBE_PREFIX) {
             return self.kube.handle(req, peer).await;
         }
+        // Only the proxy's own pages read it: an app request is spared the allocations.
+        req.extensions_mut().insert(PeerAddr(peer));
         match self.router.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},

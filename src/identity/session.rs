@@ -124,7 +124,7 @@ impl Sessions {
         {
             return Ok(None);
         }
-        self.lookup(hash(secret), csrf_of(secret), now).await
+        self.lookup(&hash(secret), &csrf_of(secret), now).await
     }
 
     /// The live session with this id hash, for an app's cookie, which names the session
@@ -133,16 +133,16 @@ impl Sessions {
         if id_hash.len() != 64 || !id_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
-        self.lookup(id_hash.to_owned(), String::new(), now).await
+        self.lookup(id_hash, "", now).await
     }
 
-    async fn lookup(&self, id_hash: String, csrf: String, now: Timestamp) -> Result<Option<Arc<Session>>, StoreError> {
-        if let Some(s) = self.cache.get(&id_hash).await {
+    async fn lookup(&self, id_hash: &str, csrf: &str, now: Timestamp) -> Result<Option<Arc<Session>>, StoreError> {
+        if let Some(s) = self.cache.get(id_hash).await {
             if s.csrf == csrf || csrf.is_empty() {
                 return Ok((s.expires_at > now).then_some(s));
             }
         }
-        let Some(found) = self.store.session(&id_hash).await? else {
+        let Some(found) = self.store.session(id_hash).await? else {
             return Ok(None);
         };
         let r = found.session;
@@ -156,11 +156,11 @@ impl Sessions {
             },
             email: r.email,
             idp: r.idp,
-            csrf,
-            id_hash: id_hash.clone(),
+            csrf: csrf.to_owned(),
+            id_hash: id_hash.to_owned(),
             expires_at: r.expires_at,
         });
-        self.cache.insert(id_hash, Arc::clone(&session)).await;
+        self.cache.insert(id_hash.to_owned(), Arc::clone(&session)).await;
         Ok(Some(session))
     }
 

@@ -27,18 +27,21 @@ pub(super) struct Forward<'a> {
 impl Forward<'_> {
     fn upstream_uri(&self, query: Option<&str>) -> Option<Uri> {
         let base = self.app.config.upstream.as_str().trim_end_matches('/');
-        let uri = match query {
-            Some(q) => format!("{base}{}?{q}", self.path),
-            None => format!("{base}{}", self.path),
-        };
-        uri.parse().ok()
+        // Built at its final size and handed over whole: the URI keeps these bytes.
+        let mut uri = String::with_capacity(base.len() + self.path.len() + query.map_or(0, |q| q.len() + 1));
+        uri.push_str(base);
+        uri.push_str(self.path);
+        if let Some(q) = query {
+            uri.push('?');
+            uri.push_str(q);
+        }
+        Uri::try_from(uri).ok()
     }
 
     /// The headers the upstream gets: the client's, cleaned, plus what the proxy knows.
     fn headers(&self, headers: &mut axum::http::HeaderMap) {
         headers::clean_request(headers);
-        let peer = self.peer.ip().to_string();
-        if let Ok(v) = HeaderValue::from_str(&peer) {
+        if let Ok(v) = HeaderValue::try_from(self.peer.ip().to_string()) {
             headers.insert(headers::FORWARDED_FOR, v);
         }
         headers.insert(headers::FORWARDED_PROTO, HeaderValue::from_static("https"));

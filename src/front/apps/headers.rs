@@ -74,9 +74,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// One pass over the names: most messages have none of these, and then nothing is
 /// allocated or hashed.
 fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    // `Connection` itself is taken last, below, so an answer that has only it needs no list.
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| is_hop_by_hop(n) || also(n))
+        .filter(|n| *n != header::CONNECTION && (is_hop_by_hop(n) || also(n)))
         .cloned()
         .collect();
     doomed.extend(
@@ -85,11 +86,15 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+            .map(str::trim)
+            // The usual tokens name nothing beyond the fixed list: not made into names.
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
     );
     for name in doomed {
         headers.remove(name);
     }
+    headers.remove(header::CONNECTION);
 }
 
 /// Removes hop-by-hop headers: the fixed list and whatever `Connection` names.
