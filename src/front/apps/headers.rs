@@ -52,29 +52,29 @@ fn is_override(n: &str) -> bool {
     )
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), and `Proxy-Authenticate`, which is the proxy's
-/// business too.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-];
-
+/// Hop-by-hop headers (RFC 9110 §7.6.1, with the obsolete `Keep-Alive` and
+/// `Proxy-Connection`), and the proxy credentials of either side (RFC 9110 §11.7), which
+/// are for the proxy, not the upstream or the client.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.iter().any(|h| h == name)
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
 }
 
 /// Removes hop-by-hop headers, whatever `Connection` names, and the names `also` picks.
-/// One pass over the names: most messages have none of these, and then nothing is
-/// allocated or hashed.
+/// One pass over the names; the list of what goes is only allocated when something
+/// besides `Connection` goes.
 fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
-    // `Connection` itself is taken last, below, so an answer that has only it needs no list.
+    // `Connection` itself is taken last, below, so a message that has only it needs no list.
     let mut doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|n| *n != header::CONNECTION && (is_hop_by_hop(n) || also(n)))
@@ -87,8 +87,9 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            // The usual tokens name nothing beyond the fixed list: not made into names.
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            // Looked up before it is made a name: `keep-alive` or `close` usually names
+            // no header of the message, and making the name would allocate.
+            .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
     );
     for name in doomed {
@@ -214,7 +215,10 @@ mod tests {
             ("X-HTTP-Method-Override", "DELETE"),
             ("X_Original_URL", "/admin"),
             ("Connection", "keep-alive, X-Custom-Hop"),
+            ("Connection", "Close"),
             ("X-Custom-Hop", "1"),
+            ("close", "named by Connection"),
+            ("Keep-Alive", "timeout=5"),
             ("TE", "trailers"),
             ("Accept", "text/html"),
             ("Cookie", "a=1; __Host-jitgate-app=secret; __Host-jitgate=s2; b=2"),

@@ -19,7 +19,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::attrs::Attrs;
 use super::{status, stream, Cluster, Held};
-use crate::front::apps::headers::{is_reserved, strip_hop_by_hop};
+use crate::front::apps::headers::{is_reserved, strip_hop_by_hop, FORWARDED_FOR};
 
 /// The API server's own limit on a request body (3 MiB); larger ones never pass.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -349,7 +349,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 // Names, not strings: a string is parsed into a name again on every use.
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
 const IMPERSONATE_GROUP: HeaderName = HeaderName::from_static("impersonate-group");
 const IMPERSONATE_GRANT: HeaderName = HeaderName::from_static("impersonate-extra-jitgate-grant");
