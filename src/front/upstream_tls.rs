@@ -23,11 +23,19 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 const POOL_IDLE: Duration = Duration::from_secs(50);
 const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
+/// Whether the pooled client may speak HTTP/2 to an upstream that offers it.
+#[derive(Clone, Copy)]
+pub enum Http2 {
+    WhereOffered,
+    Never,
+}
+
 /// The pooled client and the one for upgrades. `plain_http` allows `http://` targets.
 pub fn clients(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
     plain_http: bool,
+    http2: Http2,
 ) -> (UpstreamClient, UpstreamClient) {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -51,7 +59,10 @@ pub fn clients(
             .build(connector)
     };
     // An upgrade that was refused must not leave its connection for the next one.
-    (build(connector(true), idle_cap), build(connector(false), 0))
+    (
+        build(connector(matches!(http2, Http2::WhereOffered)), idle_cap),
+        build(connector(false), 0),
+    )
 }
 
 /// A client config builder on ring with the safe protocol versions.

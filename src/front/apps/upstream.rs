@@ -9,7 +9,12 @@ use crate::front::upstream_tls::{self, AcceptOnly};
 /// The pooled client and the one for upgrades.
 pub fn clients(app: &AppConfig) -> Result<(UpstreamClient, UpstreamClient), String> {
     let tls = tls_config(app)?;
-    Ok(upstream_tls::clients(tls, app.connect_timeout, true))
+    Ok(upstream_tls::clients(
+        tls,
+        app.connect_timeout,
+        true,
+        upstream_tls::Http2::WhereOffered,
+    ))
 }
 
 fn tls_config(app: &AppConfig) -> Result<rustls::ClientConfig, String> {
