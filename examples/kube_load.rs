@@ -1,15 +1,29 @@
 //! A kubectl-like GET load on a Kubernetes API, against several targets in one run: the API
-//! server directly, `kubectl proxy` in front of it, and jitgate. Each worker has its own
-//! client (HTTP/2 where the target offers it, as client-go) and asks for one object over
-//! and over with a bearer token. Prints requests/s, p50 and p99 per target, and each
-//! target's ratio and added latency against the first one.
+//! server directly, `kubectl proxy` in front of it, and jitgate. Every request asks for the
+//! same object with a bearer token, over HTTP/2 where the target offers it (as client-go).
 //!
-//! `scripts/bench/kube` sets up a cluster, the peers and the proxy and runs this; by hand:
+//! Two phases, each with the targets interleaved in rounds (every round loads each target
+//! in turn, starting one further along each time), so that a drift of the machine or of
+//! the API server over the run (its garbage collector, etcd's compaction) falls on every
+//! target alike:
+//!
+//! - **throughput**: `--workers` workers per target, each with a connection of its own,
+//!   each sending its next request when the last one is answered. This saturates the
+//!   machine, so its latencies are mostly queueing: they say how much CPU each path costs.
+//!   With `--cpu NAME=PID` it prints each named process's CPU time per request.
+//! - **latency at a fixed rate**: one client (one HTTP/2 connection where offered, as
+//!   kubectl or a controller has) sends requests on a fixed schedule, whatever is still
+//!   in flight, at `--rate-fraction` of the first target's throughput, so that every
+//!   target serves the same load and none is saturated. Its latencies say what a hop adds.
+//!
+//! Each target's ratio and added latency are against the first one. `scripts/bench/kube`
+//! sets up a cluster, the peers and the proxy and runs this; by hand:
 //!
 //! ```text
 //! cargo run --release --example kube_load -- --path /api/v1/namespaces/bench/pods/web-1 \
 //!     --target direct=https://127.0.0.1:6443,TOKEN,/tmp/kube/pki/apiserver.crt \
-//!     --target jitgate=https://127.0.0.1:8443/k8s/lab,TOKEN,certs/ca.pem
+//!     --target jitgate=https://127.0.0.1:8443/k8s/lab,TOKEN,certs/ca.pem \
+//!     --cpu apiserver=$(pgrep kube-apiserver) --cpu jitgate=$(pgrep -f 'jitgate serve')
 //! ```
 
 use std::sync::Arc;
@@ -31,40 +45,85 @@ struct Args {
     /// The API path every request asks for
     #[arg(long, default_value = "/api/v1/namespaces/bench/pods/web-1")]
     path: String,
-    /// Concurrent workers per target, each with a client of its own
+    /// Concurrent workers per target in the throughput phase, each with a connection of its own
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// How long to load each target, e.g. 10s
+    /// How long each target is loaded in each phase, over all rounds, e.g. 10s
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Unmeasured load before each target's run
+    /// Unmeasured load on each target before the first round
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Rounds each phase's duration is split into, the targets taking turns in each
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// The fixed-rate phase offers this fraction of the first target's throughput; 0 skips it
+    #[arg(long, default_value_t = 0.25)]
+    rate_fraction: f64,
+    /// NAME=PID: a process whose CPU time is counted while each target is loaded (repeatable)
+    #[arg(long = "cpu")]
+    cpu: Vec<String>,
 }
 
 struct Target {
     name: String,
-    url: String,
+    uri: hyper::Uri,
     token: Option<String>,
     ca: Option<std::path::PathBuf>,
 }
 
-fn parse_target(s: &str) -> Result<Target> {
+fn parse_target(s: &str, path: &str) -> Result<Target> {
     let (name, rest) = s.split_once('=').context("--target is NAME=URL[,TOKEN[,CA_PEM]]")?;
     let mut parts = rest.split(',');
-    let url = parts
-        .next()
-        .context("--target needs a URL")?
-        .trim_end_matches('/')
-        .to_owned();
+    let url = parts.next().context("--target needs a URL")?.trim_end_matches('/');
     let token = parts.next().filter(|t| !t.is_empty()).map(str::to_owned);
     let ca = parts.next().filter(|c| !c.is_empty()).map(Into::into);
     Ok(Target {
         name: name.to_owned(),
-        url,
+        uri: format!("{url}{path}")
+            .parse()
+            .with_context(|| format!("--target {name}: URL"))?,
         token,
         ca,
     })
+}
+
+struct Counted {
+    name: String,
+    pid: u32,
+}
+
+fn parse_cpu(s: &str) -> Result<Counted> {
+    let (name, pid) = s.split_once('=').context("--cpu is NAME=PID")?;
+    let pid: u32 = pid
+        .parse()
+        .with_context(|| format!("--cpu {name}: {pid:?} is not a PID"))?;
+    cpu_ticks(pid).with_context(|| format!("--cpu {name}: process {pid}"))?;
+    Ok(Counted {
+        name: name.to_owned(),
+        pid,
+    })
+}
+
+/// User and system time of a process (all its threads) in clock ticks, from /proc.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    let rest = stat.rsplit_once(')').context("unexpected /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line; field 3 is the first here.
+    Ok(f.get(11).context("short /proc stat")?.parse::<u64>()?
+        + f.get(12).context("short /proc stat")?.parse::<u64>()?)
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 type HttpClient =
@@ -95,52 +154,67 @@ fn client(ca: Option<&std::path::Path>) -> Result<HttpClient> {
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
-struct Outcome {
+fn request(t: &Target) -> Result<hyper::Request<Empty<Bytes>>> {
+    let mut b = hyper::Request::get(t.uri.clone())
+        .header("accept", "application/json")
+        .header("user-agent", "kube_load (kubectl-like)");
+    if let Some(tok) = &t.token {
+        b = b.header("authorization", format!("Bearer {tok}"));
+    }
+    Ok(b.body(Empty::new())?)
+}
+
+/// One request, answered 200 with its whole body read.
+async fn get(c: &HttpClient, req: hyper::Request<Empty<Bytes>>) -> bool {
+    match c.request(req).await {
+        Ok(resp) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A target's measurements in one phase, summed over its rounds.
+#[derive(Default)]
+struct Tally {
     /// Each measured request's latency in microseconds.
     latencies: Vec<u32>,
     errors: u64,
     elapsed: Duration,
+    /// CPU ticks of each counted process while this target was loaded.
+    ticks: Vec<u64>,
 }
 
-async fn load(target: &Target, args: &Args) -> Result<Outcome> {
-    let uri: hyper::Uri = format!("{}{}", target.url, args.path).parse()?;
-    // One request first: a target that does not answer 200 is a set-up error, not a number.
-    let probe = client(target.ca.as_deref())?;
-    let resp = probe.request(request(&uri, target.token.as_deref())?).await?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if status != 200 {
-        bail!("{}: {status}: {}", target.name, String::from_utf8_lossy(&body));
+impl Tally {
+    fn add(&mut self, latencies: Vec<u32>, errors: u64, elapsed: Duration, ticks: Vec<u64>) {
+        self.latencies.extend(latencies);
+        self.errors += errors;
+        self.elapsed += elapsed;
+        if self.ticks.is_empty() {
+            self.ticks = ticks;
+        } else {
+            self.ticks.iter_mut().zip(ticks).for_each(|(a, b)| *a += b);
+        }
     }
-    let start = Instant::now();
-    let warm_until = start + args.warmup;
-    let until = warm_until + args.duration;
+}
+
+/// Closed loop: each worker sends its next request when the last is answered, until `until`;
+/// only what is sent from `from` on is recorded.
+async fn closed(t: &Arc<Target>, workers: &[HttpClient], from: Instant, until: Instant) -> (Vec<u32>, u64) {
     let mut tasks = Vec::new();
-    for _ in 0..args.workers {
-        let c = client(target.ca.as_deref())?;
-        let uri = uri.clone();
-        let token = target.token.clone();
+    for c in workers {
+        let (c, t) = (c.clone(), Arc::clone(t));
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(1 << 16);
+            let mut latencies = Vec::with_capacity(1 << 14);
             let mut errors = 0u64;
             loop {
-                let t = Instant::now();
-                if t >= until {
+                let start = Instant::now();
+                if start >= until {
                     break;
                 }
-                let Ok(req) = request(&uri, token.as_deref()) else {
-                    break;
-                };
-                let ok = match c.request(req).await {
-                    Ok(resp) => {
-                        let good = resp.status() == 200;
-                        good && resp.into_body().collect().await.is_ok()
-                    }
-                    Err(_) => false,
-                };
-                if t >= warm_until {
+                let Ok(req) = request(&t) else { break };
+                let ok = get(&c, req).await;
+                if start >= from {
                     if ok {
-                        latencies.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        latencies.push(micros(start.elapsed()));
                     } else {
                         errors += 1;
                     }
@@ -151,27 +225,49 @@ async fn load(target: &Target, args: &Args) -> Result<Outcome> {
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await?;
-        latencies.extend(l);
-        errors += e;
+    for task in tasks {
+        if let Ok((l, e)) = task.await {
+            latencies.extend(l);
+            errors += e;
+        } else {
+            errors += 1;
+        }
     }
-    latencies.sort_unstable();
-    Ok(Outcome {
-        latencies,
-        errors,
-        elapsed: args.duration,
-    })
+    (latencies, errors)
 }
 
-fn request(uri: &hyper::Uri, token: Option<&str>) -> Result<hyper::Request<Empty<Bytes>>> {
-    let mut b = hyper::Request::get(uri.clone())
-        .header("accept", "application/json")
-        .header("user-agent", "kube_load (kubectl-like)");
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
+/// Open loop: a request every `1/rate` seconds for `span`, whatever is still in flight, each
+/// timed from when it is sent.
+async fn paced(t: &Arc<Target>, c: &HttpClient, rate: f64, span: Duration) -> (Vec<u32>, u64) {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0u32.. {
+        let due = start + period * k;
+        if due - start >= span {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
+        let (c, t) = (c.clone(), Arc::clone(t));
+        tasks.spawn(async move {
+            let Ok(req) = request(&t) else { return None };
+            let sent = Instant::now();
+            get(&c, req).await.then(|| micros(sent.elapsed()))
+        });
     }
-    Ok(b.body(Empty::new())?)
+    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut errors = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Some(l)) => latencies.push(l),
+            _ => errors += 1,
+        }
+    }
+    (latencies, errors)
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -182,27 +278,38 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    let targets = args
-        .targets
+fn snapshot(counted: &[Counted]) -> Vec<u64> {
+    counted.iter().map(|c| cpu_ticks(c.pid).unwrap_or(0)).collect()
+}
+
+fn since(before: &[u64], counted: &[Counted]) -> Vec<u64> {
+    snapshot(counted)
         .iter()
-        .map(|t| parse_target(t))
-        .collect::<Result<Vec<_>>>()?;
-    println!(
-        "GET {} with {} workers, {:?} each (after {:?} of warm-up)",
-        args.path, args.workers, args.duration, args.warmup
-    );
+        .zip(before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect()
+}
+
+/// The latency table of one phase; returns each target's requests/s.
+fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool) -> Vec<f64> {
     println!(
         "{:<14} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12} {:>12}",
-        "target", "req/s", "p50 ms", "p99 ms", "errors", "ratio", "added p50", "added p99"
+        "target",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        if with_ratio { "ratio" } else { "" },
+        "added p50",
+        "added p99"
     );
     let mut base: Option<(f64, f64, f64)> = None;
-    for t in &targets {
-        let o = load(t, &args).await?;
-        let rps = o.latencies.len() as f64 / o.elapsed.as_secs_f64();
-        let (p50, p99) = (percentile(&o.latencies, 0.50), percentile(&o.latencies, 0.99));
+    let mut rates = Vec::new();
+    for (t, tally) in targets.iter().zip(tallies.iter_mut()) {
+        tally.latencies.sort_unstable();
+        let rps = tally.latencies.len() as f64 / tally.elapsed.as_secs_f64();
+        rates.push(rps);
+        let (p50, p99) = (percentile(&tally.latencies, 0.50), percentile(&tally.latencies, 0.99));
         let (ratio, added50, added99) = match base {
             None => {
                 base = Some((rps, p50, p99));
@@ -216,8 +323,123 @@ async fn main() -> Result<()> {
         };
         println!(
             "{:<14} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10} {:>12} {:>12}",
-            t.name, rps, p50, p99, o.errors, ratio, added50, added99
+            t.name,
+            rps,
+            p50,
+            p99,
+            tally.errors,
+            if with_ratio { ratio.as_str() } else { "" },
+            added50,
+            added99
         );
     }
+    rates
+}
+
+fn report_cpu(targets: &[Arc<Target>], tallies: &[Tally], counted: &[Counted]) {
+    if counted.is_empty() {
+        return;
+    }
+    let hz = ticks_per_second();
+    println!(
+        "CPU per request in µs, while each target was loaded (resolution {:.0} ms):",
+        1000.0 / hz
+    );
+    print!("{:<14}", "target");
+    for c in counted {
+        print!(" {:>14}", c.name);
+    }
+    println!(" {:>10}", "all");
+    for (t, tally) in targets.iter().zip(tallies) {
+        let n = tally.latencies.len().max(1) as f64;
+        print!("{:<14}", t.name);
+        let mut all = 0.0;
+        for ticks in &tally.ticks {
+            let us = *ticks as f64 / hz / n * 1e6;
+            all += us;
+            print!(" {:>14.0}", us);
+        }
+        println!(" {:>10.0}", all);
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| parse_target(t, &args.path).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    let counted = args.cpu.iter().map(|c| parse_cpu(c)).collect::<Result<Vec<_>>>()?;
+    let rounds = args.rounds;
+    let slice = args.duration / rounds;
+
+    // One request first: a target that does not answer 200 is a set-up error, not a number.
+    let mut workers = Vec::new();
+    for t in &targets {
+        let probe = client(t.ca.as_deref())?;
+        let resp = probe.request(request(t)?).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if status != 200 {
+            bail!("{}: {status}: {}", t.name, String::from_utf8_lossy(&body));
+        }
+        workers.push(
+            (0..args.workers)
+                .map(|_| client(t.ca.as_deref()))
+                .collect::<Result<Vec<_>>>()?,
+        );
+    }
+
+    println!(
+        "GET {}: each phase {:?} per target, in {rounds} rounds with the targets taking turns",
+        args.path, args.duration
+    );
+    println!(
+        "\nthroughput: {} workers per target, each with its own connection, each waiting for its answer",
+        args.workers
+    );
+    for (t, w) in targets.iter().zip(&workers) {
+        let until = Instant::now() + args.warmup;
+        closed(t, w, until, until).await;
+    }
+    let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::default()).collect();
+    for r in 0..rounds as usize {
+        for i in (0..targets.len()).map(|i| (i + r) % targets.len()) {
+            let before = snapshot(&counted);
+            let start = Instant::now();
+            let (l, e) = closed(&targets[i], &workers[i], start, start + slice).await;
+            let elapsed = start.elapsed();
+            tallies[i].add(l, e, elapsed.min(slice), since(&before, &counted));
+        }
+    }
+    let rates = report(&targets, &mut tallies, true);
+    report_cpu(&targets, &tallies, &counted);
+
+    if args.rate_fraction <= 0.0 {
+        return Ok(());
+    }
+    let rate = (rates[0] * args.rate_fraction).max(1.0);
+    println!(
+        "\nlatency at a fixed rate: {rate:.0} requests/s ({} of {}'s throughput) from one client, sent whatever is in flight",
+        args.rate_fraction, targets[0].name
+    );
+    let mut paced_clients = Vec::new();
+    for t in &targets {
+        let c = client(t.ca.as_deref())?;
+        if !get(&c, request(t)?).await {
+            bail!("{}: the fixed-rate client's first request failed", t.name);
+        }
+        paced_clients.push(c);
+    }
+    let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::default()).collect();
+    for r in 0..rounds as usize {
+        for i in (0..targets.len()).map(|i| (i + r) % targets.len()) {
+            let (l, e) = paced(&targets[i], &paced_clients[i], rate, slice).await;
+            tallies[i].add(l, e, slice, Vec::new());
+        }
+    }
+    report(&targets, &mut tallies, false);
     Ok(())
 }
