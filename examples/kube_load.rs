@@ -2,19 +2,22 @@
 //! server directly, `kubectl proxy` in front of it, and jitgate. Every request asks for the
 //! same object with a bearer token, over HTTP/2 where the target offers it (as client-go).
 //!
-//! Two phases, each with the targets interleaved in rounds (every round loads each target
-//! in turn, starting one further along each time), so that a drift of the machine or of
-//! the API server over the run (its garbage collector, etcd's compaction) falls on every
-//! target alike:
+//! Two phases, each with the targets interleaved in rounds: every round loads each target
+//! in turn, in an order that changes from round to round (see `turns`), so that a drift
+//! of the machine or of the API server over the run (its garbage collector, etcd's
+//! compaction) and what one target leaves behind for the next are shared out rather than
+//! landing on one target:
 //!
 //! - **throughput**: `--workers` workers per target, each with a connection of its own,
-//!   each sending its next request when the last one is answered. This saturates the
-//!   machine, so its latencies are mostly queueing: they say how much CPU each path costs.
-//!   With `--cpu NAME=PID` it prints each named process's CPU time per request.
-//! - **latency at a fixed rate**: one client (one HTTP/2 connection where offered, as
-//!   kubectl or a controller has) sends requests on a fixed schedule, whatever is still
-//!   in flight, at `--rate-fraction` of the first target's throughput, so that every
-//!   target serves the same load and none is saturated. Its latencies say what a hop adds.
+//!   each sending its next request when the last one is answered. With enough workers for
+//!   the cores this saturates the machine, so its latencies are mostly queueing: they say
+//!   how much CPU each path costs. With `--cpu NAME=PID` it prints each named process's CPU
+//!   time per request.
+//! - **latency at a fixed rate**: one client (one HTTP/2 connection where the target offers
+//!   it, as kubectl or a controller has; a plain-HTTP target gets HTTP/1.1 and a connection
+//!   per request in flight) sends requests on a fixed schedule, whatever is still in
+//!   flight, at `--rate-fraction` of the slowest target's throughput, so that every target
+//!   serves the same load and none is saturated. Its latencies say what a hop adds.
 //!
 //! Each target's ratio and added latency are against the first one. `scripts/bench/kube`
 //! sets up a cluster, the peers and the proxy and runs this; by hand:
@@ -46,23 +49,31 @@ struct Args {
     #[arg(long, default_value = "/api/v1/namespaces/bench/pods/web-1")]
     path: String,
     /// Concurrent workers per target in the throughput phase, each with a connection of its own
-    #[arg(long, default_value_t = 16)]
-    workers: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    workers: u32,
     /// How long each target is loaded in each phase, over all rounds, e.g. 10s
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Unmeasured load on each target before the first round
+    /// Unmeasured load on each target before the throughput phase's first round
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
     /// Rounds each phase's duration is split into, the targets taking turns in each
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// The fixed-rate phase offers this fraction of the first target's throughput; 0 skips it
-    #[arg(long, default_value_t = 0.25)]
+    /// The fixed-rate phase offers this fraction (0 to 1) of the slowest target's
+    /// throughput; 0 skips it
+    #[arg(long, default_value_t = 0.25, value_parser = parse_fraction)]
     rate_fraction: f64,
     /// NAME=PID: a process whose CPU time is counted while each target is loaded (repeatable)
     #[arg(long = "cpu")]
     cpu: Vec<String>,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a number from 0 to 1")),
+    }
 }
 
 struct Target {
@@ -73,16 +84,23 @@ struct Target {
 }
 
 fn parse_target(s: &str, path: &str) -> Result<Target> {
-    let (name, rest) = s.split_once('=').context("--target is NAME=URL[,TOKEN[,CA_PEM]]")?;
+    let Some((name, rest)) = s.split_once('=').filter(|(n, _)| !n.is_empty()) else {
+        bail!("--target {s:?}: expected NAME=URL[,TOKEN[,CA_PEM]]");
+    };
     let mut parts = rest.split(',');
-    let url = parts.next().context("--target needs a URL")?.trim_end_matches('/');
+    let url = parts.next().unwrap_or_default().trim_end_matches('/');
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        bail!("--target {name}: {url:?} is not an http:// or https:// URL");
+    }
     let token = parts.next().filter(|t| !t.is_empty()).map(str::to_owned);
     let ca = parts.next().filter(|c| !c.is_empty()).map(Into::into);
+    let uri = match format!("{url}{path}").parse() {
+        Ok(u) => u,
+        Err(e) => bail!("--target {name}: {url}{path}: {e}"),
+    };
     Ok(Target {
         name: name.to_owned(),
-        uri: format!("{url}{path}")
-            .parse()
-            .with_context(|| format!("--target {name}: URL"))?,
+        uri,
         token,
         ca,
     })
@@ -94,11 +112,15 @@ struct Counted {
 }
 
 fn parse_cpu(s: &str) -> Result<Counted> {
-    let (name, pid) = s.split_once('=').context("--cpu is NAME=PID")?;
-    let pid: u32 = pid
-        .parse()
-        .with_context(|| format!("--cpu {name}: {pid:?} is not a PID"))?;
-    cpu_ticks(pid).with_context(|| format!("--cpu {name}: process {pid}"))?;
+    let Some((name, pid)) = s.split_once('=').filter(|(n, _)| !n.is_empty()) else {
+        bail!("--cpu {s:?}: expected NAME=PID");
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        bail!("--cpu {name}: {pid:?} is not a process id");
+    };
+    if let Err(e) = cpu_ticks(pid) {
+        bail!("--cpu {name}: process {pid}: {e}");
+    }
     Ok(Counted {
         name: name.to_owned(),
         pid,
@@ -151,7 +173,10 @@ fn client(ca: Option<&std::path::Path>) -> Result<HttpClient> {
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+    // A target waits while the others take their turns: its connections must still be there.
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(None)
+        .build(connector))
 }
 
 fn request(t: &Target) -> Result<hyper::Request<Empty<Bytes>>> {
@@ -238,32 +263,52 @@ async fn closed(t: &Arc<Target>, workers: &[HttpClient], from: Instant, until: I
 
 /// Open loop: a request every `1/rate` seconds for `span`, whatever is still in flight, each
 /// timed from when it is sent.
-async fn paced(t: &Arc<Target>, c: &HttpClient, rate: f64, span: Duration) -> (Vec<u32>, u64) {
+async fn paced(t: &Arc<Target>, c: &HttpClient, rate: f64, span: Duration) -> Result<(Vec<u32>, u64)> {
     let period = Duration::from_secs_f64(1.0 / rate);
-    let start = tokio::time::Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for k in 0u32.. {
-        let due = start + period * k;
-        if due - start >= span {
-            break;
+    let runtime = tokio::runtime::Handle::current();
+    let (t, c) = (Arc::clone(t), c.clone());
+    // tokio's timers tick in whole milliseconds: paced by them, requests would leave in
+    // bursts of rate/1000 and queue behind each other. A thread's sleep keeps to the
+    // microsecond.
+    let tasks = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for k in 0u32.. {
+            let due = start + period * k;
+            if due - start >= span {
+                break;
+            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let (c, t) = (c.clone(), Arc::clone(&t));
+            tasks.push(runtime.spawn(async move {
+                let Ok(req) = request(&t) else { return None };
+                let sent = Instant::now();
+                get(&c, req).await.then(|| micros(sent.elapsed()))
+            }));
         }
-        tokio::time::sleep_until(due).await;
-        let (c, t) = (c.clone(), Arc::clone(t));
-        tasks.spawn(async move {
-            let Ok(req) = request(&t) else { return None };
-            let sent = Instant::now();
-            get(&c, req).await.then(|| micros(sent.elapsed()))
-        });
-    }
+        tasks
+    })
+    .await?;
     let mut latencies = Vec::with_capacity(tasks.len());
     let mut errors = 0;
-    while let Some(done) = tasks.join_next().await {
-        match done {
+    for task in tasks {
+        match task.await {
             Ok(Some(l)) => latencies.push(l),
             _ => errors += 1,
         }
     }
-    (latencies, errors)
+    Ok((latencies, errors))
+}
+
+/// The order of the targets in round `r`: rotated by one more each round, and reversed in
+/// every other one, so that over a multiple of 2 × `n` rounds each target holds each place
+/// and comes right after each other target equally often.
+fn turns(r: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).map(|i| (i + r) % n).collect();
+    if r % 2 == 1 {
+        order.reverse();
+    }
+    order
 }
 
 fn micros(d: Duration) -> u32 {
@@ -278,16 +323,23 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-fn snapshot(counted: &[Counted]) -> Vec<u64> {
-    counted.iter().map(|c| cpu_ticks(c.pid).unwrap_or(0)).collect()
+/// A counted process that is gone would read as using no CPU: that ends the run instead.
+fn snapshot(counted: &[Counted]) -> Result<Vec<u64>> {
+    counted
+        .iter()
+        .map(|c| match cpu_ticks(c.pid) {
+            Ok(t) => Ok(t),
+            Err(e) => bail!("--cpu {}: process {} can no longer be read: {e}", c.name, c.pid),
+        })
+        .collect()
 }
 
-fn since(before: &[u64], counted: &[Counted]) -> Vec<u64> {
-    snapshot(counted)
+fn since(before: &[u64], counted: &[Counted]) -> Result<Vec<u64>> {
+    Ok(snapshot(counted)?
         .iter()
         .zip(before)
         .map(|(a, b)| a.saturating_sub(*b))
-        .collect()
+        .collect())
 }
 
 /// The latency table of one phase; returns each target's requests/s.
@@ -342,7 +394,7 @@ fn report_cpu(targets: &[Arc<Target>], tallies: &[Tally], counted: &[Counted]) {
     }
     let hz = ticks_per_second();
     println!(
-        "CPU per request in µs, while each target was loaded (resolution {:.0} ms):",
+        "CPU per request in µs, while each target was loaded (read in {:.0} ms ticks at each turn's start and end):",
         1000.0 / hz
     );
     print!("{:<14}", "target");
@@ -379,7 +431,10 @@ async fn main() -> Result<()> {
     let mut workers = Vec::new();
     for t in &targets {
         let probe = client(t.ca.as_deref())?;
-        let resp = probe.request(request(t)?).await?;
+        let resp = match probe.request(request(t)?).await {
+            Ok(r) => r,
+            Err(e) => bail!("{}: {}: {e:?}", t.name, t.uri),
+        };
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
         if status != 200 {
@@ -401,17 +456,19 @@ async fn main() -> Result<()> {
         args.workers
     );
     for (t, w) in targets.iter().zip(&workers) {
+        // Recording from the end on records nothing: the warm-up's answers are dropped.
         let until = Instant::now() + args.warmup;
         closed(t, w, until, until).await;
     }
     let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::default()).collect();
     for r in 0..rounds as usize {
-        for i in (0..targets.len()).map(|i| (i + r) % targets.len()) {
-            let before = snapshot(&counted);
+        for i in turns(r, targets.len()) {
+            let before = snapshot(&counted)?;
             let start = Instant::now();
             let (l, e) = closed(&targets[i], &workers[i], start, start + slice).await;
-            let elapsed = start.elapsed();
-            tallies[i].add(l, e, elapsed.min(slice), since(&before, &counted));
+            // Requests count by when they were sent, so the slice is the span: the answers
+            // still awaited after it only add to the CPU read here.
+            tallies[i].add(l, e, slice, since(&before, &counted)?);
         }
     }
     let rates = report(&targets, &mut tallies, true);
@@ -420,10 +477,17 @@ async fn main() -> Result<()> {
     if args.rate_fraction <= 0.0 {
         return Ok(());
     }
-    let rate = (rates[0] * args.rate_fraction).max(1.0);
+    // Of the slowest target's, so that every target keeps up; at least one a second.
+    let (slowest, slowest_rate) = targets
+        .iter()
+        .zip(&rates)
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(t, r)| (t.name.as_str(), *r))
+        .unwrap_or(("-", 0.0));
+    let rate = (slowest_rate * args.rate_fraction).max(1.0);
     println!(
-        "\nlatency at a fixed rate: {rate:.0} requests/s ({} of {}'s throughput) from one client, sent whatever is in flight",
-        args.rate_fraction, targets[0].name
+        "\nlatency at a fixed rate: {rate:.0} requests/s ({} of the slowest throughput, {slowest}'s) from one client, sent whatever is in flight",
+        args.rate_fraction
     );
     let mut paced_clients = Vec::new();
     for t in &targets {
@@ -435,8 +499,8 @@ async fn main() -> Result<()> {
     }
     let mut tallies: Vec<Tally> = targets.iter().map(|_| Tally::default()).collect();
     for r in 0..rounds as usize {
-        for i in (0..targets.len()).map(|i| (i + r) % targets.len()) {
-            let (l, e) = paced(&targets[i], &paced_clients[i], rate, slice).await;
+        for i in turns(r, targets.len()) {
+            let (l, e) = paced(&targets[i], &paced_clients[i], rate, slice).await?;
             tallies[i].add(l, e, slice, Vec::new());
         }
     }
