@@ -301,8 +301,8 @@ async fn paced(t: &Arc<Target>, c: &HttpClient, rate: f64, span: Duration) -> Re
 }
 
 /// The order of the targets in round `r`: rotated by one more each round, and reversed in
-/// every other one, so that over a multiple of 2 × `n` rounds each target holds each place
-/// and comes right after each other target equally often.
+/// every other one. With the script's three targets, every 6 rounds each target holds each
+/// place twice and comes right after each other target twice.
 fn turns(r: usize, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).map(|i| (i + r) % n).collect();
     if r % 2 == 1 {
