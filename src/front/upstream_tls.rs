@@ -1,7 +1,7 @@
 //! What the apps and the Kubernetes front share on their way out: pooled hyper clients over
-//! rustls (one that pools, with HTTP/2 where offered; one for upgrades, which leave the
-//! pool), the roots of a CA file, and a verifier for a certificate named by hash or not at
-//! all.
+//! rustls (one that pools, with HTTP/2 where offered if the caller allows it, as apps do
+//! and the Kubernetes front does not; one for upgrades, which leave the pool), the roots
+//! of a CA file, and a verifier for a certificate named by hash or not at all.
 
 use std::path::Path;
 use std::sync::Arc;
