@@ -513,7 +513,7 @@ fn echo_server() -> u16 {
 
 #[test]
 fn port_forward_and_spdy_streams_pass_and_end_with_their_grant() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::Write;
     let stand = stand();
     let ns = &stand.ns;
     let alice = Kubectl::new(&stand, "alice", "devs");
@@ -529,58 +529,13 @@ fn port_forward_and_spdy_streams_pass_and_end_with_their_grant() {
         &alice.run(&["port-forward", "web-1", "-n", ns, &ports]),
         &format!("jitgate: no active grant allows create pods/portforward \"web-1\" in namespace \"{ns}\""),
     );
-    let grant = alice.request("payments-exec", "30m");
-
-    let mut forward = alice
-        .command(&["port-forward", "web-1", "-n", ns, &ports])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = timed_lines(forward.stdout.take().unwrap());
-    let errors = timed_lines(forward.stderr.take().unwrap());
-    let (_, first) = lines
-        .recv_timeout(Duration::from_secs(20))
-        .expect("port-forward starts");
-    assert!(
-        first.starts_with(&format!("Forwarding from 127.0.0.1:{local} -> {remote}")),
-        "{first}"
-    );
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    conn.write_all(b"ping through the proxy\n").unwrap();
-    let mut echoed = String::new();
-    std::io::BufReader::new(conn.try_clone().unwrap())
-        .read_line(&mut echoed)
-        .unwrap();
-    assert_eq!(echoed, "ping through the proxy\n");
-
-    // A revoke ends the forward: the open connection closes within 100 ms and kubectl says
-    // so. It cannot say why: client-go drops a WebSocket close frame's reason, and each
-    // forwarded connection's SPDY error stream is named only in compressed headers.
-    alice
-        .user
-        .run(&["revoke", grant["grant_id"].as_str().unwrap()], None)
-        .success();
-    let revoked = Instant::now();
-    let mut rest = Vec::new();
-    let _ = conn.read_to_end(&mut rest);
-    let closed = revoked.elapsed();
-    assert!(
-        closed < Duration::from_millis(100),
-        "the forwarded connection stayed open {closed:?}"
-    );
-    let start = Instant::now();
-    while forward.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(5));
+    // Through kubectl's default transport (SPDY tunneled in WebSocket messages), then bare
+    // SPDY, as kubectl before 1.31 or with the WebSocket transport turned off.
+    for websockets in ["true", "false"] {
+        let grant = alice.request("payments-exec", "30m");
+        let id = grant["grant_id"].as_str().unwrap();
+        forward_until_revoked(&alice, ns, remote, websockets, id);
     }
-    let _ = forward.kill();
-    let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
-    assert!(
-        said.iter()
-            .any(|l| l.contains("lost connection to pod") || l.contains("jitgate: grant")),
-        "{said:?}"
-    );
 
     // exec over SPDY end to end (as kubectl before WebSockets, or with them turned off): the
     // cut names the grant on the error stream there too.
@@ -608,6 +563,72 @@ fn port_forward_and_spdy_streams_pass_and_end_with_their_grant() {
     let id = grant["grant_id"].as_str().unwrap();
     revoked_mid_stream(&alice, id, &mut shell, &errors, Duration::from_millis(100));
     drop(stdin);
+}
+
+/// Forwards a local port to `remote` on web-1 with kubectl (its WebSocket transport on or
+/// off), checks a connection through it, revokes the grant `id`, and checks how it ends: the
+/// open connection closes within 100 ms of the revoke, and kubectl says why for it.
+fn forward_until_revoked(alice: &Kubectl, ns: &str, remote: u16, websockets: &str, id: &str) {
+    use std::io::{BufRead, Read, Write};
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ports = format!("{local}:{remote}");
+    let mut forward = alice
+        .command(&["port-forward", "web-1", "-n", ns, &ports])
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = timed_lines(forward.stdout.take().unwrap());
+    let errors = timed_lines(forward.stderr.take().unwrap());
+    let (_, first) = lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("port-forward starts");
+    assert!(
+        first.starts_with(&format!("Forwarding from 127.0.0.1:{local} -> {remote}")),
+        "{first}"
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(b"ping through the proxy\n").unwrap();
+    let mut echoed = String::new();
+    std::io::BufReader::new(conn.try_clone().unwrap())
+        .read_line(&mut echoed)
+        .unwrap();
+    assert_eq!(echoed, "ping through the proxy\n", "websockets={websockets}");
+
+    alice.user.run(&["revoke", id], None).success();
+    let revoked = Instant::now();
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    let closed = revoked.elapsed();
+    assert!(
+        closed < Duration::from_millis(100),
+        "websockets={websockets}: the forwarded connection stayed open {closed:?}"
+    );
+    let start = Instant::now();
+    while forward.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = forward.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+    assert!(!status.success(), "websockets={websockets}: {said:?}");
+    // client-go logs the error stream's words for the connection, then kubectl ends.
+    let why = format!("jitgate: grant {id} ended at ");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("An error occurred forwarding") && l.contains(&why)),
+        "websockets={websockets}: {said:?}"
+    );
+    assert!(
+        said.iter().any(|l| l.contains("lost connection to pod")),
+        "websockets={websockets}: {said:?}"
+    );
 }
 
 /// Revokes the grant `id` while `kubectl` streams, and checks how it ends: within `within`

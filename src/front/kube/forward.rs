@@ -203,11 +203,18 @@ impl Forward<'_> {
                 .unwrap_or_default()
         };
         let upgrade_to = agreed(header::UPGRADE);
-        // Only exec and attach have an error stream to speak on; a port-forward's
-        // connections just close, and kubectl reports them lost.
-        let remote_command =
-            matches!(self.attrs, Attrs::Resource(r) if matches!(r.subresource, Some("exec" | "attach")));
-        let framing = if !remote_command {
+        let subresource = match self.attrs {
+            Attrs::Resource(r) => r.subresource,
+            Attrs::NonResource { .. } => None,
+        };
+        let framing = if subresource == Some("portforward") {
+            match upgrade_to.as_str() {
+                "websocket" => (agreed(header::SEC_WEBSOCKET_PROTOCOL) == "spdy/3.1+portforward.k8s.io")
+                    .then_some(stream::Framing::PortForward { tunneled: true }),
+                "spdy/3.1" => Some(stream::Framing::PortForward { tunneled: false }),
+                _ => None,
+            }
+        } else if !matches!(subresource, Some("exec" | "attach")) {
             None
         } else if upgrade_to == "websocket" {
             matches!(

@@ -8,6 +8,8 @@
 
 pub mod attrs;
 mod forward;
+mod frames;
+mod portforward;
 mod review;
 pub mod status;
 mod stream;

@@ -1,25 +1,31 @@
 //! An upgraded stream (exec, attach, port-forward) between kubectl and the API server, held
-//! until either side ends it or its grant is cut. For exec and attach the proxy follows the
-//! frames the server sends, so that a cut can end the stream as the kubelet ends one, with
-//! the reason on the error stream (kubectl prints it and fails) rather than a bare close
-//! that kubectl would take for success:
-//! - the WebSocket channel protocols (`v4`/`v5.channel.k8s.io`): a Status on channel 3, then
-//!   a close frame;
-//! - SPDY/3.1: a data frame on stream 1, which client-go always opens first as the error
-//!   stream, then that stream's FIN. It carries a Status for the `v4` remote-command protocol
-//!   and plain text for the older ones.
+//! until either side ends it or its grant is cut. The proxy follows the frames the server
+//! sends, so that a cut can end the stream as the kubelet ends one, with the reason on an
+//! error stream (kubectl prints it and fails) rather than a bare close that kubectl would
+//! take for success, or report only as a lost connection:
+//! - exec and attach over the WebSocket channel protocols (`v4`/`v5.channel.k8s.io`): a
+//!   Status on channel 3, then a close frame;
+//! - exec and attach over SPDY/3.1: a data frame on stream 1, which client-go always opens
+//!   first as the error stream, then that stream's FIN. It carries a Status for the `v4`
+//!   remote-command protocol and plain text for the older ones;
+//! - a port-forward (SPDY/3.1, bare or in WebSocket messages): the message on each open
+//!   connection's error stream, and an end on its data stream (see `portforward`). For
+//!   that alone the client's side is followed too: which stream is which is said there.
 //!
 //! At a cut the rest of the frame being sent is let through (for at most 100 ms), so the
 //! words land between frames; if the server already used the error stream (its own exit
-//! Status) or is closing, nothing is added. Nothing is parsed on the way in; on the way out
-//! only frame headers (by hand: no WebSocket or SPDY crate follows a stream it did not open,
-//! frame by frame, without taking it over).
+//! Status) or is closing, nothing is added. Only frame headers are parsed, and a
+//! port-forward's control frames (see `frames` for why by hand).
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+
+use super::frames::{spdy_data, ws_frame, SpdyEvent, SpdyFrames, WsFrames, WsStep, SPDY_FIN, SPDY_GOAWAY};
+use super::portforward::{Forwards, Requests};
 
 /// How the server's side of an upgraded stream is framed, so that last words can follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +34,9 @@ pub(super) enum Framing {
     Channels,
     /// SPDY/3.1; whether the error stream carries a Status (`v4.channel.k8s.io`).
     Spdy { status: bool },
+    /// A port-forward: SPDY/3.1 with an error stream per forwarded connection, bare or
+    /// `tunneled` in WebSocket binary messages (`SPDY/3.1+portforward.k8s.io`).
+    PortForward { tunneled: bool },
 }
 
 /// How long a cut waits for the frame being sent to end before its last words.
@@ -45,9 +54,10 @@ fn failure_status(message: &str) -> String {
     .to_string()
 }
 
-/// What a cut says, framed for the stream.
-fn last_frames(framing: Framing, message: &str) -> Vec<u8> {
-    match framing {
+/// What a cut says, framed for the stream; nothing for a port-forward with no connection
+/// open.
+fn last_frames(framing: Framing, message: &str, forwards: &Mutex<Forwards>) -> Option<Vec<u8>> {
+    Some(match framing {
         Framing::Channels => {
             let status = failure_status(message);
             let mut payload = Vec::with_capacity(status.len() + 1);
@@ -69,67 +79,50 @@ fn last_frames(framing: Framing, message: &str) -> Vec<u8> {
             spdy_data(&mut out, ERROR_STREAM, SPDY_FIN, &[]);
             out
         }
-    }
+        Framing::PortForward { tunneled } => {
+            let frames = forwards.lock().expect("not poisoned").last_frames(message)?;
+            if !tunneled {
+                return Some(frames);
+            }
+            let mut out = Vec::with_capacity(frames.len() + 10);
+            ws_frame(&mut out, 0x2, &frames);
+            out
+        }
+    })
 }
 
 /// The channel of the exit Status in the WebSocket channel protocols.
 const ERROR_CHANNEL: u8 = 3;
 /// client-go opens the error stream first, and a client's first SPDY stream is 1.
 const ERROR_STREAM: u32 = 1;
-const SPDY_FIN: u8 = 0x01;
-const SPDY_GOAWAY: u16 = 7;
 
-/// An unmasked (server-to-client) WebSocket frame with FIN set.
-fn ws_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-}
-
-fn spdy_data(out: &mut Vec<u8>, stream: u32, flags: u8, payload: &[u8]) {
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    out.push(flags);
-    let len = payload.len().min(0xff_ffff) as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.extend_from_slice(&payload[..len as usize]);
-}
-
-/// Where the server-to-client byte stream stands in its frames, for either framing.
-struct Tracker {
+/// Where the server-to-client byte stream stands in its frames, whatever the framing.
+struct Tracker<'a> {
     framing: Framing,
-    /// Header bytes of the frame being read, until complete.
-    header: Vec<u8>,
-    /// Payload bytes still to come in the current frame.
-    remaining: u64,
-    /// WebSocket: whether the last data frame ended its message (FIN), so a new message may
-    /// start here. Control frames do not change it.
-    message_done: bool,
-    /// WebSocket: the next payload byte is a message's channel.
-    channel_next: bool,
+    /// Channels, or a tunneled port-forward.
+    ws: Option<WsFrames>,
+    /// SPDY, bare or tunneled.
+    spdy: Option<SpdyFrames>,
+    /// A port-forward's streams.
+    forwards: Option<&'a Mutex<Forwards>>,
     /// The server used the error stream, or is closing: it has said its last word.
     said: bool,
-    /// The stream broke the framing rules (a masked server frame): add nothing.
+    /// The stream broke the framing rules: add nothing.
     lost: bool,
 }
 
-impl Tracker {
-    fn new(framing: Framing) -> Tracker {
+impl<'a> Tracker<'a> {
+    fn new(framing: Framing, forwards: Option<&'a Mutex<Forwards>>) -> Tracker<'a> {
+        let (ws, spdy) = match framing {
+            Framing::Channels => (true, false),
+            Framing::Spdy { .. } => (false, true),
+            Framing::PortForward { tunneled } => (tunneled, true),
+        };
         Tracker {
             framing,
-            header: Vec::with_capacity(16),
-            remaining: 0,
-            message_done: true,
-            channel_next: false,
+            ws: ws.then(|| WsFrames::new(false)),
+            spdy: spdy.then(SpdyFrames::new),
+            forwards,
             said: false,
             lost: false,
         }
@@ -137,11 +130,11 @@ impl Tracker {
 
     /// Whether the proxy can still add its frames, now or at a later boundary.
     fn may_speak(&self) -> bool {
-        !self.said && !self.lost
+        !self.said && !self.lost && self.forwards.is_none_or(|f| f.lock().expect("not poisoned").open())
     }
 
     fn at_boundary(&self) -> bool {
-        self.header.is_empty() && self.remaining == 0 && self.message_done
+        self.ws.as_ref().is_none_or(WsFrames::at_boundary) && self.spdy.as_ref().is_none_or(SpdyFrames::at_boundary)
     }
 
     /// Follows `data`; with `to_boundary`, stops at the first boundary reached and says how
@@ -152,83 +145,57 @@ impl Tracker {
             if to_boundary && self.at_boundary() && used > 0 {
                 break;
             }
-            if self.remaining > 0 {
-                let take = (self.remaining.min((data.len() - used) as u64)) as usize;
-                if self.channel_next && data[used] == ERROR_CHANNEL {
-                    self.said = true;
-                }
-                self.channel_next = false;
-                self.remaining -= take as u64;
-                used += take;
+            let rest = &data[used..];
+            let Some(ws) = self.ws.as_mut() else {
+                used += self.spdy_piece(rest);
                 continue;
-            }
-            self.header.push(data[used]);
-            used += 1;
-            if let Some(len) = self.header_done() {
-                self.remaining = len;
-                self.header.clear();
+            };
+            match ws.step(rest) {
+                WsStep::Header(n) => {
+                    self.said |= ws.closing;
+                    used += n;
+                }
+                WsStep::Control(n) => used += n,
+                WsStep::Broken => self.lost = true,
+                WsStep::Data { len, message_start, .. } => {
+                    let payload = &rest[..len];
+                    if self.framing == Framing::Channels {
+                        self.said |= message_start && payload[0] == ERROR_CHANNEL;
+                    } else {
+                        let mut off = 0;
+                        while off < len && !self.lost {
+                            off += self.spdy_piece(&payload[off..]);
+                        }
+                    }
+                    used += len;
+                }
             }
         }
         used
     }
 
-    /// The payload length once the header is whole; notes what the header says.
-    fn header_done(&mut self) -> Option<u64> {
-        match self.framing {
-            Framing::Channels => {
-                let h = &self.header;
-                if h.len() < 2 {
-                    return None;
-                }
-                if h[1] & 0x80 != 0 {
-                    self.lost = true;
-                    return None;
-                }
-                let (need, len) = match h[1] & 0x7f {
-                    126 => (4, h.get(2..4).map(|b| u64::from(u16::from_be_bytes([b[0], b[1]])))),
-                    127 => (
-                        10,
-                        h.get(2..10)
-                            .map(|b| u64::from_be_bytes(b.try_into().expect("eight bytes"))),
-                    ),
-                    n => (2, Some(u64::from(n))),
-                };
-                if h.len() < need {
-                    return None;
-                }
-                let len = len?;
-                let (fin, opcode) = (h[0] & 0x80 != 0, h[0] & 0x0f);
-                match opcode {
-                    // A new data message: its first payload byte names the channel.
-                    0x1 | 0x2 => {
-                        self.message_done = fin;
-                        self.channel_next = len > 0;
-                    }
-                    0x0 => self.message_done = fin,
-                    0x8 => self.said = true,
-                    _ => {}
-                }
-                Some(len)
+    /// Follows SPDY bytes up to the end of the frame part they begin: how many it took.
+    fn spdy_piece(&mut self, data: &[u8]) -> usize {
+        let Some(spdy) = self.spdy.as_mut() else {
+            self.lost = true;
+            return data.len();
+        };
+        let (n, event) = match spdy.step(data) {
+            Ok(step) => step,
+            Err(()) => {
+                self.lost = true;
+                return data.len();
             }
-            Framing::Spdy { .. } => {
-                let h = &self.header;
-                if h.len() < 8 {
-                    return None;
-                }
-                let len = u64::from(u32::from_be_bytes([0, h[5], h[6], h[7]]));
-                if h[0] & 0x80 != 0 {
-                    if u16::from_be_bytes([h[2], h[3]]) == SPDY_GOAWAY {
-                        self.said = true;
-                    }
-                } else {
-                    let stream = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) & 0x7fff_ffff;
-                    if stream == ERROR_STREAM && (len > 0 || h[4] & SPDY_FIN != 0) {
-                        self.said = true;
-                    }
-                }
-                Some(len)
+        };
+        match (&event, self.forwards) {
+            (Some(SpdyEvent::Control { kind, .. }), _) if *kind == SPDY_GOAWAY => self.said = true,
+            (Some(e), Some(forwards)) => forwards.lock().expect("not poisoned").server_sent(e),
+            (Some(SpdyEvent::Data { stream, flags, len }), None) => {
+                self.said |= *stream == ERROR_STREAM && (*len > 0 || flags & SPDY_FIN != 0);
             }
+            _ => {}
         }
+        n
     }
 }
 
@@ -246,19 +213,42 @@ pub(super) async fn splice<C, U>(
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    let (mut tracker, last) = match last {
-        Some((framing, say)) => (Some(Tracker::new(framing)), Some(say)),
-        None => (None, None),
+    let forwards = Mutex::new(Forwards::default());
+    let (mut tracker, mut requests, last) = match last {
+        Some((framing, say)) => {
+            let (forwards, requests) = match framing {
+                Framing::PortForward { tunneled } => (Some(&forwards), Some(Requests::new(&forwards, tunneled))),
+                _ => (None, None),
+            };
+            (Some(Tracker::new(framing, forwards)), requests, Some(say))
+        }
+        None => (None, None, None),
     };
+    // Ends when the client stops sending.
     let up = async {
-        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let closing = requests.as_mut().is_some_and(|r| {
+                r.feed(&buf[..n]);
+                r.closing()
+            });
+            // After its close frame a client sends nothing more.
+            if upstream_write.write_all(&buf[..n]).await.is_err() || closing {
+                break;
+            }
+        }
         let _ = upstream_write.shutdown().await;
-        tokio::time::sleep(HALF_CLOSED_GRACE).await;
     };
     tokio::pin!(up);
     tokio::pin!(cut);
     // Set by the cut: when the last words must be out, or given up.
     let mut deadline: Option<Instant> = None;
+    // Set when the client stopped sending: when the server's side must have finished.
+    let mut half_closed: Option<Instant> = None;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         if deadline.is_some() {
@@ -268,14 +258,17 @@ pub(super) async fn splice<C, U>(
                 _ => return,
             }
         }
-        let give_up = deadline.unwrap_or_else(|| Instant::now() + HALF_CLOSED_GRACE);
+        let until = deadline.into_iter().chain(half_closed).min();
         let n = tokio::select! {
-            _ = &mut up => return,
+            _ = &mut up, if half_closed.is_none() => {
+                half_closed = Some(Instant::now() + HALF_CLOSED_GRACE);
+                continue;
+            }
             _ = &mut cut, if deadline.is_none() => {
                 deadline = Some(Instant::now() + LAST_WORDS_WAIT);
                 continue;
             }
-            _ = tokio::time::sleep_until(give_up), if deadline.is_some() => return,
+            _ = tokio::time::sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => return,
             read = upstream_read.read(&mut buf) => match read {
                 Ok(0) | Err(_) => {
                     let _ = client_write.shutdown().await;
@@ -294,7 +287,7 @@ pub(super) async fn splice<C, U>(
         let write = client_write.write_all(&buf[..send]);
         tokio::pin!(write);
         loop {
-            let give_up = deadline.unwrap_or_else(|| Instant::now() + HALF_CLOSED_GRACE);
+            let until = deadline.into_iter().chain(half_closed).min();
             tokio::select! {
                 written = &mut write => {
                     if written.is_err() {
@@ -302,19 +295,37 @@ pub(super) async fn splice<C, U>(
                     }
                     break;
                 }
+                _ = &mut up, if half_closed.is_none() => {
+                    half_closed = Some(Instant::now() + HALF_CLOSED_GRACE);
+                }
                 _ = &mut cut, if deadline.is_none() => deadline = Some(Instant::now() + LAST_WORDS_WAIT),
-                _ = tokio::time::sleep_until(give_up), if deadline.is_some() => return,
+                _ = tokio::time::sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => return,
             }
         }
     }
-    if let (Some(t), Some(say), Some(until)) = (tracker, last, deadline) {
-        let words = last_frames(t.framing, &say());
-        let _ = tokio::time::timeout_at(until + LAST_WORDS_WAIT, async {
-            let _ = client_write.write_all(&words).await;
-            let _ = client_write.shutdown().await;
-        })
-        .await;
-    }
+    let (Some(t), Some(say), Some(until)) = (tracker, last, deadline) else {
+        return;
+    };
+    let Some(words) = last_frames(t.framing, &say(), &forwards) else {
+        return;
+    };
+    let _ = tokio::time::timeout_at(until + LAST_WORDS_WAIT, async {
+        let _ = client_write.write_all(&words).await;
+        if let Framing::PortForward { tunneled } = t.framing {
+            // client-go logs each connection's error and then closes: wait for that, as
+            // closing first could end kubectl before it logs.
+            if half_closed.is_none() {
+                (&mut up).await;
+            }
+            if tunneled {
+                let mut close = Vec::with_capacity(4);
+                ws_frame(&mut close, 0x8, &1000u16.to_be_bytes());
+                let _ = client_write.write_all(&close).await;
+            }
+        }
+        let _ = client_write.shutdown().await;
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -323,7 +334,7 @@ mod tests {
 
     #[test]
     fn follows_websocket_frames_across_reads() {
-        let mut f = Tracker::new(Framing::Channels);
+        let mut f = Tracker::new(Framing::Channels, None);
         let mut stream = Vec::new();
         ws_frame(&mut stream, 0x2, &[1; 10]);
         ws_frame(&mut stream, 0x2, &[1; 300]);
@@ -345,14 +356,14 @@ mod tests {
         f.feed(&[0x82, 3, ERROR_CHANNEL, b'{', b'}'], false);
         assert!(!f.may_speak());
         // A masked frame from the server breaks the rules.
-        let mut g = Tracker::new(Framing::Channels);
+        let mut g = Tracker::new(Framing::Channels, None);
         g.feed(&[0x82, 0x81, 0, 0, 0, 0, 1], false);
         assert!(!g.may_speak());
     }
 
     #[test]
     fn after_a_cut_only_the_rest_of_the_frame_goes_on() {
-        let mut f = Tracker::new(Framing::Spdy { status: true });
+        let mut f = Tracker::new(Framing::Spdy { status: true }, None);
         let mut stream = Vec::new();
         spdy_data(&mut stream, 5, 0, &[7; 20]);
         spdy_data(&mut stream, 5, 0, &[8; 20]);
@@ -365,7 +376,7 @@ mod tests {
 
     #[test]
     fn spdy_frames_are_followed_and_last_words_go_on_stream_1() {
-        let mut f = Tracker::new(Framing::Spdy { status: true });
+        let mut f = Tracker::new(Framing::Spdy { status: true }, None);
         let mut stream = Vec::new();
         spdy_data(&mut stream, 5, 0, &[7; 1000]);
         // A control frame (SYN_REPLY) has the same 24-bit length at the same place.
@@ -374,7 +385,12 @@ mod tests {
             f.feed(chunk, false);
         }
         assert!(f.at_boundary() && f.may_speak());
-        let bytes = last_frames(Framing::Spdy { status: true }, "jitgate: grant g ended");
+        let bytes = last_frames(
+            Framing::Spdy { status: true },
+            "jitgate: grant g ended",
+            &Mutex::default(),
+        )
+        .unwrap();
         assert_eq!(&bytes[..5], &[0, 0, 0, 1, 0]);
         let len = u32::from_be_bytes([0, bytes[5], bytes[6], bytes[7]]) as usize;
         let status: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
@@ -383,14 +399,14 @@ mod tests {
         // The server wrote its own Status on the error stream: nothing is added.
         f.feed(&bytes, false);
         assert!(!f.may_speak());
-        let mut g = Tracker::new(Framing::Spdy { status: false });
+        let mut g = Tracker::new(Framing::Spdy { status: false }, None);
         g.feed(&[0x80, 0x03, 0x00, 0x07, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0], false);
         assert!(!g.may_speak(), "after GOAWAY");
     }
 
     #[test]
     fn last_words_are_a_status_on_channel_3_and_a_close() {
-        let bytes = last_frames(Framing::Channels, "jitgate: grant g ended");
+        let bytes = last_frames(Framing::Channels, "jitgate: grant g ended", &Mutex::default()).unwrap();
         assert_eq!(bytes[0], 0x82);
         let len = bytes[1] as usize;
         assert_eq!(bytes[2], ERROR_CHANNEL);
