@@ -614,9 +614,11 @@ fn forward_until_revoked(alice: &Kubectl, ns: &str, remote: u16, websockets: &st
     while forward.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let status = forward.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let said: Vec<String> = errors.try_iter().map(|(_, l)| l).collect();
+    let ended = forward.try_wait().unwrap();
+    let _ = forward.kill();
+    // Everything kubectl wrote: the reader ends with its stderr.
+    let said: Vec<String> = errors.iter().map(|(_, l)| l).collect();
+    let status = ended.unwrap_or_else(|| panic!("websockets={websockets}: kubectl went on: {said:?}"));
     assert!(!status.success(), "websockets={websockets}: {said:?}");
     // client-go logs the error stream's words for the connection, then kubectl ends.
     let why = format!("jitgate: grant {id} ended at ");

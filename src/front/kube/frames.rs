@@ -99,6 +99,11 @@ impl WsFrames {
         self.header.is_empty() && self.remaining == 0 && self.message_done
     }
 
+    /// A close frame has been seen whole.
+    pub(super) fn closed(&self) -> bool {
+        self.closing && self.header.is_empty() && self.remaining == 0
+    }
+
     /// Takes the next piece of `data` (not empty).
     pub(super) fn step(&mut self, data: &[u8]) -> WsStep {
         if self.remaining > 0 {

@@ -215,9 +215,9 @@ impl<'a> Requests<'a> {
         }
     }
 
-    /// Whether the client sent a WebSocket close frame.
-    pub(super) fn closing(&self) -> bool {
-        self.ws.as_ref().is_some_and(|ws| ws.closing)
+    /// Whether the client sent a whole WebSocket close frame.
+    pub(super) fn closed(&self) -> bool {
+        self.ws.as_ref().is_some_and(WsFrames::closed)
     }
 
     /// Follows the next bytes the client sent.
@@ -444,50 +444,91 @@ mod tests {
         }
     }
 
+    fn open_streams(forwards: &Mutex<Forwards>) -> Vec<(u32, Kind, bool)> {
+        let f = forwards.lock().unwrap();
+        assert!(!f.lost, "the streams were followed");
+        let mut open: Vec<_> = f.streams.iter().map(|(id, s)| (*id, s.kind, s.replied)).collect();
+        open.sort_unstable_by_key(|o| o.0);
+        open
+    }
+
     #[test]
     fn a_cut_speaks_on_each_open_connection_of_a_tunneled_forward() {
-        let forwards = Mutex::new(Forwards::default());
-        let mut requests = Requests::new(&forwards, true);
-        let mut client = Client::new();
-        // Two connections whose streams interleave, with data in between, in WebSocket
-        // messages that split SPDY frames anywhere, fed in odd pieces.
-        let mut spdy = forward(&mut client, 1, 5);
-        spdy.extend(forward(&mut client, 3, 7));
-        spdy_data(&mut spdy, 5, 0, &[0xab; 3000]);
-        let mut wire = Vec::new();
-        for (i, part) in spdy.chunks(77).enumerate() {
-            wire.extend(masked(part, [i as u8, 0x5a, 0xff, 3]));
-        }
-        for piece in wire.chunks(13) {
-            requests.feed(piece);
-        }
-        assert!(!forwards.lock().unwrap().open(), "nothing replied yet");
-        replies(&forwards, &[1, 3, 5, 7]);
-        // The server ends the second connection.
-        forwards.lock().unwrap().server_sent(&SpdyEvent::Data {
-            stream: 3,
-            flags: SPDY_FIN,
-            len: 0,
-        });
-        forwards.lock().unwrap().server_sent(&SpdyEvent::Control {
-            kind: SPDY_RST_STREAM,
-            flags: 0,
-            payload: &[0, 0, 0, 7, 0, 0, 0, 5],
-        });
-        let words = forwards.lock().unwrap().last_frames("jitgate: cut").unwrap();
-        let mut expected = Vec::new();
-        spdy_data(&mut expected, 1, 0, b"jitgate: cut");
-        spdy_data(&mut expected, 1, SPDY_FIN, &[]);
-        spdy_data(&mut expected, 5, SPDY_FIN, &[]);
-        assert_eq!(words, expected);
+        // Messages small and large (a 16-bit length, the mask after it).
+        for message in [77, 300] {
+            let forwards = Mutex::new(Forwards::default());
+            let mut requests = Requests::new(&forwards, true);
+            let mut client = Client::new();
+            // Two connections whose streams interleave, with data in between, in WebSocket
+            // messages that split SPDY frames anywhere, fed in odd pieces.
+            let mut spdy = forward(&mut client, 1, 5);
+            spdy.extend(forward(&mut client, 3, 7));
+            spdy_data(&mut spdy, 5, 0, &[0xab; 3000]);
+            spdy.extend(client.syn_stream(9, &[("streamtype", "something-else")]));
+            let mut wire = Vec::new();
+            for (i, part) in spdy.chunks(message).enumerate() {
+                wire.extend(masked(part, [i as u8, 0x5a, 0xff, 3]));
+            }
+            for piece in wire.chunks(13) {
+                requests.feed(piece);
+            }
+            assert_eq!(
+                open_streams(&forwards),
+                [
+                    (1, Kind::Error, false),
+                    (3, Kind::Error, false),
+                    (5, Kind::Data, false),
+                    (7, Kind::Data, false)
+                ]
+            );
+            assert!(!forwards.lock().unwrap().open(), "nothing replied yet");
+            replies(&forwards, &[1, 3, 5, 7]);
+            // The server ends the second connection.
+            forwards.lock().unwrap().server_sent(&SpdyEvent::Data {
+                stream: 3,
+                flags: SPDY_FIN,
+                len: 0,
+            });
+            forwards.lock().unwrap().server_sent(&SpdyEvent::Control {
+                kind: SPDY_RST_STREAM,
+                flags: 0,
+                payload: &[0, 0, 0, 7, 0, 0, 0, 5],
+            });
+            let words = forwards.lock().unwrap().last_frames("jitgate: cut").unwrap();
+            let mut expected = Vec::new();
+            spdy_data(&mut expected, 1, 0, b"jitgate: cut");
+            spdy_data(&mut expected, 1, SPDY_FIN, &[]);
+            spdy_data(&mut expected, 5, SPDY_FIN, &[]);
+            assert_eq!(words, expected);
 
-        // The client resets the first one too: nothing is left to speak on.
-        requests.feed(&masked(
-            &control(SPDY_RST_STREAM, 0, &[0, 0, 0, 1, 0, 0, 0, 5]),
-            [1, 2, 3, 4],
-        ));
-        assert!(!forwards.lock().unwrap().open());
-        assert_eq!(forwards.lock().unwrap().last_frames("x"), None);
+            // The client resets the first one too: nothing is left to speak on.
+            requests.feed(&masked(
+                &control(SPDY_RST_STREAM, 0, &[0, 0, 0, 1, 0, 0, 0, 5]),
+                [1, 2, 3, 4],
+            ));
+            assert_eq!(open_streams(&forwards), [(5, Kind::Data, true)]);
+            assert!(!forwards.lock().unwrap().open());
+            assert_eq!(forwards.lock().unwrap().last_frames("x"), None);
+            assert!(!requests.closed());
+            requests.feed(&[0x88, 0x82, 1, 2, 3, 4]);
+            assert!(!requests.closed(), "the close frame's code is still to come");
+            requests.feed(&[0x03 ^ 1, 0xe8 ^ 2]);
+            assert!(requests.closed());
+        }
+    }
+
+    #[test]
+    fn too_many_streams_are_not_followed() {
+        let forwards = Mutex::new(Forwards::default());
+        let mut requests = Requests::new(&forwards, false);
+        let mut client = Client::new();
+        for id in 0..MAX_STREAMS as u32 / 2 {
+            requests.feed(&forward(&mut client, 4 * id + 1, 4 * id + 3));
+        }
+        assert_eq!(open_streams(&forwards).len(), MAX_STREAMS);
+        requests.feed(&forward(&mut client, 1_000_001, 1_000_003));
+        assert!(forwards.lock().unwrap().lost);
+        assert!(forwards.lock().unwrap().streams.is_empty());
     }
 
     #[test]
@@ -500,6 +541,7 @@ mod tests {
         }
         replies(&forwards, &[1, 3]);
         assert!(forwards.lock().unwrap().open());
+        assert_eq!(open_streams(&forwards), [(1, Kind::Error, true), (3, Kind::Data, true)]);
         // A header block that does not inflate in the stream's context: the streams are
         // no longer known, and a cut adds nothing.
         let mut other = Client::new();
@@ -525,5 +567,7 @@ mod tests {
         let value = "v".repeat(MAX_HEADER_BLOCK + 1);
         let syn = big.syn_stream(1, &[("streamtype", &value)]);
         assert!(inflate(&mut Decompress::new(true), &syn[18..], &mut out).is_err());
+        // Bytes that are no zlib stream at all.
+        assert!(inflate(&mut Decompress::new(true), &[0xff; 40], &mut out).is_err());
     }
 }

@@ -18,6 +18,7 @@
 //! port-forward's control frames (see `frames` for why by hand).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -139,9 +140,13 @@ impl<'a> Tracker<'a> {
 
     /// Follows `data`; with `to_boundary`, stops at the first boundary reached and says how
     /// many bytes it took (the rest must not be sent).
+    /// Once the stream cannot be followed, everything passes.
     fn feed(&mut self, data: &[u8], to_boundary: bool) -> usize {
         let mut used = 0;
-        while used < data.len() && !self.lost {
+        while used < data.len() {
+            if self.lost {
+                return data.len();
+            }
             if to_boundary && self.at_boundary() && used > 0 {
                 break;
             }
@@ -224,6 +229,8 @@ pub(super) async fn splice<C, U>(
         }
         None => (None, None, None),
     };
+    // Set by the cut: from then on nothing the client sends goes on.
+    let stopped = AtomicBool::new(false);
     // Ends when the client stops sending.
     let up = async {
         let mut buf = vec![0u8; 16 * 1024];
@@ -234,10 +241,20 @@ pub(super) async fn splice<C, U>(
             };
             let closing = requests.as_mut().is_some_and(|r| {
                 r.feed(&buf[..n]);
-                r.closing()
+                r.closed()
             });
+            if !stopped.load(Ordering::Relaxed) {
+                // Flushed, as TLS may hold a written record back until the next write.
+                let sent = async {
+                    upstream_write.write_all(&buf[..n]).await?;
+                    upstream_write.flush().await
+                };
+                if sent.await.is_err() {
+                    break;
+                }
+            }
             // After its close frame a client sends nothing more.
-            if upstream_write.write_all(&buf[..n]).await.is_err() || closing {
+            if closing {
                 break;
             }
         }
@@ -265,6 +282,7 @@ pub(super) async fn splice<C, U>(
                 continue;
             }
             _ = &mut cut, if deadline.is_none() => {
+                stopped.store(true, Ordering::Relaxed);
                 deadline = Some(Instant::now() + LAST_WORDS_WAIT);
                 continue;
             }
@@ -284,7 +302,10 @@ pub(super) async fn splice<C, U>(
         };
         // A write in progress is not dropped half-way (the next frame would land inside
         // this one); a cut only bounds how long it may take.
-        let write = client_write.write_all(&buf[..send]);
+        let write = async {
+            client_write.write_all(&buf[..send]).await?;
+            client_write.flush().await
+        };
         tokio::pin!(write);
         loop {
             let until = deadline.into_iter().chain(half_closed).min();
@@ -298,7 +319,10 @@ pub(super) async fn splice<C, U>(
                 _ = &mut up, if half_closed.is_none() => {
                     half_closed = Some(Instant::now() + HALF_CLOSED_GRACE);
                 }
-                _ = &mut cut, if deadline.is_none() => deadline = Some(Instant::now() + LAST_WORDS_WAIT),
+                _ = &mut cut, if deadline.is_none() => {
+                    stopped.store(true, Ordering::Relaxed);
+                    deadline = Some(Instant::now() + LAST_WORDS_WAIT);
+                }
                 _ = tokio::time::sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => return,
             }
         }
@@ -310,7 +334,9 @@ pub(super) async fn splice<C, U>(
         return;
     };
     let _ = tokio::time::timeout_at(until + LAST_WORDS_WAIT, async {
-        let _ = client_write.write_all(&words).await;
+        if client_write.write_all(&words).await.is_err() || client_write.flush().await.is_err() {
+            return;
+        }
         if let Framing::PortForward { tunneled } = t.framing {
             // client-go logs each connection's error and then closes: wait for that, as
             // closing first could end kubectl before it logs.
@@ -402,6 +428,42 @@ mod tests {
         let mut g = Tracker::new(Framing::Spdy { status: false }, None);
         g.feed(&[0x80, 0x03, 0x00, 0x07, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0], false);
         assert!(!g.may_speak(), "after GOAWAY");
+    }
+
+    #[test]
+    fn a_stream_that_cannot_be_followed_passes_whole() {
+        let mut f = Tracker::new(Framing::PortForward { tunneled: true }, None);
+        // A masked frame from the server, then more.
+        let stream = [0x82, 0x81, 0, 0, 0, 0, 1, 0x82, 1, 9];
+        assert_eq!(f.feed(&stream, true), stream.len());
+        assert!(!f.may_speak());
+        assert_eq!(f.feed(&[1, 2, 3], true), 3);
+        let mut g = Tracker::new(Framing::Spdy { status: true }, None);
+        // SPDY/2.
+        assert_eq!(g.feed(&[0x80, 2, 0, 4, 0, 0, 0, 0, 7, 7], false), 10);
+        assert!(!g.may_speak());
+    }
+
+    #[test]
+    fn a_tunneled_forward_is_at_a_boundary_only_where_both_framings_are() {
+        let forwards = Mutex::new(Forwards::default());
+        let mut t = Tracker::new(Framing::PortForward { tunneled: true }, Some(&forwards));
+        let mut spdy = Vec::new();
+        spdy_data(&mut spdy, 2, 0, &[5; 40]);
+        // One SPDY frame in two WebSocket messages, then a RST_STREAM in a third.
+        let mut stream = Vec::new();
+        ws_frame(&mut stream, 0x2, &spdy[..20]);
+        let first = stream.len();
+        ws_frame(&mut stream, 0x2, &spdy[20..]);
+        let second = stream.len();
+        ws_frame(&mut stream, 0x2, &[0x80, 3, 0, 3, 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0, 5]);
+        assert_eq!(t.feed(&stream[..first], false), first);
+        assert!(!t.at_boundary(), "the message ended inside a SPDY frame");
+        // After a cut, the stream goes on to the end of the SPDY frame and stops there.
+        assert_eq!(t.feed(&stream[first..], true), second - first);
+        assert!(t.at_boundary());
+        t.feed(&stream[second..], false);
+        assert!(t.at_boundary() && !t.lost && !t.said);
     }
 
     #[test]
