@@ -517,6 +517,59 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, in whatever pieces, the follower neither panics nor
+        /// holds more than its cap.
+        #[test]
+        fn any_client_bytes_are_followed_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            cuts in proptest::collection::vec(0usize..4096, 0..16),
+            tunneled in proptest::prelude::any::<bool>(),
+        ) {
+            let forwards = Mutex::new(Forwards::default());
+            let mut requests = Requests::new(&forwards, tunneled);
+            let mut at = 0;
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                let cut = cut.min(bytes.len()).max(at);
+                requests.feed(&bytes[at..cut]);
+                at = cut;
+            }
+            proptest::prop_assert!(forwards.lock().unwrap().streams.len() <= MAX_STREAMS);
+        }
+
+        /// A stream kubectl could send is followed the same whatever its pieces.
+        #[test]
+        fn a_forward_is_followed_the_same_in_any_pieces(
+            cuts in proptest::collection::vec(0usize..2000, 0..24),
+        ) {
+            let mut client = Client::new();
+            let mut spdy = forward(&mut client, 1, 3);
+            spdy_data(&mut spdy, 3, 0, &[1; 500]);
+            spdy.extend(forward(&mut client, 5, 7));
+            let mut wire = Vec::new();
+            for (i, part) in spdy.chunks(61).enumerate() {
+                wire.extend(masked(part, [i as u8, 7, 0x80, 1]));
+            }
+            let forwards = Mutex::new(Forwards::default());
+            let mut requests = Requests::new(&forwards, true);
+            let mut at = 0;
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            for cut in cuts.into_iter().chain([wire.len()]) {
+                let cut = cut.min(wire.len()).max(at);
+                requests.feed(&wire[at..cut]);
+                at = cut;
+            }
+            let open: Vec<_> = open_streams(&forwards).into_iter().map(|(id, kind, _)| (id, kind)).collect();
+            proptest::prop_assert_eq!(
+                open,
+                [(1, Kind::Error), (3, Kind::Data), (5, Kind::Error), (7, Kind::Data)]
+            );
+        }
+    }
+
     #[test]
     fn too_many_streams_are_not_followed() {
         let forwards = Mutex::new(Forwards::default());

@@ -430,6 +430,33 @@ mod tests {
         assert!(!g.may_speak(), "after GOAWAY");
     }
 
+    proptest::proptest! {
+        /// Whatever the server sends, every byte passes until a cut, and after one the
+        /// stream goes on to a boundary: never stuck, never past the bytes given.
+        #[test]
+        fn any_server_bytes_pass(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..4096),
+            framing in 0u8..5,
+        ) {
+            let framing = match framing {
+                0 => Framing::Channels,
+                1 => Framing::Spdy { status: true },
+                2 => Framing::Spdy { status: false },
+                3 => Framing::PortForward { tunneled: true },
+                _ => Framing::PortForward { tunneled: false },
+            };
+            let forwards = Mutex::new(Forwards::default());
+            let port_forward = matches!(framing, Framing::PortForward { .. });
+            let mut t = Tracker::new(framing, port_forward.then_some(&forwards));
+            let half = bytes.len() / 2;
+            proptest::prop_assert_eq!(t.feed(&bytes[..half], false), half);
+            let rest = &bytes[half..];
+            let sent = t.feed(rest, true);
+            proptest::prop_assert!(sent >= 1 && sent <= rest.len());
+            proptest::prop_assert!(sent == rest.len() || t.at_boundary());
+        }
+    }
+
     #[test]
     fn a_stream_that_cannot_be_followed_passes_whole() {
         let mut f = Tracker::new(Framing::PortForward { tunneled: true }, None);
