@@ -140,7 +140,9 @@ impl WsFrames {
         if h.len() < 2 {
             return Ok(false);
         }
-        if (h[1] & 0x80 != 0) != self.from_client {
+        // Masked from the wrong side, or with an extension's bits (permessage-deflate would
+        // hide the frames inside): not followed.
+        if (h[1] & 0x80 != 0) != self.from_client || h[0] & 0x70 != 0 {
             return Err(());
         }
         let (at, len) = match h[1] & 0x7f {

@@ -12,18 +12,19 @@
 //!   connection's error stream, and an end on its data stream (see `portforward`). For
 //!   that alone the client's side is followed too: which stream is which is said there.
 //!
-//! At a cut the rest of the frame being sent is let through (for at most 100 ms), so the
-//! words land between frames; if the server already used the error stream (its own exit
+//! At a cut nothing more the client sends goes on to the server. The rest of the frame
+//! being sent to the client is let through (for at most 100 ms), so the words land between
+//! frames; if the server already used the error stream (its own exit
 //! Status) or is closing, nothing is added. Only frame headers are parsed, and a
 //! port-forward's control frames (see `frames` for why by hand).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::frames::{spdy_data, ws_frame, SpdyEvent, SpdyFrames, WsFrames, WsStep, SPDY_FIN, SPDY_GOAWAY};
 use super::portforward::{Forwards, Requests};
@@ -205,7 +206,7 @@ impl<'a> Tracker<'a> {
 }
 
 /// Copies both ways until the server's side closes (or the client's, plus a short grace)
-/// or `cut` resolves. On a cut, a stream whose framing is known gets the message `last`
+/// or `cut` resolves; from the cut on, nothing the client sends goes on. On a cut, a stream whose framing is known gets the message `last`
 /// makes, after the frame being sent and before the next.
 pub(super) async fn splice<C, U>(
     client: C,
@@ -229,8 +230,10 @@ pub(super) async fn splice<C, U>(
         }
         None => (None, None, None),
     };
-    // Set by the cut: from then on nothing the client sends goes on.
-    let stopped = AtomicBool::new(false);
+    // Cancelled by the cut: from then on nothing the client sends goes on, and a write to
+    // the server under way is dropped (the stream is ending; a server that does not read
+    // must not hold the client's close back).
+    let stopped = CancellationToken::new();
     // Ends when the client stops sending.
     let up = async {
         let mut buf = vec![0u8; 16 * 1024];
@@ -243,13 +246,17 @@ pub(super) async fn splice<C, U>(
                 r.feed(&buf[..n]);
                 r.closed()
             });
-            if !stopped.load(Ordering::Relaxed) {
+            if !stopped.is_cancelled() {
                 // Flushed, as TLS may hold a written record back until the next write.
                 let sent = async {
                     upstream_write.write_all(&buf[..n]).await?;
                     upstream_write.flush().await
                 };
-                if sent.await.is_err() {
+                let sent = tokio::select! {
+                    sent = sent => sent.is_ok(),
+                    _ = stopped.cancelled() => true,
+                };
+                if !sent {
                     break;
                 }
             }
@@ -258,7 +265,10 @@ pub(super) async fn splice<C, U>(
                 break;
             }
         }
-        let _ = upstream_write.shutdown().await;
+        tokio::select! {
+            _ = upstream_write.shutdown() => {}
+            _ = stopped.cancelled() => {}
+        }
     };
     tokio::pin!(up);
     tokio::pin!(cut);
@@ -282,14 +292,15 @@ pub(super) async fn splice<C, U>(
                 continue;
             }
             _ = &mut cut, if deadline.is_none() => {
-                stopped.store(true, Ordering::Relaxed);
+                stopped.cancel();
                 deadline = Some(Instant::now() + LAST_WORDS_WAIT);
                 continue;
             }
             _ = tokio::time::sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => return,
             read = upstream_read.read(&mut buf) => match read {
                 Ok(0) | Err(_) => {
-                    let _ = client_write.shutdown().await;
+                    // Bounded: a client that does not read must not hold the task.
+                    let _ = tokio::time::timeout(HALF_CLOSED_GRACE, client_write.shutdown()).await;
                     return;
                 }
                 Ok(n) => n,
@@ -320,7 +331,7 @@ pub(super) async fn splice<C, U>(
                     half_closed = Some(Instant::now() + HALF_CLOSED_GRACE);
                 }
                 _ = &mut cut, if deadline.is_none() => {
-                    stopped.store(true, Ordering::Relaxed);
+                    stopped.cancel();
                     deadline = Some(Instant::now() + LAST_WORDS_WAIT);
                 }
                 _ = tokio::time::sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => return,
@@ -430,9 +441,101 @@ mod tests {
         assert!(!g.may_speak(), "after GOAWAY");
     }
 
+    /// A valid SPDY stream from a server, built from `spec` (control or data, a kind, a
+    /// length), and where each of its frames ends.
+    fn spdy_stream(spec: &[(bool, u8, u16)]) -> (Vec<u8>, Vec<usize>) {
+        let mut out = Vec::new();
+        let mut ends = Vec::new();
+        for &(control, kind, len) in spec {
+            if control {
+                // SYN_REPLY, RST_STREAM, PING, WINDOW_UPDATE: a stream id, then anything.
+                let kind = [2u16, 3, 6, 9][usize::from(kind) % 4];
+                let mut payload = vec![kind as u8; 4 + usize::from(len) % 64];
+                payload[..4].copy_from_slice(&3u32.to_be_bytes());
+                out.extend_from_slice(&[0x80, 3]);
+                out.extend_from_slice(&kind.to_be_bytes());
+                out.push(0);
+                out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+                out.extend_from_slice(&payload);
+            } else {
+                spdy_data(&mut out, 3 + 2 * u32::from(kind), 0, &vec![kind; usize::from(len)]);
+            }
+            ends.push(out.len());
+        }
+        (out, ends)
+    }
+
+    /// `inner` in WebSocket frames of the given sizes (a size's low bit: the frame ends its
+    /// message; pings in between), and the places where both framings are between frames.
+    fn in_messages(inner: &[u8], inner_ends: &[usize], sizes: &[usize]) -> (Vec<u8>, Vec<usize>) {
+        let mut wire = Vec::new();
+        let mut ends = Vec::new();
+        let (mut at, mut started, mut i) = (0, false, 0);
+        while at < inner.len() {
+            let size = sizes[i % sizes.len()];
+            i += 1;
+            let take = (size / 2 + 1).min(inner.len() - at);
+            let fin = size % 2 == 1 || at + take == inner.len();
+            let opcode = if started { 0x0 } else { 0x2 };
+            let mut frame = Vec::new();
+            ws_frame(&mut frame, opcode, &inner[at..at + take]);
+            if !fin {
+                frame[0] &= 0x7f;
+            }
+            wire.extend_from_slice(&frame);
+            at += take;
+            started = !fin;
+            if fin && inner_ends.contains(&at) {
+                ends.push(wire.len());
+            }
+            if size.is_multiple_of(3) {
+                ws_frame(&mut wire, 0x9, b"ping");
+                if !started && inner_ends.contains(&at) {
+                    ends.push(wire.len());
+                }
+            }
+        }
+        (wire, ends)
+    }
+
     proptest::proptest! {
+        /// On a valid stream split anywhere, a cut lets through exactly the rest of the frame
+        /// being sent, to the first place where every framing is between frames.
+        #[test]
+        fn a_cut_stops_exactly_at_the_next_boundary(
+            spec in proptest::collection::vec(
+                (proptest::prelude::any::<bool>(), 0u8..8, 0u16..3000), 1..12),
+            sizes in proptest::collection::vec(0usize..5000, 1..8),
+            framing in 0u8..4,
+            split in 0.0f64..1.0,
+        ) {
+            let (spdy, spdy_ends) = spdy_stream(&spec);
+            let (framing, (wire, ends)) = match framing {
+                0 => (Framing::Spdy { status: true }, (spdy.clone(), spdy_ends.clone())),
+                1 => (Framing::PortForward { tunneled: false }, (spdy.clone(), spdy_ends.clone())),
+                2 => (Framing::PortForward { tunneled: true }, in_messages(&spdy, &spdy_ends, &sizes)),
+                // The channel protocols: every message ends at a boundary.
+                _ => (Framing::Channels, in_messages(&spdy, &[spdy.len()], &sizes)),
+            };
+            let ends = if framing == Framing::Channels {
+                let (_, e) = in_messages(&spdy, &(1..=spdy.len()).collect::<Vec<_>>(), &sizes);
+                e
+            } else {
+                ends
+            };
+            let k = 1 + ((wire.len() - 1) as f64 * split) as usize;
+            let forwards = Mutex::new(Forwards::default());
+            let port_forward = matches!(framing, Framing::PortForward { .. });
+            let mut t = Tracker::new(framing, port_forward.then_some(&forwards));
+            proptest::prop_assert_eq!(t.feed(&wire[..k], false), k);
+            let sent = t.feed(&wire[k..], true);
+            let expected = ends.iter().copied().find(|&e| e > k).unwrap_or(wire.len()) - k;
+            proptest::prop_assert_eq!(sent, expected);
+            proptest::prop_assert!(!t.lost);
+        }
+
         /// Whatever the server sends, every byte passes until a cut, and after one the
-        /// stream goes on to a boundary: never stuck, never past the bytes given.
+        /// stream goes on to a boundary or its end: never stuck, never past what was given.
         #[test]
         fn any_server_bytes_pass(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..4096),
@@ -455,6 +558,56 @@ mod tests {
             proptest::prop_assert!(sent >= 1 && sent <= rest.len());
             proptest::prop_assert!(sent == rest.len() || t.at_boundary());
         }
+    }
+
+    #[tokio::test]
+    async fn after_a_cut_the_client_is_not_heard_and_the_words_arrive() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (proxy_client, mut kubectl) = tokio::io::duplex(64 * 1024);
+        let (proxy_upstream, mut server) = tokio::io::duplex(64 * 1024);
+        let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+        let spliced = tokio::spawn(splice(
+            proxy_client,
+            proxy_upstream,
+            Some((Framing::Channels, || "jitgate: grant g ended".to_owned())),
+            async {
+                let _ = cut_rx.await;
+            },
+        ));
+        kubectl.write_all(b"stdin before").await.unwrap();
+        let mut got = [0u8; 12];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"stdin before");
+        // The cut comes while a frame is half sent: the stream waits for its end.
+        let mut frame = Vec::new();
+        ws_frame(&mut frame, 0x2, b"\x01stdout");
+        server.write_all(&frame[..4]).await.unwrap();
+        let mut seen = vec![0u8; 4];
+        kubectl.read_exact(&mut seen).await.unwrap();
+        cut_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        kubectl.write_all(b"stdin after").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        server.write_all(&frame[4..]).await.unwrap();
+        let mut seen = vec![0u8; frame.len() - 4];
+        kubectl.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen, frame[4..]);
+        let mut words = Vec::new();
+        tokio::time::timeout(Duration::from_secs(1), kubectl.read_to_end(&mut words))
+            .await
+            .expect("the client's side closes")
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(1), server.read_to_end(&mut rest))
+            .await
+            .expect("the server's side closes")
+            .unwrap();
+        assert!(rest.is_empty(), "after the cut the server heard {rest:?}");
+        assert_eq!(
+            words,
+            last_frames(Framing::Channels, "jitgate: grant g ended", &Mutex::default()).unwrap()
+        );
+        spliced.await.unwrap();
     }
 
     #[test]
