@@ -517,6 +517,17 @@ mod tests {
         }
     }
 
+    /// Feeds `bytes` in pieces that end at `cuts`.
+    fn in_pieces(requests: &mut Requests<'_>, bytes: &[u8], mut cuts: Vec<usize>) {
+        cuts.sort_unstable();
+        let mut at = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            let cut = cut.min(bytes.len()).max(at);
+            requests.feed(&bytes[at..cut]);
+            at = cut;
+        }
+    }
+
     proptest::proptest! {
         /// Whatever a client sends, in whatever pieces, the follower neither panics nor
         /// holds more than its cap.
@@ -527,15 +538,7 @@ mod tests {
             tunneled in proptest::prelude::any::<bool>(),
         ) {
             let forwards = Mutex::new(Forwards::default());
-            let mut requests = Requests::new(&forwards, tunneled);
-            let mut at = 0;
-            let mut cuts = cuts;
-            cuts.sort_unstable();
-            for cut in cuts.into_iter().chain([bytes.len()]) {
-                let cut = cut.min(bytes.len()).max(at);
-                requests.feed(&bytes[at..cut]);
-                at = cut;
-            }
+            in_pieces(&mut Requests::new(&forwards, tunneled), &bytes, cuts);
             proptest::prop_assert!(forwards.lock().unwrap().streams.len() <= MAX_STREAMS);
         }
 
@@ -553,15 +556,7 @@ mod tests {
                 wire.extend(masked(part, [i as u8, 7, 0x80, 1]));
             }
             let forwards = Mutex::new(Forwards::default());
-            let mut requests = Requests::new(&forwards, true);
-            let mut at = 0;
-            let mut cuts = cuts;
-            cuts.sort_unstable();
-            for cut in cuts.into_iter().chain([wire.len()]) {
-                let cut = cut.min(wire.len()).max(at);
-                requests.feed(&wire[at..cut]);
-                at = cut;
-            }
+            in_pieces(&mut Requests::new(&forwards, true), &wire, cuts);
             let open: Vec<_> = open_streams(&forwards).into_iter().map(|(id, kind, _)| (id, kind)).collect();
             proptest::prop_assert_eq!(
                 open,
