@@ -638,6 +638,39 @@ fn a_transfer_in_full_flow_is_cut_when_the_grant_expires() {
     assert!(moved > 1 << 20, "only {moved} bytes moved before the cut");
 }
 
+#[test]
+fn a_client_that_writes_but_never_reads_is_cut_at_once() {
+    let stand = stand();
+    let alice = Client::new(&stand, "alice");
+    let grant = alice.request("db-root", "1h");
+    // `cat` echoes an endless upload into a pipe nobody reads: every window and queue on
+    // both legs fills, the one towards the target included.
+    let child = alice
+        .command("ssh")
+        .args(["root@db-prod-1", "cat"])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let moving = eventually(Duration::from_secs(10), || {
+        let audit = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+        audit.contains("\"ssh.session.start\"").then_some(())
+    });
+    assert!(moving.is_some(), "the session did not start: {}", stand.sshd.log());
+    std::thread::sleep(Duration::from_secs(2));
+    stand.proxy.add_user("sam", &["security"]);
+    stand.proxy.login("sam").run(&["revoke", &grant], None).success();
+    let (took, _) = exit_after(child, Instant::now());
+    eprintln!("the jammed session ended {took:?} after the revocation returned");
+    assert!(took < Duration::from_millis(100), "cut {took:?} after the revocation");
+    let cut = eventually(Duration::from_secs(5), || {
+        let sessions = stand.proxy.json_admin(&["audit", "sessions"]);
+        sessions[0]["cut"].as_str().map(str::to_owned)
+    });
+    assert!(cut.is_some_and(|c| c.starts_with("grant was revoked at")));
+}
+
 // ---- bad input ----
 
 #[test]

@@ -767,10 +767,14 @@ async fn watch(open: Arc<Open>, shared: Arc<Shared>, client: Handle, warn_before
         })
         .await;
     }
-    let _ = open
-        .target
-        .disconnect(russh::Disconnect::ByApplication, "grant ended", "")
-        .await;
+    // Bounded too: a target session whose queue is full (its client writes but does not
+    // read) would never take the message, and the cut must not wait on it.
+    let _ = tokio::time::timeout_at(
+        deadline,
+        open.target
+            .disconnect(russh::Disconnect::ByApplication, "grant ended", ""),
+    )
+    .await;
     // A client that does not read (a full window) would hold the polite close up; past
     // the grace, the connection is told why and dropped under it.
     if tokio::time::timeout_at(deadline + CUT_GRACE, shared.done.cancelled())
