@@ -988,3 +988,65 @@ async fn keys_without_a_valid_signature_and_too_many_attempts_never_get_in() {
         AuthResult::Success
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jump_listener_caps_the_session_channels_a_connection_holds() {
+    use russh::client::{self, AuthResult};
+    use russh::keys::Certificate;
+    let stand = tokio::task::spawn_blocking(stand).await.unwrap();
+    let alice = {
+        let stand_ref = &stand;
+        tokio::task::block_in_place(|| Client::new(stand_ref, "alice"))
+    };
+    let home = alice.user.home.clone();
+    let cert_text = std::fs::read_to_string(home.join("ssh/id_ed25519-cert.pub")).unwrap();
+    let cert = Certificate::from_openssh(cert_text.trim()).unwrap();
+    let key =
+        russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(home.join("ssh/id_ed25519")).unwrap()).unwrap();
+    let mut c = client::connect(Arc::new(client::Config::default()), stand.proxy.ssh.clone(), AnyHost)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.authenticate_openssh_cert("alice", Arc::new(key), cert).await.unwrap(),
+        AuthResult::Success
+    ));
+    // Session channels opened and never used: each would hold a task on the proxy.
+    let mut held = Vec::new();
+    for n in 0..16 {
+        let channel = c.channel_open_session().await;
+        held.push(channel.unwrap_or_else(|e| panic!("channel {n} refused: {e}")));
+    }
+    let over = c.channel_open_session().await;
+    assert!(
+        matches!(
+            over,
+            Err(russh::Error::ChannelOpenFailure(
+                russh::ChannelOpenFailure::ResourceShortage
+            ))
+        ),
+        "the 17th channel: {:?}",
+        over.map(|ch| ch.id())
+    );
+    // A channel given back makes room for one more; the refusal still says what to do.
+    held.pop().unwrap().close().await.unwrap();
+    let mut again = None;
+    for _ in 0..100 {
+        match c.channel_open_session().await {
+            Ok(ch) => {
+                again = Some(ch);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let mut again = again.expect("a channel slot was not given back");
+    again.exec(true, "id").await.unwrap();
+    let mut err = Vec::new();
+    while let Some(msg) = again.wait().await {
+        if let russh::ChannelMsg::ExtendedData { data, .. } = msg {
+            err.extend_from_slice(&data);
+        }
+    }
+    let err = String::from_utf8_lossy(&err);
+    assert!(err.contains("this is a jump listener, not a shell"), "{err}");
+}

@@ -87,13 +87,23 @@ impl russh::server::Handler for JumpSession {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // Each refusal holds a task until the client closes the channel, so these count
+        // against the connection's channel cap like the jumps do.
+        if self.open.fetch_add(1, Ordering::AcqRel) >= super::MAX_CHANNELS {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         // A shell here would be a standing foothold; say how the listener is meant to be used.
         reply.accept().await;
         let user = self.user.as_deref().unwrap_or("USER");
-        tokio::spawn(relay::refuse(
-            channel,
-            format!("jitgate: this is a jump listener, not a shell; use: ssh -J {user}@PROXY:PORT LOGIN@HOST"),
-        ));
+        let message =
+            format!("jitgate: this is a jump listener, not a shell; use: ssh -J {user}@PROXY:PORT LOGIN@HOST");
+        let open = Arc::clone(&self.open);
+        tokio::spawn(async move {
+            relay::refuse(channel, message).await;
+            open.fetch_sub(1, Ordering::AcqRel);
+        });
         Ok(())
     }
 
