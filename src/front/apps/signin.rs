@@ -122,22 +122,27 @@ impl AppsFront {
             )
         };
         // Checked before the store is touched: only a browser that this host sent to log in
-        // (it holds the state cookie) with a code of the right shape costs a write.
+        // (it holds the state cookie) with a code of the right shape costs a read.
         if !plausible_state(&code) || web::cookie_values(headers, STATE_COOKIE).len() != 1 {
             return expired();
         }
-        let store = self.state.broker.store();
-        let taken = match store.take_flow(&handoff_key(&code), now).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read an app sign-in; refusing");
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "jitgate: the proxy cannot reach its store; try again shortly",
-                );
-            }
+        let unavailable = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "cannot read an app sign-in; refusing");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jitgate: the proxy cannot reach its store; try again shortly",
+            )
         };
-        let Some(handoff) = taken.and_then(|t| serde_json::from_str::<Handoff>(&t).ok()) else {
+        let store = self.state.broker.store();
+        let key = handoff_key(&code);
+        // Read first and take only a code that belongs here: guesses cost no write (which
+        // would hold the store's one writer), and a code that leaked to another browser is
+        // refused there without being used up for the browser it was made for.
+        let peeked = match store.peek_flow(&key, now).await {
+            Ok(p) => p,
+            Err(e) => return unavailable(e),
+        };
+        let Some(handoff) = peeked.and_then(|t| serde_json::from_str::<Handoff>(&t).ok()) else {
             return expired();
         };
         if handoff.app != *app.name {
@@ -148,6 +153,13 @@ impl AppsFront {
         if !from_here {
             tracing::warn!(app = %app.name, "an app sign-in code came back in another browser; refused");
             return expired();
+        }
+        // Taking it is what makes the code single-use: of two requests racing with it, one
+        // gets it.
+        match store.take_flow(&key, now).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return expired(),
+            Err(e) => return unavailable(e),
         }
         let session = match self.state.sessions.check_hash(&handoff.sid, now).await {
             Ok(Some(s)) => s,
