@@ -526,7 +526,13 @@ async fn an_app_cookie_opens_only_its_own_app() {
     // A browser with a state cookie of its own is refused too, and the code is not used
     // up by it: the browser it was made for still signs in with it.
     let planted = format!("__Host-jitgate-app-state={}", "A".repeat(43));
-    let r = victim.http.get(&callback).header("cookie", &planted).send().await.unwrap();
+    let r = victim
+        .http
+        .get(&callback)
+        .header("cookie", &planted)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.headers().get("set-cookie").is_none());
     // In the browser that started it the sign-in completes, once.

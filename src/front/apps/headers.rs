@@ -111,34 +111,34 @@ pub fn clean_request(headers: &mut HeaderMap) {
 
 /// Drops the proxy's cookies from `Cookie`, keeping the app's own in their order.
 fn strip_own_cookies(headers: &mut HeaderMap) {
-    let own = |name: &str| name == APP_COOKIE || name.starts_with("__Host-jitgate");
+    let own = |name: &[u8]| name == APP_COOKIE.as_bytes() || name.starts_with(b"__Host-jitgate");
     if !headers
         .get_all(header::COOKIE)
         .iter()
-        .any(|v| v.to_str().map_or(true, |t| t.contains("jitgate")))
+        .any(|v| v.as_bytes().windows(7).any(|w| w == b"jitgate"))
     {
         return;
     }
-    // Built straight into one string: a browser's only cookie on an app host is often the
-    // proxy's, and then nothing is allocated.
-    let mut kept = String::new();
+    // Bytes, not `str`: an app's cookie may carry UTF-8 (a browser sends what a page set),
+    // and it must reach the app as it came. Built straight into one buffer: a browser's
+    // only cookie on an app host is often the proxy's, and then nothing is allocated.
+    let mut kept = Vec::new();
     for pair in headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|t| t.split(';'))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| !own(pair.split('=').next().unwrap_or_default().trim()))
+        .filter(|pair| !own(pair.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii()))
     {
         if !kept.is_empty() {
-            kept.push_str("; ");
+            kept.extend_from_slice(b"; ");
         }
-        kept.push_str(pair);
+        kept.extend_from_slice(pair);
     }
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept) {
+        if let Ok(v) = HeaderValue::from_bytes(&kept) {
             headers.insert(header::COOKIE, v);
         }
     }
@@ -229,6 +229,15 @@ mod tests {
         assert_eq!(names, ["accept", "cookie"], "{h:?}");
         assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+
+    #[test]
+    fn an_apps_cookie_in_utf8_reaches_it_as_it_came() {
+        let mut h = HeaderMap::new();
+        let line = "lang=fran\u{e7}ais; __Host-jitgate-app=secret; b=2";
+        h.append(header::COOKIE, HeaderValue::from_bytes(line.as_bytes()).unwrap());
+        clean_request(&mut h);
+        assert_eq!(h[header::COOKIE].as_bytes(), "lang=fran\u{e7}ais; b=2".as_bytes());
     }
 
     #[test]

@@ -143,14 +143,18 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 /// Every value of cookie `name` across the `Cookie` headers. A second cookie of one name can
 /// be planted by a sibling host, so callers take exactly one or refuse.
 pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    // Split as bytes: another cookie's non-ASCII value (browsers send UTF-8 that a page
+    // set) makes the header no `str`, and must not hide the proxy's cookies.
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|text| text.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes())
+                .then(|| std::str::from_utf8(pair[eq + 1..].trim_ascii()).ok())?
+        })
+        .map(|v| v.trim_matches('"'))
         .collect()
 }
 
@@ -277,5 +281,26 @@ mod tests {
             None
         );
         assert_eq!(session_cookie(&headers(&["__host-jitgate=x"])), None);
+    }
+
+    #[test]
+    fn another_cookie_in_utf8_does_not_hide_the_session() {
+        let mut h = HeaderMap::new();
+        let line = "lang=fran\u{e7}ais; __Host-jitgate=abc; b=\"q\"";
+        h.append(header::COOKIE, HeaderValue::from_bytes(line.as_bytes()).unwrap());
+        assert!(
+            h[header::COOKIE].to_str().is_err(),
+            "the test needs a header that is no str"
+        );
+        assert_eq!(session_cookie(&h), Some("abc"));
+        assert_eq!(cookie_values(&h, "b"), ["q"]);
+        // A value that is not UTF-8 is no value of ours, and hides nothing else.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"__Host-jitgate=\xff; x=1").unwrap(),
+        );
+        assert_eq!(session_cookie(&h), None);
+        assert_eq!(cookie_values(&h, "x"), ["1"]);
     }
 }
