@@ -36,10 +36,28 @@ fn canonical(name: &HeaderName) -> std::borrow::Cow<'_, str> {
 /// Whether a client-sent header pretends to be something only the proxy may say.
 pub fn is_reserved(name: &HeaderName) -> bool {
     let n = canonical(name);
-    n.starts_with("x-jitgate")
-        || n.starts_with("x-forwarded-")
-        || matches!(&*n, "forwarded" | "x-real-ip" | "x-client-ip" | "true-client-ip")
-        || is_override(&n)
+    n.starts_with("x-jitgate") || n.starts_with("x-forwarded-") || is_client_address(&n) || is_override(&n)
+}
+
+/// Headers CDNs and load balancers use to pass the client's address, which frameworks
+/// and access lists trust (Spring's and Tomcat's remote-IP filters, Rack, Django
+/// middleware): a client must not pick the address an upstream sees.
+fn is_client_address(n: &str) -> bool {
+    matches!(
+        n,
+        "forwarded"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "client-ip"
+            | "true-client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-original-forwarded-for"
+            | "x-originating-ip"
+            | "x-remote-ip"
+            | "x-remote-addr"
+    )
 }
 
 /// Headers some frameworks read to replace the request's method or path after the proxy
@@ -212,6 +230,11 @@ mod tests {
             ("X-Forwarded-Host", "evil"),
             ("Forwarded", "for=1.2.3.4"),
             ("X-Real-IP", "1.2.3.4"),
+            ("CF-Connecting-IP", "1.2.3.4"),
+            ("Fastly-Client-IP", "1.2.3.4"),
+            ("X-Cluster-Client-IP", "1.2.3.4"),
+            ("Client-IP", "1.2.3.4"),
+            ("X_Original_Forwarded_For", "1.2.3.4"),
             ("X-HTTP-Method-Override", "DELETE"),
             ("X_Original_URL", "/admin"),
             ("Connection", "keep-alive, X-Custom-Hop"),
