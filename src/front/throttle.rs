@@ -45,6 +45,12 @@ impl DenialThrottle {
         }
         n < PER_MINUTE
     }
+
+    /// The audit write for a denial that was worth auditing failed: the next one like it
+    /// tries again instead of being skipped as a repeat of one that is not in the log.
+    pub async fn not_recorded(&self, user: &str, what: &str) {
+        self.seen.invalidate(&format!("{user}\0{what}")).await;
+    }
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary: what a client sends is stored
@@ -58,4 +64,27 @@ pub fn capped(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_repeat_is_skipped_unless_the_first_was_not_recorded() {
+        let t = DenialThrottle::new(1000);
+        assert!(t.worth_auditing("alice", "GET /a").await);
+        assert!(!t.worth_auditing("alice", "GET /a").await);
+        assert!(t.worth_auditing("bob", "GET /a").await);
+        t.not_recorded("alice", "GET /a").await;
+        assert!(t.worth_auditing("alice", "GET /a").await);
+        // One user's budget runs out; another's does not.
+        let audited = futures_util::future::join_all((0..100).map(|i| {
+            let t = &t;
+            async move { t.worth_auditing("mallory", &format!("GET /{i}")).await }
+        }))
+        .await;
+        assert_eq!(audited.iter().filter(|a| **a).count(), PER_MINUTE as usize);
+        assert!(t.worth_auditing("carol", "GET /a").await);
+    }
 }

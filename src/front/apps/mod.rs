@@ -395,6 +395,7 @@ impl AppsFront {
             .reason(Some(&denied.reason));
             if let Err(e) = broker.store().append_audit(vec![event]).await {
                 tracing::error!(error = %e, "cannot record an app denial");
+                self.denials.not_recorded(&session.identity.user, &what).await;
             }
         }
         tracing::info!(app = %app.name, user = %session.identity.user, %method, %path, "app request denied");

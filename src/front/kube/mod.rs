@@ -371,15 +371,13 @@ impl KubeFront {
             _ => format!("access to cluster {:?}", cluster.name),
         };
         let user = &caller.identity.user;
-        if self
-            .denials
-            .worth_auditing(user, &format!("{}\0{verb}\0{resource}", cluster.name))
-            .await
-        {
+        let what = format!("{}\0{verb}\0{resource}", cluster.name);
+        if self.denials.worth_auditing(user, &what).await {
             let event =
                 AuditDraft::new("kube.denied", user, &format!("{verb} {resource}")).reason(Some(&denied.reason));
             if let Err(e) = self.state.broker.store().append_audit(vec![event]).await {
                 tracing::error!(error = %e, "cannot record a kube denial");
+                self.denials.not_recorded(user, &what).await;
             }
         }
         tracing::info!(cluster = %cluster.name, %user, %verb, %resource, "kube request denied");
