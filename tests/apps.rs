@@ -636,6 +636,12 @@ async fn path_tricks_stay_inside_a_path_scope() {
         .json(&["request", "echo-read", "--reason", "x", "--for", "10m"]);
     let carol = stand.logged_in("carol", "echo").await;
     let cookie = carol.app_cookie(&stand.app("echo"));
+    // Her landing page, `/`, was denied: the grant has not been used on the app yet.
+    let firsts = || {
+        let events = stand.proxy.admin(&["audit", "export"], None).success().stdout;
+        events.matches("\"app.first_request\"").count()
+    };
+    assert_eq!(firsts(), 0);
     let p = stand.port;
     let ask = |method: &str, path: &str| {
         format!(
@@ -680,6 +686,7 @@ async fn path_tricks_stay_inside_a_path_scope() {
     }
     let seen = stand.seen.paths();
     assert!(seen.iter().all(|p| p.starts_with("/d/")), "the upstream saw {seen:?}");
+    assert_eq!(firsts(), 1, "the grant's first allowed request is recorded once");
     // Every denial is audited.
     let events = stand.proxy.admin(&["audit", "export"], None).success().stdout;
     // (The landing page after the login, `/`, was denied too.) The five spellings of

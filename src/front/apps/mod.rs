@@ -13,6 +13,7 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,6 +103,9 @@ struct Held {
     /// What the upstream is told about the caller under this grant, ready to send, with
     /// when its assertion expires.
     identity: Mutex<Option<(Arc<IdentityHeaders>, Timestamp)>>,
+    /// Whether the grant's first request to the app is in the audit log: once it is, a
+    /// request checks this flag instead of the shared cache.
+    first_recorded: AtomicBool,
 }
 
 /// The identity headers for one session under one grant. Header values share their bytes,
@@ -287,6 +291,10 @@ impl AppsFront {
             if let Some(i) = current.grants.iter().position(|h| {
                 !h.live.is_cut() && now < h.auth.expires_at() && h.auth.allows(resource, Action::HttpRequest)
             }) {
+                let held = &current.grants[i];
+                if !held.first_recorded.load(Ordering::Relaxed) {
+                    self.record_first(app, session, held).await?;
+                }
                 return Ok(HeldRef {
                     access: current,
                     index: i,
@@ -324,27 +332,26 @@ impl AppsFront {
                     .register_for(&auth, &crate::live::session_login(&session.id_hash)),
                 auth,
                 identity: Mutex::new(None),
+                first_recorded: AtomicBool::new(false),
             })
             .filter(|h| !h.live.is_cut())
             .collect();
         if held.is_empty() {
             return Ok(None);
         }
-        let mut events = Vec::new();
-        let mut firsts = Vec::new();
-        for h in &held {
-            let pair: (Arc<str>, Arc<str>) = (h.auth.grant_id().into(), Arc::clone(&app.name));
-            if !self.first_seen.contains_key(&pair) {
-                firsts.push(pair);
-                events.push(
-                    AuditDraft::new("app.first_request", &session.identity.user, &app.name)
-                        .grant(h.auth.grant_id())
-                        .details(serde_json::json!({ "app": &*app.name })),
-                );
-            }
-        }
-        if !events.is_empty() {
-            if let Err(e) = broker.store().append_audit(events).await {
+        Ok(Some(Arc::new(Access { grants: held })))
+    }
+
+    /// Records the first request a grant allows on an app, unless it is recorded already.
+    /// Only the grant that allows the request: one the session merely holds has not been
+    /// used here.
+    async fn record_first(&self, app: &App, session: &Session, held: &Held) -> Result<(), Response<Body>> {
+        let pair: (Arc<str>, Arc<str>) = (held.auth.grant_id().into(), Arc::clone(&app.name));
+        if !self.first_seen.contains_key(&pair) {
+            let event = AuditDraft::new("app.first_request", &session.identity.user, &app.name)
+                .grant(held.auth.grant_id())
+                .details(serde_json::json!({ "app": &*app.name }));
+            if let Err(e) = self.state.broker.store().append_audit(vec![event]).await {
                 // Access the audit log cannot show does not start.
                 tracing::error!(error = %e, "cannot record an app's first request; refusing");
                 return Err(text(
@@ -353,11 +360,10 @@ impl AppsFront {
                 ));
             }
             // Marked only once written: a failed write is tried again on the next request.
-            for pair in firsts {
-                self.first_seen.insert(pair, ()).await;
-            }
+            self.first_seen.insert(pair, ()).await;
         }
-        Ok(Some(Arc::new(Access { grants: held })))
+        held.first_recorded.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The answer to a request no grant allows: audited, and for a browser's page load
