@@ -568,7 +568,9 @@ impl Provider {
         };
         Ok(IdpIdentity {
             user,
-            email,
+            // Passed on to apps (header and assertion) as the user's address: only once the
+            // IdP has verified it, whatever the user is named by.
+            email: email.filter(|_| verified),
             groups,
             subject,
         })
@@ -716,5 +718,47 @@ mod tests {
         assert_eq!(email_domain("alice@"), None);
         assert_eq!(email_domain("alice"), None);
         assert_eq!(email_domain("alice@exa mple.com"), None);
+    }
+
+    fn provider(user_claim: &str) -> Provider {
+        let config = OidcConfig {
+            name: "corp".into(),
+            display_name: "Corp".into(),
+            issuer: "https://idp.example.com".into(),
+            client_id: "jitgate".into(),
+            client_secret: String::from("s").into(),
+            scopes: vec!["openid".into()],
+            groups_claim: "groups".into(),
+            groups_prefix: String::new(),
+            user_claim: user_claim.into(),
+            allowed_email_domains: Vec::new(),
+        };
+        let providers = Providers::new(&[config], "https://proxy.example.com/auth/callback").unwrap();
+        let only = Arc::clone(&providers.all()[0]);
+        drop(providers);
+        Arc::into_inner(only).unwrap()
+    }
+
+    #[test]
+    fn an_unverified_address_is_not_passed_on_even_where_it_names_nobody() {
+        let p = provider("sub");
+        let claims = |verified: serde_json::Value| serde_json::json!({ "sub": "u-1", "email": "boss@example.com", "email_verified": verified });
+        for unverified in [
+            serde_json::json!(false),
+            serde_json::json!("false"),
+            serde_json::Value::Null,
+        ] {
+            let id = p.map_claims(&claims(unverified.clone())).unwrap();
+            assert_eq!(id.user, "u-1");
+            assert_eq!(id.email, None, "email_verified {unverified}");
+        }
+        for verified in [serde_json::json!(true), serde_json::json!("true")] {
+            let id = p.map_claims(&claims(verified)).unwrap();
+            assert_eq!(id.email.as_deref(), Some("boss@example.com"));
+        }
+        // Where the address names the user, an unverified one refuses the login.
+        let p = provider("email");
+        let e = p.map_claims(&claims(serde_json::json!(false))).unwrap_err();
+        assert!(e.to_string().contains("has not verified"), "{e}");
     }
 }
