@@ -173,6 +173,49 @@ pub struct AuditHead {
     pub hash: String,
 }
 
+impl AuditHead {
+    /// `SEQ:HASH`, as `audit verify` prints it.
+    pub fn parse(text: &str) -> Result<AuditHead, String> {
+        let (seq, hash) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?} is not SEQ:HASH"))?;
+        let seq: i64 = seq
+            .parse()
+            .ok()
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| format!("{seq:?} is not an event's seq (a number from 1)"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{hash:?} is not a SHA-256 hash (64 hex digits)"));
+        }
+        Ok(AuditHead {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// That a verified chain still holds `head`, a head saved outside the database earlier:
+/// what its recorded head cannot show, a log cut back and its head rewritten to match.
+pub fn holds_head(events: &[AuditEvent], head: &AuditHead) -> Result<(), ChainBroken> {
+    // A verified chain's seqs run 1, 2, 3…: the event is found by its place.
+    let found = usize::try_from(head.seq - 1).ok().and_then(|i| events.get(i));
+    match found {
+        Some(e) if e.hash == head.hash => Ok(()),
+        Some(e) => Err(ChainBroken {
+            seq: e.seq,
+            why: "its hash is not the one saved with --expect-head (the log was rewritten from here)".into(),
+        }),
+        None => Err(ChainBroken {
+            seq: head.seq,
+            why: format!(
+                "the log ends at seq {} but a head saved earlier is at seq {} (events were cut off the end)",
+                events.last().map_or(0, |e| e.seq),
+                head.seq
+            ),
+        }),
+    }
+}
+
 /// `verify`, and then that the chain reaches the recorded head: events cut off the end of
 /// the log leave the head pointing past the last one.
 pub fn verify_to_head(events: &[AuditEvent], head: Option<&AuditHead>) -> Result<u64, ChainBroken> {

@@ -84,12 +84,38 @@ fn walkthrough(backend: Backend) {
         assert!(actions.iter().any(|a| a == action), "no {action} in {actions:?}");
     }
 
+    // verify prints the head, to be kept outside the database.
+    let verify = proxy.admin(&["audit", "verify"], None).success().stdout;
+    let saved = verify.trim().rsplit_once("; head ").expect(&verify).1.to_owned();
+    let last: i64 = saved.split_once(':').unwrap().0.parse().unwrap();
+    assert_eq!(last, export.lines().count() as i64, "{verify}");
+    proxy
+        .admin(&["audit", "verify", "--expect-head", &saved], None)
+        .success();
+    proxy
+        .admin(&["audit", "verify", "--expect-head", "7:abc"], None)
+        .fails(2, "--expect-head: \"abc\" is not a SHA-256 hash");
+
     // Cutting the newest event off the end is caught by the recorded head.
-    let last = export.lines().count() as i64;
     sql(&db.url, "DELETE FROM audit_events WHERE seq = $1", last);
     proxy.admin(&["audit", "verify"], None).fails(
         1,
         &format!("audit chain broken at seq {last}: the log ends at seq {}", last - 1),
+    );
+    // Whoever can write the database can rewrite that head to match; the head saved
+    // elsewhere still catches the cut.
+    sql(
+        &db.url,
+        "UPDATE audit_head SET seq = $1, hash = (SELECT hash FROM audit_events WHERE seq = $1) WHERE id = 1",
+        last - 1,
+    );
+    proxy.admin(&["audit", "verify"], None).success();
+    proxy.admin(&["audit", "verify", "--expect-head", &saved], None).fails(
+        1,
+        &format!(
+            "audit chain broken at seq {last}: the log ends at seq {} but a head saved earlier is at seq {last}",
+            last - 1
+        ),
     );
 
     // One edited row breaks the chain, and verify names it.

@@ -49,8 +49,15 @@ pub enum UsersCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Check the hash chain; exit 1 naming the first bad event
+    /// Check the hash chain; exit 1 naming the first bad event. Prints the head
+    /// (SEQ:HASH): keep it outside the database and pass it back with --expect-head
     Verify {
+        /// A head an earlier verify printed (SEQ:HASH). The chain must still hold that
+        /// event unchanged: whoever can write the database could cut events off the end
+        /// and rewrite the head to match, but cannot make an event saved elsewhere
+        /// reappear
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Vec<String>,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -328,11 +335,21 @@ pub async fn audit(cmd: AuditCommand, out: Output) -> CliResult {
             );
             Ok(())
         }
-        AuditCommand::Verify { config } => {
+        AuditCommand::Verify { expect_head, config } => {
+            let expected = expect_head
+                .iter()
+                .map(|h| audit::AuditHead::parse(h).map_err(|e| CliError::Usage(format!("--expect-head: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
             let config = load_config(config.config.as_deref())?;
             let store = open_store(&config).await?;
-            let (_, n) = verified_chain(&*store).await?;
-            println!("audit chain OK: {n} events verified");
+            let (events, n) = verified_chain(&*store).await?;
+            for head in &expected {
+                audit::holds_head(&events, head).map_err(|e| CliError::Refused(e.to_string()))?;
+            }
+            match events.last() {
+                Some(last) => println!("audit chain OK: {n} events verified; head {}:{}", last.seq, last.hash),
+                None => println!("audit chain OK: {n} events verified; the log is empty"),
+            }
             Ok(())
         }
         AuditCommand::Export {
