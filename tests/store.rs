@@ -34,6 +34,30 @@ macro_rules! both {
 both! {
     users, lifecycle, racing_approvers, revoke, revoke_races_expiry, expiry, tokens, audit_paging, refusals,
     fail_closed, listings, reloads_never_resurrect_revoked_grants, sessions, login_flows, idp_users,
+    tightened_profiles,
+}
+
+/// A profile made stricter while a request waits: the request needs what the profile asks
+/// now, and says so when it is read back.
+async fn tightened_profiles(backend: Backend) {
+    let e = env(backend, HOUR).await;
+    let t0 = Timestamp::now();
+    let r = e.open(&alice(), "one", Duration::from_secs(600), t0).await;
+    assert_eq!(r.approvals_required, 1);
+    let store = store::open(&e.db.url).await.expect("open the store again");
+    let stricter = Arc::new(Policy::new(
+        vec![profile("one", 2)],
+        vec!["group:security".parse().unwrap()],
+    ));
+    let broker = Broker::new(stricter, store, Live::new(), HOUR);
+    let a = broker.approve(&lead("bob"), &r.id, None, ms(t0, 10)).await.unwrap();
+    assert_eq!(
+        (a.state, a.approvals.len(), a.approvals_required),
+        (RequestState::Pending, 1, 2)
+    );
+    assert_eq!(e.request(&r.id).await, a, "stored as returned");
+    let a = broker.approve(&lead("carl"), &r.id, None, ms(t0, 20)).await.unwrap();
+    assert_eq!((a.state, a.approvals.len()), (RequestState::Active, 2));
 }
 
 const HOUR: Duration = Duration::from_secs(3600);

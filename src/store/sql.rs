@@ -222,7 +222,7 @@ impl SqlStore {
     async fn write_request(tx: &mut Transaction<'static, Any>, r: &AccessRequest) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE requests SET state = $1, approvals = $2, decided_at = $3, decided_by = $4, decision_reason = $5, \
-             grant_id = $6, version = version + 1 WHERE id = $7 AND version = $8",
+             grant_id = $6, approvals_required = $7, version = version + 1 WHERE id = $8 AND version = $9",
         )
         .bind(r.state.as_str())
         .bind(json(&r.approvals))
@@ -230,6 +230,8 @@ impl SqlStore {
         .bind(&r.decided_by)
         .bind(&r.decision_reason)
         .bind(&r.grant_id)
+        // Raised when the profile was tightened after the request was opened.
+        .bind(i64::from(r.approvals_required))
         .bind(&r.id)
         .bind(r.version)
         .execute(&mut **tx)
