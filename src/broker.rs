@@ -614,7 +614,7 @@ impl Broker {
             if let Some(g) = &grant {
                 event = event.request(&g.request_id);
             }
-            if let Err(e) = self.store.append_audit(vec![event]).await {
+            if let Err(e) = crate::store::append_audit_patiently(self.store.as_ref(), event).await {
                 tracing::error!(grant_id = %cut.grant_id, error = %e, "cannot record the cut");
             }
         }

@@ -377,9 +377,25 @@ impl Live {
                 at: Timestamp::now(),
                 login_only,
             };
-            // A full queue means the store is far behind; the cut itself has happened.
-            if reports.try_send(report).is_err() {
-                tracing::warn!(grant_id, "cut not recorded: the report queue is full");
+            // The cut itself has happened; its record must not be lost. A full queue means
+            // the store is far behind (a mass revocation): this report waits its turn in a
+            // task rather than hold up the cut.
+            match reports.try_send(report) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(report)) => {
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => {
+                            let reports = reports.clone();
+                            runtime.spawn(async move {
+                                let _ = reports.send(report).await;
+                            });
+                        }
+                        Err(_) => tracing::warn!(grant_id, "cut not recorded: the report queue is full"),
+                    }
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::warn!(grant_id, "cut not recorded: the recorder has stopped");
+                }
             }
         }
     }
@@ -652,5 +668,32 @@ mod tests {
         assert_eq!((second.connections, second.login_only), (1, false));
         drop((ssh, other));
         assert_eq!(live.open_connections("g1"), 0);
+    }
+
+    #[tokio::test]
+    async fn cuts_past_a_full_report_queue_are_reported_all_the_same() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let live = Live::reporting(tx);
+        let now = Timestamp::now();
+        let held: Vec<_> = (0..6)
+            .map(|i| {
+                let auth = Authorized::for_test(&format!("g{i}"), now.saturating_add(Duration::from_secs(3600)));
+                live.register_at(&auth, now)
+            })
+            .collect();
+        for i in 0..6 {
+            assert_eq!(live.cut(&format!("g{i}"), "revoked"), 1);
+        }
+        assert!(held.iter().all(LiveHandle::is_cut));
+        let mut reported = Vec::new();
+        for _ in 0..6 {
+            let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            reported.push(r.grant_id);
+        }
+        reported.sort();
+        assert_eq!(reported, ["g0", "g1", "g2", "g3", "g4", "g5"]);
     }
 }

@@ -212,6 +212,25 @@ pub trait Store: Notices + Send + Sync + 'static {
 }
 
 /// Opens the store named by `url` and applies the embedded migrations.
+/// Appends an event that proves access ended (a session's end, a cut), where a passing
+/// store failure (a busy database, a dropped connection) gets a few more tries before the
+/// error is returned. For work that is not waiting on it: the tries take up to 1.5 s.
+pub async fn append_audit_patiently(store: &dyn Store, event: AuditDraft) -> Result<(), StoreError> {
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut tries = 1;
+    loop {
+        match store.append_audit(vec![event.clone()]).await {
+            Err(e) if tries < 5 => {
+                tracing::warn!(error = %e, action = %event.action, "cannot append to the audit log yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     Ok(std::sync::Arc::new(SqlStore::open(url).await?))
 }

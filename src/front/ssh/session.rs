@@ -186,25 +186,8 @@ where
                 "cut": cut,
                 "recordings": recordings,
             }));
-        record_end(front.broker().store().as_ref(), event, &shared.session_id).await;
-    }
-}
-
-/// The end event is the log's proof that access ended, so a passing store failure (a busy
-/// database, a dropped connection) gets a few more tries before it is given up.
-async fn record_end(store: &dyn crate::store::Store, event: AuditDraft, session: &str) {
-    let mut wait = Duration::from_millis(100);
-    for attempt in 1..=5 {
-        match store.append_audit(vec![event.clone()]).await {
-            Ok(()) => return,
-            Err(e) if attempt == 5 => {
-                tracing::error!(error = %e, %session, "cannot record the end of an SSH session; gave up after {attempt} tries");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, %session, "cannot record the end of an SSH session yet; trying again");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
+        if let Err(e) = crate::store::append_audit_patiently(front.broker().store().as_ref(), event).await {
+            tracing::error!(error = %e, session = %shared.session_id, "cannot record the end of an SSH session");
         }
     }
 }
