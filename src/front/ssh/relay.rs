@@ -385,15 +385,18 @@ pub(super) async fn bytes(
     target: Channel<russh::client::Msg>,
     shared: Arc<Shared>,
 ) {
-    let mut client = client.into_stream();
-    let mut target = target.into_stream();
+    // Counted as they are read, not from what the copy returns: a forward that ends in an
+    // error or is cut still adds what it moved to the session's totals.
+    let up = Arc::clone(&shared);
+    let mut client = tokio_util::io::InspectReader::new(client.into_stream(), move |b: &[u8]| {
+        up.bytes_up.fetch_add(b.len() as u64, Ordering::Relaxed);
+    });
+    let down = Arc::clone(&shared);
+    let mut target = tokio_util::io::InspectReader::new(target.into_stream(), move |b: &[u8]| {
+        down.bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
+    });
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut target) => {
-            if let Ok((up, down)) = copied {
-                shared.bytes_up.fetch_add(up, Ordering::Relaxed);
-                shared.bytes_down.fetch_add(down, Ordering::Relaxed);
-            }
-        }
+        _ = tokio::io::copy_bidirectional(&mut client, &mut target) => {}
         _ = shared.done.cancelled() => {}
     }
 }
