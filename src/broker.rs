@@ -593,31 +593,43 @@ impl Broker {
 
     /// Records each cut of open connections in the audit log (`session.cut`): the proof that
     /// access ended, and the event webhooks announce.
-    pub async fn record_cuts(self: Arc<Self>, mut reports: tokio::sync::mpsc::Receiver<CutReport>) {
-        while let Some(cut) = reports.recv().await {
-            let grant = match self.store.grant(&cut.grant_id).await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::warn!(grant_id = %cut.grant_id, error = %e, "cannot look up a cut grant");
-                    None
-                }
-            };
-            let mut event = AuditDraft::new("session.cut", "system", grant.as_ref().map_or("", |g| g.user.as_str()))
-                .grant(&cut.grant_id)
-                .reason(Some(&cut.why))
-                .details(serde_json::json!({
-                    "connections": cut.connections,
-                    // A logout ends that login's connections; the grant goes on.
-                    "scope": if cut.login_only { "login" } else { "grant" },
-                }));
-            event.time = Some(cut.at);
-            if let Some(g) = &grant {
-                event = event.request(&g.request_id);
+    pub async fn record_cuts(self: Arc<Self>, mut reports: tokio::sync::mpsc::UnboundedReceiver<CutReport>) {
+        // Taken in batches, one append each: a mass revocation is recorded at the store's
+        // pace for many events, not one commit per cut.
+        let mut cuts = Vec::with_capacity(256);
+        while reports.recv_many(&mut cuts, 256).await > 0 {
+            let mut events = Vec::with_capacity(cuts.len());
+            for cut in cuts.drain(..) {
+                events.push(self.cut_event(cut).await);
             }
-            if let Err(e) = crate::store::append_audit_patiently(self.store.as_ref(), event).await {
-                tracing::error!(grant_id = %cut.grant_id, error = %e, "cannot record the cut");
+            if let Err(e) = crate::store::append_audit_patiently(self.store.as_ref(), events).await {
+                tracing::error!(error = %e, "cannot record cuts of open connections");
             }
         }
+    }
+
+    /// The `session.cut` event for one report.
+    async fn cut_event(&self, cut: CutReport) -> AuditDraft {
+        let grant = match self.store.grant(&cut.grant_id).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(grant_id = %cut.grant_id, error = %e, "cannot look up a cut grant");
+                None
+            }
+        };
+        let mut event = AuditDraft::new("session.cut", "system", grant.as_ref().map_or("", |g| g.user.as_str()))
+            .grant(&cut.grant_id)
+            .reason(Some(&cut.why))
+            .details(serde_json::json!({
+                "connections": cut.connections,
+                // A logout ends that login's connections; the grant goes on.
+                "scope": if cut.login_only { "login" } else { "grant" },
+            }));
+        event.time = Some(cut.at);
+        if let Some(g) = &grant {
+            event = event.request(&g.request_id);
+        }
+        event
     }
 
     pub async fn pending_count(&self) -> Result<u64, BrokerError> {

@@ -14,7 +14,9 @@ use crate::time::Timestamp;
 pub struct Live {
     grants: Arc<Mutex<Registry>>,
     /// Where cuts are reported, to be recorded (`session.cut`) and announced.
-    reports: Option<tokio::sync::mpsc::Sender<CutReport>>,
+    /// Unbounded, and still bounded by what happens: one report per grant or login cut,
+    /// each of which the audit log must show.
+    reports: Option<tokio::sync::mpsc::UnboundedSender<CutReport>>,
 }
 
 /// The login key of a CLI token (and of the SSH certificate minted with it).
@@ -228,7 +230,7 @@ impl Live {
     }
 
     /// A registry that reports each cut of open connections to `reports`.
-    pub fn reporting(reports: tokio::sync::mpsc::Sender<CutReport>) -> Self {
+    pub fn reporting(reports: tokio::sync::mpsc::UnboundedSender<CutReport>) -> Self {
         Live {
             reports: Some(reports),
             ..Live::default()
@@ -377,25 +379,10 @@ impl Live {
                 at: Timestamp::now(),
                 login_only,
             };
-            // The cut itself has happened; its record must not be lost. A full queue means
-            // the store is far behind (a mass revocation): this report waits its turn in a
-            // task rather than hold up the cut.
-            match reports.try_send(report) {
-                Ok(()) => {}
-                Err(tokio::sync::mpsc::error::TrySendError::Full(report)) => {
-                    match tokio::runtime::Handle::try_current() {
-                        Ok(runtime) => {
-                            let reports = reports.clone();
-                            runtime.spawn(async move {
-                                let _ = reports.send(report).await;
-                            });
-                        }
-                        Err(_) => tracing::warn!(grant_id, "cut not recorded: the report queue is full"),
-                    }
-                }
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                    tracing::warn!(grant_id, "cut not recorded: the recorder has stopped");
-                }
+            // The cut itself has happened; its record must not be lost to a store that is
+            // behind (a mass revocation), so the queue does not turn reports away.
+            if reports.send(report).is_err() {
+                tracing::warn!(grant_id, "cut not recorded: the recorder has stopped");
             }
         }
     }
@@ -644,7 +631,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_renewed_login_keeps_its_connections_and_cuts_are_reported_once() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let live = Live::reporting(tx);
         let now = Timestamp::now();
         let auth = Authorized::for_test("g1", now.saturating_add(Duration::from_secs(3600)));
@@ -671,8 +658,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cuts_past_a_full_report_queue_are_reported_all_the_same() {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    async fn a_mass_revocation_loses_no_cut_report() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let live = Live::reporting(tx);
         let now = Timestamp::now();
         let held: Vec<_> = (0..6)

@@ -107,7 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
         server.token_lifetime,
         sources,
     );
-    let (cut_reports, cuts) = tokio::sync::mpsc::channel(1024);
+    let (cut_reports, cuts) = tokio::sync::mpsc::unbounded_channel();
     let notify_places: std::collections::BTreeMap<String, String> = config
         .notify
         .targets

@@ -549,7 +549,7 @@ allow_networks = ["127.0.0.1"]
         hook.url,
         secret.display()
     );
-    let (reports, cuts) = tokio::sync::mpsc::channel(16);
+    let (reports, cuts) = tokio::sync::mpsc::unbounded_channel();
     let replica = Replica::new(&db.url, &text, Live::reporting(reports)).await;
     let broker = Arc::clone(&replica.broker);
     tokio::spawn(Arc::clone(&broker).record_cuts(cuts));

@@ -211,17 +211,17 @@ pub trait Store: Notices + Send + Sync + 'static {
     ) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
-/// Opens the store named by `url` and applies the embedded migrations.
-/// Appends an event that proves access ended (a session's end, a cut), where a passing
-/// store failure (a busy database, a dropped connection) gets a few more tries before the
-/// error is returned. For work that is not waiting on it: the tries take up to 1.5 s.
-pub async fn append_audit_patiently(store: &dyn Store, event: AuditDraft) -> Result<(), StoreError> {
+/// Appends events that prove access ended (a session's end, a cut), where a passing store
+/// failure (a busy database, a dropped connection) gets a few more tries before the error
+/// is returned. For work that is not waiting on it: the tries take up to 1.5 s. A commit
+/// whose answer was lost is written again: twice is better than never for such a record.
+pub async fn append_audit_patiently(store: &dyn Store, events: Vec<AuditDraft>) -> Result<(), StoreError> {
     let mut wait = std::time::Duration::from_millis(100);
     let mut tries = 1;
     loop {
-        match store.append_audit(vec![event.clone()]).await {
+        match store.append_audit(events.clone()).await {
             Err(e) if tries < 5 => {
-                tracing::warn!(error = %e, action = %event.action, "cannot append to the audit log yet; trying again");
+                tracing::warn!(error = %e, events = events.len(), "cannot append to the audit log yet; trying again");
                 tokio::time::sleep(wait).await;
                 wait *= 2;
                 tries += 1;
@@ -231,6 +231,7 @@ pub async fn append_audit_patiently(store: &dyn Store, event: AuditDraft) -> Res
     }
 }
 
+/// Opens the store named by `url` and applies the embedded migrations.
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     Ok(std::sync::Arc::new(SqlStore::open(url).await?))
 }

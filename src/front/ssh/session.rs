@@ -186,7 +186,7 @@ where
                 "cut": cut,
                 "recordings": recordings,
             }));
-        if let Err(e) = crate::store::append_audit_patiently(front.broker().store().as_ref(), event).await {
+        if let Err(e) = crate::store::append_audit_patiently(front.broker().store().as_ref(), vec![event]).await {
             tracing::error!(error = %e, session = %shared.session_id, "cannot record the end of an SSH session");
         }
     }
