@@ -347,20 +347,26 @@ impl AppsFront {
     /// used here.
     async fn record_first(&self, app: &App, session: &Session, held: &Held) -> Result<(), Response<Body>> {
         let pair: (Arc<str>, Arc<str>) = (held.auth.grant_id().into(), Arc::clone(&app.name));
-        if !self.first_seen.contains_key(&pair) {
-            let event = AuditDraft::new("app.first_request", &session.identity.user, &app.name)
-                .grant(held.auth.grant_id())
-                .details(serde_json::json!({ "app": &*app.name }));
-            if let Err(e) = self.state.broker.store().append_audit(vec![event]).await {
-                // Access the audit log cannot show does not start.
-                tracing::error!(error = %e, "cannot record an app's first request; refusing");
-                return Err(text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "jitgate: the proxy cannot record this access right now; try again shortly",
-                ));
-            }
-            // Marked only once written: a failed write is tried again on the next request.
-            self.first_seen.insert(pair, ()).await;
+        // One write however many first requests race (a page loads its assets at once):
+        // the others wait for it. Marked only once written, so a failed write is tried
+        // again on the next request.
+        let recorded = self
+            .first_seen
+            .entry(pair)
+            .or_try_insert_with(async {
+                let event = AuditDraft::new("app.first_request", &session.identity.user, &app.name)
+                    .grant(held.auth.grant_id())
+                    .details(serde_json::json!({ "app": &*app.name }));
+                self.state.broker.store().append_audit(vec![event]).await
+            })
+            .await;
+        if let Err(e) = recorded {
+            // Access the audit log cannot show does not start.
+            tracing::error!(error = %e, "cannot record an app's first request; refusing");
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "jitgate: the proxy cannot record this access right now; try again shortly",
+            ));
         }
         held.first_recorded.store(true, Ordering::Relaxed);
         Ok(())
