@@ -27,6 +27,26 @@ struct JumpSession {
     open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// One of a jump connection's [`super::MAX_CHANNELS`] channel slots, given back when
+/// dropped, however the task that holds it ends.
+struct JumpSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl JumpSlot {
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>) -> Option<JumpSlot> {
+        if open.fetch_add(1, Ordering::AcqRel) >= super::MAX_CHANNELS {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(JumpSlot(Arc::clone(open)))
+    }
+}
+
+impl Drop for JumpSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub(super) async fn serve(
     front: Arc<SshFront>,
     tcp: TcpStream,
@@ -89,20 +109,18 @@ impl russh::server::Handler for JumpSession {
     ) -> Result<(), Self::Error> {
         // Each refusal holds a task until the client closes the channel, so these count
         // against the connection's channel cap like the jumps do.
-        if self.open.fetch_add(1, Ordering::AcqRel) >= super::MAX_CHANNELS {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = JumpSlot::take(&self.open) else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
-        }
+        };
         // A shell here would be a standing foothold; say how the listener is meant to be used.
         reply.accept().await;
         let user = self.user.as_deref().unwrap_or("USER");
         let message =
             format!("jitgate: this is a jump listener, not a shell; use: ssh -J {user}@PROXY:PORT LOGIN@HOST");
-        let open = Arc::clone(&self.open);
         tokio::spawn(async move {
             relay::refuse(channel, message).await;
-            open.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
         Ok(())
     }
@@ -126,18 +144,16 @@ impl russh::server::Handler for JumpSession {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
-        if self.open.fetch_add(1, Ordering::AcqRel) >= super::MAX_CHANNELS {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        let Some(slot) = JumpSlot::take(&self.open) else {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
-        }
+        };
         tracing::debug!(%user, host = %host.name, port = port_to_connect, "jump channel opened");
         reply.accept().await;
         let front = Arc::clone(&self.front);
-        let open = Arc::clone(&self.open);
         tokio::spawn(async move {
             serve_session(front, host, channel.into_stream(), Some(user)).await;
-            open.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         });
         Ok(())
     }
