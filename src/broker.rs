@@ -602,8 +602,14 @@ impl Broker {
             for cut in cuts.drain(..) {
                 events.push(self.cut_event(cut).await);
             }
-            if let Err(e) = crate::store::append_audit_patiently(self.store.as_ref(), events).await {
-                tracing::error!(error = %e, "cannot record cuts of open connections");
+            // Nothing waits on this, and a mass revocation during a store outage is when a
+            // batch is largest: it is kept until the store takes it, not given up.
+            let mut wait = Duration::from_millis(100);
+            while let Err(e) = self.store.append_audit(events.clone()).await {
+                let grants: Vec<&str> = events.iter().filter_map(|e| e.grant_id.as_deref()).collect();
+                tracing::error!(error = %e, ?grants, "cannot record cuts of open connections yet; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
             }
         }
     }
