@@ -920,10 +920,9 @@ impl russh::Signer for NoSignature {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keys_without_a_valid_signature_and_too_many_attempts_never_get_in() {
-    use russh::client::{self, AuthResult};
-    use russh::keys::Certificate;
+/// A stand with alice logged in, and her identity certificate and key, for a russh client
+/// that plays `ssh`.
+async fn stand_with_alices_keys() -> (Stand, Client, russh::keys::Certificate, russh::keys::PrivateKey) {
     let stand = tokio::task::spawn_blocking(stand).await.unwrap();
     let alice = {
         let stand_ref = &stand;
@@ -931,9 +930,16 @@ async fn keys_without_a_valid_signature_and_too_many_attempts_never_get_in() {
     };
     let home = alice.user.home.clone();
     let cert_text = std::fs::read_to_string(home.join("ssh/id_ed25519-cert.pub")).unwrap();
-    let cert = Certificate::from_openssh(cert_text.trim()).unwrap();
+    let cert = russh::keys::Certificate::from_openssh(cert_text.trim()).unwrap();
     let key =
         russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(home.join("ssh/id_ed25519")).unwrap()).unwrap();
+    (stand, alice, cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_without_a_valid_signature_and_too_many_attempts_never_get_in() {
+    use russh::client::{self, AuthResult};
+    let (stand, _alice, cert, key) = stand_with_alices_keys().await;
     let addr = stand.proxy.ssh.clone();
     let connect = || client::connect(Arc::new(client::Config::default()), addr.clone(), AnyHost);
     let failed = |r: AuthResult| matches!(r, AuthResult::Failure { .. });
@@ -992,17 +998,7 @@ async fn keys_without_a_valid_signature_and_too_many_attempts_never_get_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jump_listener_caps_the_session_channels_a_connection_holds() {
     use russh::client::{self, AuthResult};
-    use russh::keys::Certificate;
-    let stand = tokio::task::spawn_blocking(stand).await.unwrap();
-    let alice = {
-        let stand_ref = &stand;
-        tokio::task::block_in_place(|| Client::new(stand_ref, "alice"))
-    };
-    let home = alice.user.home.clone();
-    let cert_text = std::fs::read_to_string(home.join("ssh/id_ed25519-cert.pub")).unwrap();
-    let cert = Certificate::from_openssh(cert_text.trim()).unwrap();
-    let key =
-        russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(home.join("ssh/id_ed25519")).unwrap()).unwrap();
+    let (stand, _alice, cert, key) = stand_with_alices_keys().await;
     let mut c = client::connect(Arc::new(client::Config::default()), stand.proxy.ssh.clone(), AnyHost)
         .await
         .unwrap();
