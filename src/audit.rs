@@ -412,6 +412,40 @@ mod tests {
     }
 
     #[test]
+    fn a_saved_head_catches_a_chain_rebuilt_or_cut_back_to_look_whole() {
+        let events = chain(5);
+        let saved = AuditHead::parse(&format!("3:{}", events[2].hash.to_ascii_uppercase())).unwrap();
+        assert_eq!(holds_head(&events, &saved), Ok(()));
+        // Cut back below the saved head, with the recorded head rewritten: verify passes.
+        let head = AuditHead {
+            seq: 2,
+            hash: events[1].hash.clone(),
+        };
+        assert_eq!(verify_to_head(&events[..2], Some(&head)), Ok(2));
+        assert_eq!(holds_head(&events[..2], &saved).unwrap_err().seq, 3);
+        // Rebuilt from an edited event on, every hash recomputed: verify passes again.
+        let mut prev = events[1].hash.clone();
+        let rebuilt: Vec<AuditEvent> = events[..2]
+            .iter()
+            .cloned()
+            .chain((3..=5).map(|seq| {
+                let e = AuditDraft::new("request.created", "mallory", "db-patch")
+                    .request("r1")
+                    .seal(seq, &prev, Timestamp::from_millis(seq * 1000));
+                prev.clone_from(&e.hash);
+                e
+            }))
+            .collect();
+        assert_eq!(verify(&rebuilt), Ok(5));
+        assert_eq!(holds_head(&rebuilt, &saved).unwrap_err().seq, 3);
+        for bad in ["3", "0:ab", "-1:ab", "x:ab", "3:abc", "99999999999999999999:ab"] {
+            assert!(AuditHead::parse(bad).is_err(), "{bad}");
+        }
+        let short_hash = format!("3:{}", &events[2].hash[..63]);
+        assert!(AuditHead::parse(&short_hash).is_err());
+    }
+
+    #[test]
     fn an_intact_chain_verifies() {
         assert_eq!(verify(&chain(5)), Ok(5));
         assert_eq!(verify(&[]), Ok(0));
