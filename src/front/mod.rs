@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod h1pool;
 pub mod kube;
 pub mod shards;
 pub mod ssh;

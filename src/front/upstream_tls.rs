@@ -1,6 +1,7 @@
 //! What the apps and the Kubernetes front share on their way out: pooled hyper clients over
 //! rustls (one that pools, with HTTP/2 where offered if the caller allows it, as apps do
-//! and the Kubernetes front does not; one for upgrades, which leave the pool), the roots
+//! and the Kubernetes front does not; one for upgrades, which leave the pool), `h1pool`'s
+//! per-shard pools for plain HTTP/1.1, the roots
 //! of a CA file, and a verifier for a certificate named by hash or not at all.
 
 use std::path::Path;
@@ -63,6 +64,42 @@ pub fn clients(
         build(connector(matches!(http2, Http2::WhereOffered)), idle_cap),
         build(connector(false), 0),
     )
+}
+
+/// Pools of HTTP/1.1 connections driven by their requests' tasks, one per shard, to
+/// `target` (the upstream's scheme and authority).
+pub fn h1_pools(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    plain_http: bool,
+    target: &hyper::Uri,
+) -> Box<[Arc<crate::front::h1pool::H1Pool>]> {
+    let connector = h1_connector(tls, connect_timeout, plain_http);
+    let idle_cap = (POOL_MAX_IDLE_PER_HOST / crate::front::shards::count()).max(8);
+    (0..crate::front::shards::count())
+        .map(|_| {
+            Arc::new(crate::front::h1pool::H1Pool::new(
+                connector.clone(),
+                target.clone(),
+                idle_cap,
+            ))
+        })
+        .collect()
+}
+
+/// Connects to an upstream for HTTP/1.1 only, over TLS or (if `plain_http`) not.
+pub fn h1_connector(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    plain_http: bool,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let b = if plain_http { b.https_or_http() } else { b.https_only() };
+    b.enable_http1().wrap_connector(http)
 }
 
 /// A client config builder on ring with the safe protocol versions.

@@ -25,8 +25,12 @@ pub(super) struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    fn upstream_uri(&self, query: Option<&str>) -> Option<Uri> {
-        let base = self.app.config.upstream.as_str().trim_end_matches('/');
+    /// The request's URI on the upstream: in origin form for an inline pool, which sends
+    /// it as is, absolute for hyper-util's client, which finds the upstream from it.
+    fn upstream_uri(&self, query: Option<&str>, inline: bool) -> Option<Uri> {
+        let upstream = &self.app.config.upstream;
+        let base = if inline { upstream.path() } else { upstream.as_str() };
+        let base = base.trim_end_matches('/');
         // Built at its final size and handed over whole: the URI keeps these bytes.
         let mut uri = String::with_capacity(base.len() + self.path.len() + query.map_or(0, |q| q.len() + 1));
         uri.push_str(base);
@@ -39,9 +43,11 @@ impl Forward<'_> {
     }
 
     /// The headers the upstream gets: the client's, cleaned, plus what the proxy knows.
-    fn headers(&self, headers: &mut axum::http::HeaderMap) {
+    fn headers(&self, headers: &mut axum::http::HeaderMap, inline: bool) {
         headers::clean_request(headers);
-        if let Ok(v) = HeaderValue::try_from(self.peer.ip().to_string()) {
+        // Room for what the proxy adds, made once: growing as they go in rehashes twice.
+        headers.reserve(9);
+        if let Some(v) = forwarded_for(self.peer.ip()) {
             headers.insert(headers::FORWARDED_FOR, v);
         }
         headers.insert(headers::FORWARDED_PROTO, HeaderValue::from_static("https"));
@@ -56,21 +62,26 @@ impl Forward<'_> {
             headers.insert(headers::GRANT, id.grant.clone());
             headers.insert(headers::ASSERTION, id.assertion.clone());
         }
-        // The upstream's own name, as for a direct request to it.
-        headers.remove(header::HOST);
+        // The upstream's own name, as for a direct request to it: hyper-util's client
+        // adds it from the URI, an inline pool sends what it is given.
+        if inline {
+            headers.insert(header::HOST, self.app.upstream_host.clone());
+        } else {
+            headers.remove(header::HOST);
+        }
     }
 
     /// Turns the client's request head into the upstream's: its URI on the upstream,
     /// HTTP/1.1 (the pool picks HTTP/2 where offered), and the cleaned headers.
     #[allow(clippy::result_large_err)]
-    fn toward_upstream(&self, parts: &mut axum::http::request::Parts) -> Result<(), Response<Body>> {
-        let Some(uri) = self.upstream_uri(parts.uri.query()) else {
+    fn toward_upstream(&self, parts: &mut axum::http::request::Parts, inline: bool) -> Result<(), Response<Body>> {
+        let Some(uri) = self.upstream_uri(parts.uri.query(), inline) else {
             return Err(text(
                 StatusCode::BAD_REQUEST,
                 "jitgate: the request's URL cannot be forwarded",
             ));
         };
-        self.headers(&mut parts.headers);
+        self.headers(&mut parts.headers, inline);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         Ok(())
@@ -78,7 +89,7 @@ impl Forward<'_> {
 
     pub(super) async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
-        if let Err(refused) = self.toward_upstream(&mut parts) {
+        if let Err(refused) = self.toward_upstream(&mut parts, self.app.pool().is_some()) {
             return refused;
         }
         // One token of its own for the whole exchange: waiters on the grant's shared token
@@ -94,38 +105,60 @@ impl Forward<'_> {
             return ended(&held, false);
         }
         let up = Request::from_parts(parts, body);
-        let sent = tokio::select! {
-            // The cut first: a request whose grant just ended is not handed on.
-            biased;
-            // A long poll or an upload waits for the answer's head; the cut does not wait
-            // with it. Dropping the request drops its upstream connection.
-            _ = cut.cancelled() => return ended(&held, true),
-            sent = tokio::time::timeout(self.app.config.response_timeout, self.app.client().request(up)) => sent,
+        let resp = match self.app.pool() {
+            Some(pool) => self
+                .answer(pool.request(up), &cut, &held)
+                .await
+                .map(|r| r.map(|b| CutBody::around(b, cut, &held, Direction::Client))),
+            None => self
+                .answer(self.app.client().request(up), &cut, &held)
+                .await
+                .map(|r| r.map(|b| CutBody::around(b, cut, &held, Direction::Client))),
         };
-        let resp = match sent {
-            Ok(Ok(r)) => r,
-            // The upload was cut mid-way, so the client error says why.
-            Ok(Err(_)) if held.live.is_cut() => return ended(&held, true),
-            Ok(Err(e)) => return self.unreachable(&e.to_string(), &held),
-            Err(_) => {
-                return self.unreachable(
-                    &format!(
-                        "no answer within {}",
-                        humantime::format_duration(self.app.config.response_timeout)
-                    ),
-                    &held,
-                )
+        match resp {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                headers::clean_response(&mut parts.headers);
+                Response::from_parts(parts, body)
             }
+            Err(refused) => refused,
+        }
+    }
+
+    /// The upstream's answer to a request under way, or the page that says why there is
+    /// none. The cut is raced first: a request whose grant just ended is not handed on,
+    /// and a long poll or an upload that waits for the answer's head does not hold the
+    /// cut up. Dropping the request drops its upstream connection.
+    async fn answer<B, E: std::fmt::Display>(
+        &self,
+        sent: impl std::future::Future<Output = Result<Response<B>, E>>,
+        cut: &CancellationToken,
+        held: &HeldRef,
+    ) -> Result<Response<B>, Response<Body>> {
+        let sent = tokio::select! {
+            biased;
+            _ = cut.cancelled() => return Err(ended(held, true)),
+            sent = tokio::time::timeout(self.app.config.response_timeout, sent) => sent,
         };
-        let (mut parts, body) = resp.into_parts();
-        headers::clean_response(&mut parts.headers);
-        Response::from_parts(parts, CutBody::around(body, cut, &held, Direction::Client))
+        match sent {
+            Ok(Ok(r)) => Ok(r),
+            // The upload was cut mid-way, so the client error says why.
+            Ok(Err(_)) if held.live.is_cut() => Err(ended(held, true)),
+            Ok(Err(e)) => Err(self.unreachable(&e.to_string(), held)),
+            Err(_) => Err(self.unreachable(
+                &format!(
+                    "no answer within {}",
+                    humantime::format_duration(self.app.config.response_timeout)
+                ),
+                held,
+            )),
+        }
     }
 
     pub(super) async fn websocket(&self, mut req: Request<Incoming>, held: HeldRef) -> Response<Body> {
         let from_client = hyper::upgrade::on(&mut req);
         let (mut parts, _) = req.into_parts();
-        if let Err(refused) = self.toward_upstream(&mut parts) {
+        if let Err(refused) = self.toward_upstream(&mut parts, false) {
             return refused;
         }
         // The upgrade request goes without a body: no length may claim one, or the upstream
@@ -221,6 +254,36 @@ impl Forward<'_> {
     }
 }
 
+/// The peer's address as `X-Forwarded-For` says it. An IPv4 address is written digit by
+/// digit: `Display` goes through the formatter's padding and costs more than the rest of
+/// the headers together (about 1,300 instructions a request).
+fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            HeaderValue::from_bytes(&buf[..n]).ok()
+        }
+        std::net::IpAddr::V6(_) => HeaderValue::try_from(ip.to_string()).ok(),
+    }
+}
+
 /// Whether `accept` is the answer RFC 6455 (4.2.2) requires to the client's `key`.
 fn accepts(key: Option<&HeaderValue>, accept: Option<&HeaderValue>) -> bool {
     use base64::Engine;
@@ -264,18 +327,21 @@ enum Direction {
 
 /// A body on its way through, ended (as an error, so the receiver cannot take it for
 /// complete) when its grant is cut, with its trailers cleaned like the headers before it.
-struct CutBody {
-    inner: Incoming,
+struct CutBody<B> {
+    inner: B,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     direction: Direction,
     /// Keeps the grant's registration with `live` while the body flows.
     _held: HeldRef,
 }
 
-impl CutBody {
+impl<B> CutBody<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+{
     /// `cut` is a child of the grant's token, so that waiting on it does not queue on the
     /// grant's shared lock.
-    fn around(inner: Incoming, cut: CancellationToken, held: &HeldRef, direction: Direction) -> Body {
+    fn around(inner: B, cut: CancellationToken, held: &HeldRef, direction: Direction) -> Body {
         Body::new(CutBody {
             inner,
             cut: Box::pin(cut.cancelled_owned()),
@@ -285,7 +351,10 @@ impl CutBody {
     }
 }
 
-impl hyper::body::Body for CutBody {
+impl<B> hyper::body::Body for CutBody<B>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -327,6 +396,27 @@ impl hyper::body::Body for CutBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_writes_addresses_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.9.99.100",
+            "255.255.255.255",
+            "1.20.203.4",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(forwarded_for(ip).unwrap(), ip.to_string().as_str(), "{ip}");
+        }
+        for n in (0..=u32::MAX).step_by(9_973_451) {
+            let ip = std::net::IpAddr::V4(n.into());
+            assert_eq!(forwarded_for(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
 
     #[test]
     fn the_websocket_accept_must_answer_the_key() {

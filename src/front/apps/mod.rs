@@ -84,11 +84,21 @@ pub struct App {
     /// One pool per shard: a request and the upstream connection it uses share a thread.
     clients: Box<[UpstreamClient]>,
     upgrades: UpstreamClient,
+    /// For plain `http://` upstreams: connections driven by the request's own task.
+    pools: Option<Box<[Arc<crate::front::h1pool::H1Pool>]>>,
+    /// The upstream's authority, as the Host header of requests sent on `pools`.
+    upstream_host: HeaderValue,
 }
 
 impl App {
     fn client(&self) -> &UpstreamClient {
         &self.clients[crate::front::shards::current() % self.clients.len()]
+    }
+
+    fn pool(&self) -> Option<&Arc<crate::front::h1pool::H1Pool>> {
+        self.pools
+            .as_ref()
+            .map(|p| &p[crate::front::shards::current() % p.len()])
     }
 }
 
@@ -130,12 +140,12 @@ impl Access {
 
 pub struct AppsFront {
     state: Arc<ApiState>,
-    by_host: HashMap<String, Arc<App>>,
-    decisions: Cache<(Arc<str>, Arc<str>), Arc<Access>>,
+    by_host: HashMap<String, Arc<App>, crate::FastHash>,
+    decisions: Cache<(Arc<str>, Arc<str>), Arc<Access>, crate::FastHash>,
     /// (grant, app) pairs whose first request is already in the audit log.
     first_seen: Cache<(Arc<str>, Arc<str>), ()>,
     /// App cookies whose signature checked out: cookie → (app, session id hash).
-    cookies: Cache<String, (Arc<str>, Arc<str>)>,
+    cookies: Cache<String, (Arc<str>, Arc<str>), crate::FastHash>,
     denials: DenialThrottle,
     /// The writer of sampled request lines, when an app samples them.
     samples: Option<samples::Samples>,
@@ -143,7 +153,7 @@ pub struct AppsFront {
 
 impl AppsFront {
     pub fn new(state: Arc<ApiState>, apps: &[AppConfig]) -> Result<AppsFront, String> {
-        let mut by_host = HashMap::new();
+        let mut by_host = HashMap::with_hasher(crate::FastHash::default());
         for (config, site) in apps.iter().zip(sites(&state.site, apps)) {
             let (client, upgrades) = upstream::clients(config)?;
             let mut clients = vec![client];
@@ -153,7 +163,16 @@ impl AppsFront {
             let origin = site.origin;
             let host_header =
                 HeaderValue::from_str(&config.host).map_err(|e| format!("apps {:?}: {e}", config.name))?;
+            let pools = upstream::h1_pools(config)?;
+            let authority = match config.upstream.port() {
+                Some(port) => format!("{}:{port}", config.upstream.host_str().unwrap_or_default()),
+                None => config.upstream.host_str().unwrap_or_default().to_owned(),
+            };
+            let upstream_host =
+                HeaderValue::from_str(&authority).map_err(|e| format!("apps {:?}: upstream: {e}", config.name))?;
             let app = App {
+                pools,
+                upstream_host,
                 host_header,
                 name: config.name.as_str().into(),
                 config: config.clone(),
@@ -168,12 +187,12 @@ impl AppsFront {
             decisions: Cache::builder()
                 .max_capacity(DECISION_CACHE_ENTRIES)
                 .time_to_live(DECISION_TTL)
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
             first_seen: Cache::builder().max_capacity(DECISION_CACHE_ENTRIES).build(),
             cookies: Cache::builder()
                 .max_capacity(DECISION_CACHE_ENTRIES)
                 .time_to_live(COOKIE_TRUST)
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
             denials: DenialThrottle::new(DECISION_CACHE_ENTRIES),
             samples: apps
                 .iter()
@@ -191,7 +210,9 @@ impl AppsFront {
     /// Serves one request on an app's host.
     pub async fn handle(self: Arc<Self>, app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         if req.uri().path() == CALLBACK_PATH {
-            return self.callback(&app, req.uri().query(), req.headers()).await;
+            // Cold paths are boxed here and below: a request's future is moved whole, and
+            // would otherwise be as large as its largest branch.
+            return Box::pin(self.callback(&app, req.uri().query(), req.headers())).await;
         }
         if req.uri().path().starts_with("/.jitgate/") {
             return text(StatusCode::NOT_FOUND, "jitgate: no such page");
@@ -250,7 +271,7 @@ impl AppsFront {
         // The held grant's registration with `live` stays with the answer: a stream or a
         // WebSocket ends when that grant is cut.
         if websocket {
-            forward.websocket(req, held).await
+            Box::pin(forward.websocket(req, held)).await
         } else {
             forward.request(req, held).await
         }
@@ -281,7 +302,7 @@ impl AppsFront {
                 Some(a) => a,
                 None => match self.access(app, session, now).await {
                     Ok(Some(a)) => {
-                        self.decisions.insert(key.clone(), Arc::clone(&a)).await;
+                        Box::pin(self.decisions.insert(key.clone(), Arc::clone(&a))).await;
                         a
                     }
                     Ok(None) => break,
@@ -293,7 +314,7 @@ impl AppsFront {
             }) {
                 let held = &current.grants[i];
                 if !held.first_recorded.load(Ordering::Relaxed) {
-                    self.record_first(app, session, held).await?;
+                    Box::pin(self.record_first(app, session, held)).await?;
                 }
                 return Ok(HeldRef {
                     access: current,
@@ -302,10 +323,10 @@ impl AppsFront {
             }
             // A cached access may predate a grant that allows this: look once more afresh.
             if attempt == 0 {
-                self.decisions.invalidate(&key).await;
+                Box::pin(self.decisions.invalidate(&key)).await;
             }
         }
-        Err(self.denied(app, session, method, path, now).await)
+        Err(Box::pin(self.denied(app, session, method, path, now)).await)
     }
 
     /// Looks up the session's grants for the app; None when it has none.

@@ -1,6 +1,8 @@
 //! Pooled clients to one app's upstream: HTTP/1.1 keep-alive, and HTTP/2 where an
-//! `https://` upstream offers it by ALPN. WebSocket upgrades take an HTTP/1.1-only client,
-//! since an upgraded connection leaves the pool.
+//! `https://` upstream offers it by ALPN. A plain `http://` upstream has no HTTP/2 to
+//! offer, so its requests go on `h1pool`'s connections, which cost less per request.
+//! WebSocket upgrades take an HTTP/1.1-only client, since an upgraded connection leaves the
+//! pool.
 
 use crate::config::{AppConfig, UpstreamTls};
 pub use crate::front::upstream_tls::UpstreamClient;
@@ -15,6 +17,24 @@ pub fn clients(app: &AppConfig) -> Result<(UpstreamClient, UpstreamClient), Stri
         true,
         upstream_tls::Http2::WhereOffered,
     ))
+}
+
+/// For a plain `http://` upstream (no HTTP/2 to offer): pools driven inline, per shard.
+pub fn h1_pools(app: &AppConfig) -> Result<Option<Box<[std::sync::Arc<crate::front::h1pool::H1Pool>]>>, String> {
+    if app.upstream.scheme() != "http" {
+        return Ok(None);
+    }
+    let target: hyper::Uri = app
+        .upstream
+        .as_str()
+        .parse()
+        .map_err(|e| format!("apps {:?}: upstream: {e}", app.name))?;
+    Ok(Some(upstream_tls::h1_pools(
+        tls_config(app)?,
+        app.connect_timeout,
+        true,
+        &target,
+    )))
 }
 
 fn tls_config(app: &AppConfig) -> Result<rustls::ClientConfig, String> {

@@ -1,0 +1,440 @@
+//! A pool of HTTP/1.1 keep-alive connections to one upstream, for one shard, whose
+//! connections are driven by the task of the request that uses them.
+//!
+//! Why not hyper-util's pooled client: it runs each upstream connection as a task of its
+//! own and hands every request, answer and body chunk across a channel to it, a wake-up
+//! and a hop through the scheduler each way, behind a pool shared under a lock and keyed
+//! by a hashed authority. A shard's request and its upstream connection live on the same
+//! thread anyway (`shards`), so here the request's task polls the connection itself: it
+//! writes the request and reads the answer's head while the request waits, and the
+//! answer's body polls it for the rest. Once the body has ended the connection goes back
+//! to the pool, unpolled, until the next request takes it; one the upstream closed in the
+//! meantime is found so when it is taken (or by the sweep), and is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::{Request, Response, Uri};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// Idle connections are closed after this; servers often close at 60–75 s.
+const IDLE_FOR: Duration = Duration::from_secs(50);
+
+/// One upstream connection: the handle requests go in by, and the connection's own state
+/// machine, which whoever uses the connection polls.
+struct Conn {
+    send: SendRequest<Body>,
+    conn: Connection<Io, Body>,
+}
+
+struct Idle {
+    /// Boxed once, when made: it is moved in and out of the pool on every request.
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// Connections to one upstream, used by one shard.
+pub struct H1Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// Where connections go: the upstream's scheme and authority.
+    target: Uri,
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    /// Whether the sweep of idle connections runs: it starts with the first one pooled.
+    sweeping: AtomicBool,
+}
+
+/// Why a request did not get an answer.
+#[derive(Debug)]
+pub enum PoolError {
+    Connect(String),
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::Connect(e) => write!(f, "cannot connect: {e}"),
+            PoolError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl H1Pool {
+    pub fn new(connector: HttpsConnector<HttpConnector>, target: Uri, max_idle: usize) -> H1Pool {
+        H1Pool {
+            connector,
+            target,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            sweeping: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, with its Host header) on a pooled connection, or a new
+    /// one, and returns the answer whose body drives the connection until it ends.
+    pub async fn request(self: &Arc<Self>, req: Request<Body>) -> Result<Response<PooledBody>, PoolError> {
+        let mut req = req;
+        loop {
+            let pooled = std::future::poll_fn(|cx| Poll::Ready(self.take_idle(cx))).await;
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
+                Some(c) => c,
+                // Boxed: a cold path, which would make every request's future larger.
+                None => Box::pin(self.connect()).await?,
+            };
+            let mut answer = std::pin::pin!(conn.send.try_send_request(req));
+            let mut conn_done = false;
+            let answered = std::future::poll_fn(|cx| {
+                if !conn_done && Pin::new(&mut conn.conn).poll(cx).is_ready() {
+                    conn_done = true;
+                }
+                answer.as_mut().poll(cx)
+            })
+            .await;
+            match answered {
+                Ok(resp) => {
+                    let (parts, inner) = resp.into_parts();
+                    let ended = hyper::body::Body::is_end_stream(&inner);
+                    let body = PooledBody {
+                        inner,
+                        conn: (!conn_done).then_some(conn),
+                        ended,
+                        pool: Arc::clone(self),
+                    };
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection the upstream closed as the request went out:
+                    // the request was not sent, so it goes on another.
+                    Some(again) if reused => req = again,
+                    _ => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    fn take_idle(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut i) = idle.pop() {
+            if i.since.elapsed() >= IDLE_FOR {
+                continue;
+            }
+            // A poll reads what came while it sat: an end or an error closes it.
+            if Pin::new(&mut i.conn.conn).poll(cx).is_ready() {
+                continue;
+            }
+            if i.conn.send.is_ready() {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Box<Conn>, PoolError> {
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.target.clone())
+            .await
+            .map_err(|e| PoolError::Connect(e.to_string()))?;
+        let (send, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(PoolError::Http)?;
+        Ok(Box::new(Conn { send, conn }))
+    }
+
+    fn put(self: &Arc<Self>, conn: Box<Conn>) {
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            // On the runtime of the request that pooled it, the shard's; a dropped pool
+            // ends the sweep.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(sweep(Arc::downgrade(self)));
+            }
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= self.max_idle {
+            // The oldest goes: it is the likeliest to have been closed.
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Closes the idle connections that the upstream closed or that sat too long, so that a
+/// pool no request takes holds no sockets (half-closed by the upstream) for ever.
+async fn sweep(pool: Weak<H1Pool>) {
+    let mut every = tokio::time::interval(IDLE_FOR / 5);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // A poll with no waker only reads what came: whoever takes the connection next
+        // polls it again with theirs.
+        idle.retain_mut(|i| i.since.elapsed() < IDLE_FOR && Pin::new(&mut i.conn.conn).poll(&mut cx).is_pending());
+    }
+}
+
+/// An answer's body from a pooled connection: polling it drives the connection, and once
+/// it has ended whole the connection goes back to the pool.
+pub struct PooledBody {
+    inner: Incoming,
+    conn: Option<Box<Conn>>,
+    ended: bool,
+    pool: Arc<H1Pool>,
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        // Twice: the first poll of the body may only tell the connection it is wanted.
+        for _ in 0..2 {
+            if let Some(c) = this.conn.as_mut() {
+                if Pin::new(&mut c.conn).poll(cx).is_ready() {
+                    // Closed (after this answer, or failed in it): the body says which.
+                    this.conn = None;
+                }
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => continue,
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(frame)) => {
+                    if frame.is_ok() && this.inner.is_end_stream() {
+                        this.ended = true;
+                    }
+                    return Poll::Ready(Some(frame));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-answer: it closes.
+        if self.ended {
+            if let Some(conn) = self.conn.take() {
+                self.pool.put(conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// An HTTP/1.1 upstream that counts the connections it accepted. By path: `/keep`
+    /// answers and keeps the connection; `/close-after` answers as if it kept it, then
+    /// closes it (an idle timeout that struck at once); `/bye` answers with
+    /// `Connection: close`; `/big` answers 4 MiB; `/echo` sends back the request's body.
+    async fn upstream() -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target: Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(tcp));
+            }
+        });
+        (target, accepted)
+    }
+
+    async fn serve(mut tcp: TcpStream) {
+        let mut buf = Vec::new();
+        loop {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < head_end + length {
+                let mut chunk = [0u8; 65536];
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body: Vec<u8> = match path.as_str() {
+                "/big" => vec![b'x'; 4 << 20],
+                "/echo" => buf[head_end..head_end + length].to_vec(),
+                _ => b"hello".to_vec(),
+            };
+            buf.drain(..head_end + length);
+            let close = if path == "/bye" { "Connection: close\r\n" } else { "" };
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n", body.len());
+            if tcp.write_all(answer.as_bytes()).await.is_err() || tcp.write_all(&body).await.is_err() {
+                return;
+            }
+            if path == "/bye" || path == "/close-after" {
+                return;
+            }
+        }
+    }
+
+    fn pool(target: Uri) -> Arc<H1Pool> {
+        let tls = crate::front::upstream_tls::builder()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let connector = crate::front::upstream_tls::h1_connector(tls, Duration::from_secs(5), true);
+        Arc::new(H1Pool::new(connector, target, 8))
+    }
+
+    fn get(target: &Uri, path: &str) -> Request<Body> {
+        Request::get(path)
+            .header(hyper::header::HOST, target.authority().unwrap().as_str())
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    async fn text(pool: &Arc<H1Pool>, req: Request<Body>) -> String {
+        let resp = pool.request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_one_after_another_share_one_connection() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        for _ in 0..5 {
+            assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn requests_at_once_each_get_a_connection_then_share_them() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        let both = futures_util::future::join(text(&pool, get(&target, "/keep")), text(&pool, get(&target, "/keep")));
+        assert_eq!(both.await, ("hello".to_owned(), "hello".to_owned()));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        for _ in 0..4 {
+            text(&pool, get(&target, "/keep")).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "both were pooled");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_used_again() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        assert_eq!(text(&pool, get(&target, "/close-after")).await, "hello");
+        // The upstream's FIN arrives; the pooled connection is found closed when taken.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        assert_eq!(text(&pool, get(&target, "/bye")).await, "hello");
+        assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(pool.idle.lock().unwrap().len() == 1, "only the kept one is pooled");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        let resp = pool.request(get(&target, "/big")).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(!first.into_data().unwrap().is_empty());
+        drop(body);
+        assert!(
+            pool.idle.lock().unwrap().is_empty(),
+            "a connection mid-answer is not pooled"
+        );
+        assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_and_an_upload_stream_through_whole() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        assert_eq!(text(&pool, get(&target, "/big")).await.len(), 4 << 20);
+        let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let req = Request::post("/echo")
+            .header(hyper::header::HOST, target.authority().unwrap().as_str())
+            .header(hyper::header::CONTENT_LENGTH, upload.len())
+            .body(Body::from(upload.clone()))
+            .unwrap();
+        let resp = pool.request(req).await.unwrap();
+        let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(echoed == upload, "the upload came back changed");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_is_down_is_an_error_that_says_so() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target: Uri = format!("http://{}", listener.local_addr().unwrap()).parse().unwrap();
+        drop(listener);
+        let pool = pool(target.clone());
+        let err = pool.request(get(&target, "/keep")).await.err().unwrap();
+        assert!(err.to_string().starts_with("cannot connect: "), "{err}");
+    }
+}
