@@ -101,11 +101,13 @@ impl Routes {
             }
         }
         if req.uri().path().starts_with(KUBE_PREFIX) {
-            return self.kube.handle(req, peer).await;
+            // Boxed, as is the router: an app request's future (every one of them is boxed
+            // whole) is then no larger than the apps' own.
+            return Box::pin(self.kube.handle(req, peer)).await;
         }
         // Only the proxy's own pages read it: an app request is spared the allocations.
         req.extensions_mut().insert(PeerAddr(peer));
-        match self.router.clone().oneshot(req).await {
+        match Box::pin(self.router.clone().oneshot(req)).await {
             Ok(r) => r,
             Err(never) => match never {},
         }

@@ -37,7 +37,7 @@ pub struct Session {
 #[derive(Clone)]
 pub struct Sessions {
     store: Arc<dyn Store>,
-    cache: Cache<String, Arc<Session>>,
+    cache: Cache<String, Arc<Session>, crate::FastHash>,
     lifetime: Duration,
     idp_lifetime: Duration,
     /// Where sessions may come from now: "local" when local users are on, and each
@@ -57,7 +57,10 @@ impl Sessions {
     pub fn new(store: Arc<dyn Store>, lifetime: Duration, idp_lifetime: Duration, sources: Vec<String>) -> Sessions {
         Sessions {
             store,
-            cache: Cache::builder().max_capacity(100_000).time_to_live(CACHE_TTL).build(),
+            cache: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL)
+                .build_with_hasher(crate::FastHash::default()),
             lifetime,
             idp_lifetime: idp_lifetime.min(lifetime),
             sources: Arc::new(sources),
@@ -142,7 +145,9 @@ impl Sessions {
                 return Ok((s.expires_at > now).then_some(s));
             }
         }
-        let Some(found) = self.store.session(id_hash).await? else {
+        // The store's path is boxed: the cache's hit is the hot one, and a future is as
+        // large as its largest branch.
+        let Some(found) = Box::pin(self.store.session(id_hash)).await? else {
             return Ok(None);
         };
         let r = found.session;
@@ -160,7 +165,7 @@ impl Sessions {
             id_hash: id_hash.to_owned(),
             expires_at: r.expires_at,
         });
-        self.cache.insert(id_hash.to_owned(), Arc::clone(&session)).await;
+        Box::pin(self.cache.insert(id_hash.to_owned(), Arc::clone(&session))).await;
         Ok(Some(session))
     }
 

@@ -138,7 +138,7 @@ fn strip_own_cookies(headers: &mut HeaderMap) {
     if !headers
         .get_all(header::COOKIE)
         .iter()
-        .any(|v| v.as_bytes().windows(7).any(|w| w == b"jitgate"))
+        .any(|v| memchr::memmem::find(v.as_bytes(), b"jitgate").is_some())
     {
         return;
     }
@@ -146,13 +146,10 @@ fn strip_own_cookies(headers: &mut HeaderMap) {
     // and it must reach the app as it came. Built straight into one buffer: a browser's
     // only cookie on an app host is often the proxy's, and then nothing is allocated.
     let mut kept = Vec::new();
-    for pair in headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+    for pair in crate::front::web::cookie_pairs(headers)
         .map(<[u8]>::trim_ascii)
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| !own(pair.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii()))
+        .filter(|pair| !own(pair[..memchr::memchr(b'=', pair).unwrap_or(pair.len())].trim_ascii()))
     {
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");

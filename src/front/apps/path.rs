@@ -21,14 +21,19 @@ pub fn normalize(raw: &str) -> Result<String, BadPath> {
     for segment in decoded.split('/') {
         // A `;` starts path parameters on some servers (`..;x` is `..` to Tomcat), encoded
         // or not (some decode first); trailing spaces are trimmed by others (`..%20`).
-        let bare = segment
-            .split([';'])
-            .next()
-            .unwrap_or_default()
-            .split("%3B")
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches("%20");
+        // Only a segment that starts with a dot can come down to one.
+        let bare = if segment.starts_with('.') {
+            segment
+                .split([';'])
+                .next()
+                .unwrap_or_default()
+                .split("%3B")
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches("%20")
+        } else {
+            segment
+        };
         match (segment, bare) {
             ("", _) | (".", _) => {}
             ("..", _) => {

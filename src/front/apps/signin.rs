@@ -42,7 +42,7 @@ impl AppsFront {
         headers: &axum::http::HeaderMap,
         now: Timestamp,
     ) -> Result<Option<(Arc<str>, Arc<Session>)>, Response<Body>> {
-        let [cookie] = web::cookie_values(headers, APP_COOKIE)[..] else {
+        let Some(cookie) = web::one_cookie(headers, APP_COOKIE) else {
             return Ok(None);
         };
         // A signature check costs more than the rest of a request: a cookie seen valid for
@@ -56,9 +56,12 @@ impl AppsFront {
                     return Ok(None);
                 };
                 let sid: Arc<str> = opened.sid.into();
-                self.cookies
-                    .insert(cookie.to_owned(), (Arc::clone(&app.name), Arc::clone(&sid)))
-                    .await;
+                // Boxed: a cold path, which would make every request's future larger.
+                Box::pin(
+                    self.cookies
+                        .insert(cookie.to_owned(), (Arc::clone(&app.name), Arc::clone(&sid))),
+                )
+                .await;
                 sid
             }
         };

@@ -82,11 +82,11 @@ type HeldKey = (Arc<str>, Arc<str>, Arc<str>);
 
 pub struct KubeFront {
     state: Arc<ApiState>,
-    clusters: HashMap<String, Arc<Cluster>>,
+    clusters: HashMap<String, Arc<Cluster>, crate::FastHash>,
     /// Checked tokens, by (cluster, token): a token is good on its own cluster only.
-    callers: Cache<(Arc<str>, Arc<str>), Arc<Caller>>,
+    callers: Cache<(Arc<str>, Arc<str>), Arc<Caller>, crate::FastHash>,
     /// Grants in use, by (grant, cluster, login): a logout cuts only that login's streams.
-    held: Cache<HeldKey, Arc<Held>>,
+    held: Cache<HeldKey, Arc<Held>, crate::FastHash>,
     /// (grant, cluster) pairs whose first request is already in the audit log.
     first_seen: Cache<(Arc<str>, Arc<str>), ()>,
     denials: DenialThrottle,
@@ -121,11 +121,11 @@ impl KubeFront {
             callers: Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
                 .time_to_live(CALLER_TRUST)
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
             held: Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
                 .time_to_live(HELD_TTL)
-                .build(),
+                .build_with_hasher(crate::FastHash::default()),
             first_seen: Cache::builder().max_capacity(CACHE_ENTRIES).build(),
             denials: DenialThrottle::new(CACHE_ENTRIES),
         }

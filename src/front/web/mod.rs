@@ -134,28 +134,49 @@ impl FromRequestParts<Arc<ApiState>> for WebSession {
 
 /// The session secret from the `Cookie` headers, refusing duplicates.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    match cookie_values(headers, SESSION_COOKIE).as_slice() {
-        [one] => Some(one),
-        _ => None,
-    }
+    one_cookie(headers, SESSION_COOKIE)
+}
+
+/// The value of cookie `name` if the `Cookie` headers hold exactly one: a second can be
+/// planted by a sibling host, and then neither is taken.
+pub fn one_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = cookie_iter(headers, name);
+    let one = values.next()?;
+    values.next().is_none().then_some(one)
+}
+
+/// The `name=value` pairs of the `Cookie` headers, as bytes, untrimmed. Split with
+/// `memchr`: an app cookie is a few hundred bytes, read on every request.
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(header::COOKIE).iter().flat_map(|v| {
+        let bytes = v.as_bytes();
+        let mut start = 0;
+        let mut ends = memchr::memchr_iter(b';', bytes).chain(std::iter::once(bytes.len()));
+        std::iter::from_fn(move || {
+            let end = ends.next()?;
+            let pair = &bytes[start..end];
+            start = end + 1;
+            Some(pair)
+        })
+    })
 }
 
 /// Every value of cookie `name` across the `Cookie` headers. A second cookie of one name can
 /// be planted by a sibling host, so callers take exactly one or refuse.
 pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    cookie_iter(headers, name).collect()
+}
+
+fn cookie_iter<'a, 'n>(headers: &'a HeaderMap, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     // Split as bytes: another cookie's non-ASCII value (browsers send UTF-8 that a page
     // set) makes the header no `str`, and must not hide the proxy's cookies.
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .filter_map(|pair| {
-            let eq = pair.iter().position(|b| *b == b'=')?;
+    cookie_pairs(headers)
+        .filter_map(move |pair| {
+            let eq = memchr::memchr(b'=', pair)?;
             (pair[..eq].trim_ascii() == name.as_bytes())
                 .then(|| std::str::from_utf8(pair[eq + 1..].trim_ascii()).ok())?
         })
         .map(|v| v.trim_matches('"'))
-        .collect()
 }
 
 /// A form's CSRF token must be this session's. Cross-site posts are refused before that
@@ -302,5 +323,20 @@ mod tests {
         );
         assert_eq!(session_cookie(&h), None);
         assert_eq!(cookie_values(&h, "x"), ["1"]);
+    }
+
+    #[test]
+    fn cookies_split_across_headers_and_a_name_twice_is_none() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1;b=2 ;  c = 3;"));
+        h.append(header::COOKIE, HeaderValue::from_static("d=4"));
+        let pairs: Vec<&[u8]> = cookie_pairs(&h).collect();
+        assert_eq!(pairs, [&b"a=1"[..], b"b=2 ", b"  c = 3", b"", b"d=4"]);
+        assert_eq!(one_cookie(&h, "c"), Some("3"));
+        assert_eq!(one_cookie(&h, "d"), Some("4"));
+        assert_eq!(one_cookie(&h, "e"), None);
+        h.append(header::COOKIE, HeaderValue::from_static("a=again"));
+        assert_eq!(one_cookie(&h, "a"), None, "a planted second cookie hides both");
+        assert_eq!(cookie_values(&h, "a"), ["1", "again"]);
     }
 }
