@@ -20,6 +20,7 @@ pub mod time;
 
 /// The hasher of the caches and maps the request paths look up on every request, keyed by
 /// cookies, session ids and names: std's SipHash took about 1,600 instructions a proxied
-/// request, mostly on a few-hundred-byte app cookie. foldhash is seeded per map, so keys a
-/// client picks cannot be aimed at one bucket.
+/// request, mostly on a few-hundred-byte app cookie. foldhash is seeded per map but does not
+/// claim to resist deliberate flooding: use it only where what goes in was checked first
+/// (signed cookies, tokens, session hashes, configured names), as every use here does.
 pub type FastHash = foldhash::quality::RandomState;

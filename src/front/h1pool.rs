@@ -161,11 +161,14 @@ impl H1Pool {
     }
 
     fn put(self: &Arc<Self>, conn: Box<Conn>) {
-        if !self.sweeping.swap(true, Ordering::Relaxed) {
+        if !self.sweeping.load(Ordering::Relaxed) {
             // On the runtime of the request that pooled it, the shard's; a dropped pool
-            // ends the sweep.
+            // ends the sweep. Marked only once started: a put outside a runtime (a drop at
+            // shutdown) leaves it for the next.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(sweep(Arc::downgrade(self)));
+                if !self.sweeping.swap(true, Ordering::Relaxed) {
+                    rt.spawn(sweep(Arc::downgrade(self)));
+                }
             }
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -226,7 +229,9 @@ impl hyper::body::Body for PooledBody {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(frame)) => {
-                    if frame.is_ok() && this.inner.is_end_stream() {
+                    // Trailers are always last: after them the body is not polled again.
+                    let last = frame.as_ref().is_ok_and(|f| f.is_trailers());
+                    if last || (frame.is_ok() && this.inner.is_end_stream()) {
                         this.ended = true;
                     }
                     return Poll::Ready(Some(frame));
@@ -247,10 +252,15 @@ impl hyper::body::Body for PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        // A body dropped before its end leaves the connection mid-answer: it closes.
+        // A body dropped before its end leaves the connection mid-answer: it closes. So
+        // does one still sending the request (an upload the upstream answered early): no
+        // one would poll it in the pool. hyper wants a new request only once both ways
+        // are done.
         if self.ended {
             if let Some(conn) = self.conn.take() {
-                self.pool.put(conn);
+                if !conn.send.is_closed() && conn.send.is_ready() {
+                    self.pool.put(conn);
+                }
             }
         }
     }
