@@ -458,7 +458,7 @@ fn kubeconfig_merge_adds_the_context_with_kubectl_and_keeps_the_others() {
     let unknown = alice.user.run(&["kubeconfig", "--cluster", "nope"], None);
     unknown.fails(
         1,
-        "no cluster \"nope\" behind the proxy (clusters: staging, test, viacert)",
+        "no cluster \"nope\" behind the proxy (clusters: down, staging, test, viacert)",
     );
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::SystemTime;
 
 use common::kube::cluster;
-use common::kubectl::{answer, https, kube_token, port, stand, text, Kubectl};
+use common::kubectl::{answer, https, kube_token, ok, port, stand, text, Kubectl};
 use serde_json::Value;
 
 #[test]
@@ -183,6 +183,30 @@ fn missing_foreign_forged_expired_and_logged_out_tokens_are_refused() {
         assert_eq!(code, 401);
         assert!(message.contains("logged out"), "{message}");
     });
+}
+
+#[test]
+fn an_api_server_that_is_down_gets_a_status_naming_the_cluster() {
+    let stand = stand();
+    let alice = Kubectl::new(&stand, "alice", "devs");
+    alice.request("payments-quick", "30m");
+    let token = kube_token(&alice.user, "down");
+    let http = https(&stand);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pods = format!("{}/k8s/down/api/v1/namespaces/{}/pods", stand.proxy.url, stand.ns);
+        for _ in 0..2 {
+            let resp = http.get(&pods).bearer_auth(&token).send().await.unwrap();
+            let (code, message) = answer(resp).await;
+            assert_eq!(code, 502);
+            assert!(
+                message.starts_with("jitgate: cluster \"down\" did not answer through the proxy: cannot connect: "),
+                "{message}"
+            );
+            assert!(message.contains("onnection refused"), "the cause is named: {message}");
+        }
+    });
+    // The cluster beside it still answers.
+    ok(&alice.run(&["get", "pods", "-n", &stand.ns, "-o", "name"]));
 }
 
 #[test]

@@ -74,6 +74,17 @@ impl std::fmt::Display for PoolError {
     }
 }
 
+impl std::error::Error for PoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PoolError::Connect(_) => None,
+            // What hyper's own message ("connection closed before message completed")
+            // leaves out, if anything.
+            PoolError::Http(e) => e.source(),
+        }
+    }
+}
+
 impl H1Pool {
     pub fn new(connector: HttpsConnector<HttpConnector>, target: Uri, max_idle: usize) -> H1Pool {
         H1Pool {
@@ -147,12 +158,18 @@ impl H1Pool {
     }
 
     async fn connect(&self) -> Result<Box<Conn>, PoolError> {
-        let io = self
-            .connector
-            .clone()
-            .oneshot(self.target.clone())
-            .await
-            .map_err(|e| PoolError::Connect(e.to_string()))?;
+        let io = self.connector.clone().oneshot(self.target.clone()).await.map_err(|e| {
+            // With its causes: the connector's own message ("tls handshake eof",
+            // "client error (Connect)") rarely says which.
+            let mut text = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            PoolError::Connect(text)
+        })?;
         let (send, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(io)
             .await

@@ -1,8 +1,8 @@
-//! What the apps and the Kubernetes front share on their way out: pooled hyper clients over
-//! rustls (one that pools, with HTTP/2 where offered if the caller allows it, as apps do
-//! and the Kubernetes front does not; one for upgrades, which leave the pool), `h1pool`'s
-//! per-shard pools for plain HTTP/1.1, the roots
-//! of a CA file, and a verifier for a certificate named by hash or not at all.
+//! What the apps and the Kubernetes front share on their way out: hyper clients over rustls
+//! (one that pools, with HTTP/2 where offered, for apps' `https://` upstreams; one for
+//! upgrades, which leave the pool), `h1pool`'s per-shard pools for HTTP/1.1 only (apps'
+//! `http://` upstreams, API servers), the roots of a CA file, and a verifier for a
+//! certificate named by hash or not at all.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,46 +24,34 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 const POOL_IDLE: Duration = Duration::from_secs(50);
 const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
-/// Whether the pooled client may speak HTTP/2 to an upstream that offers it.
-#[derive(Clone, Copy)]
-pub enum Http2 {
-    WhereOffered,
-    Never,
-}
-
-/// The pooled client and the one for upgrades. `plain_http` allows `http://` targets.
+/// The pooled client, with HTTP/2 where the upstream offers it, and the one for upgrades.
+/// `plain_http` allows `http://` targets.
 pub fn clients(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
     plain_http: bool,
-    http2: Http2,
 ) -> (UpstreamClient, UpstreamClient) {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let connector = |h2: bool| {
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.clone());
-        let b = if plain_http { b.https_or_http() } else { b.https_only() };
-        if h2 {
-            b.enable_http1().enable_http2().wrap_connector(http.clone())
-        } else {
-            b.enable_http1().wrap_connector(http.clone())
-        }
-    };
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.clone());
+    let b = if plain_http { b.https_or_http() } else { b.https_only() };
+    let connector = b
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http_connector(connect_timeout));
     // Idle connections are kept per shard (each has its own pools): the cap is shared out.
     let idle_cap = (POOL_MAX_IDLE_PER_HOST / crate::front::shards::count()).max(8);
-    let build = |connector, idle| {
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(idle)
-            .build(connector)
-    };
-    // An upgrade that was refused must not leave its connection for the next one.
-    (
-        build(connector(matches!(http2, Http2::WhereOffered)), idle_cap),
-        build(connector(false), 0),
-    )
+    let pooled = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .pool_max_idle_per_host(idle_cap)
+        .build(connector);
+    (pooled, upgrade_client(tls, connect_timeout, plain_http))
+}
+
+/// A client for upgrades (WebSocket, SPDY), over HTTP/1.1 and with no pool: an upgrade
+/// that was refused must not leave its connection for the next one.
+pub fn upgrade_client(tls: rustls::ClientConfig, connect_timeout: Duration, plain_http: bool) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(h1_connector(tls, connect_timeout, plain_http))
 }
 
 /// Pools of HTTP/1.1 connections driven by their requests' tasks, one per shard, to
@@ -74,17 +62,25 @@ pub fn h1_pools(
     plain_http: bool,
     target: &hyper::Uri,
 ) -> Box<[Arc<crate::front::h1pool::H1Pool>]> {
-    let connector = h1_connector(tls, connect_timeout, plain_http);
-    let idle_cap = (POOL_MAX_IDLE_PER_HOST / crate::front::shards::count()).max(8);
     (0..crate::front::shards::count())
-        .map(|_| {
-            Arc::new(crate::front::h1pool::H1Pool::new(
-                connector.clone(),
-                target.clone(),
-                idle_cap,
-            ))
-        })
+        .map(|_| h1_pool(tls.clone(), connect_timeout, plain_http, target))
         .collect()
+}
+
+/// One shard's pool of HTTP/1.1 connections driven by their requests' tasks, to `target`.
+pub fn h1_pool(
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    plain_http: bool,
+    target: &hyper::Uri,
+) -> Arc<crate::front::h1pool::H1Pool> {
+    // Idle connections are kept per shard (each has its own pool): the cap is shared out.
+    let idle_cap = (POOL_MAX_IDLE_PER_HOST / crate::front::shards::count()).max(8);
+    Arc::new(crate::front::h1pool::H1Pool::new(
+        h1_connector(tls, connect_timeout, plain_http),
+        target.clone(),
+        idle_cap,
+    ))
 }
 
 /// Connects to an upstream for HTTP/1.1 only, over TLS or (if `plain_http`) not.
@@ -93,13 +89,17 @@ pub fn h1_connector(
     connect_timeout: Duration,
     plain_http: bool,
 ) -> HttpsConnector<HttpConnector> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let b = if plain_http { b.https_or_http() } else { b.https_only() };
+    b.enable_http1().wrap_connector(http_connector(connect_timeout))
+}
+
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-    let b = if plain_http { b.https_or_http() } else { b.https_only() };
-    b.enable_http1().wrap_connector(http)
+    http
 }
 
 /// A client config builder on ring with the safe protocol versions.

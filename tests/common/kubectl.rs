@@ -41,6 +41,17 @@ pub fn stand() -> Stand {
         c.proxy_cert_file.display(),
         c.proxy_key_file.display()
     );
+    // An API server that is down, behind a path prefix: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!(
+        "[[kube.clusters]]\nname = \"down\"\nserver = \"https://127.0.0.1:{closed}/behind/\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
+        c.ca_file.display(),
+        c.proxy_token_file.display()
+    );
     let config = format!(
         r#"
 admins = ["group:security"]
@@ -48,6 +59,7 @@ admins = ["group:security"]
 {test}
 {staging}
 {by_cert}
+{down}
 
 [[profiles]]
 name = "payments-read"
@@ -64,7 +76,7 @@ description = "The same, approved by policy"
 max_duration = "1h"
 requesters = ["group:devs"]
 approvals_required = 0
-kube = {{ clusters = ["test", "viacert"], namespaces = ["{ns}"], groups = ["jit:view"], verbs = ["get", "list", "watch"], resources = ["pods", "pods/log"] }}
+kube = {{ clusters = ["test", "viacert", "down"], namespaces = ["{ns}"], groups = ["jit:view"], verbs = ["get", "list", "watch"], resources = ["pods", "pods/log"] }}
 
 [[profiles]]
 name = "config-writer"

@@ -11,12 +11,7 @@ use crate::front::upstream_tls::{self, AcceptOnly};
 /// The pooled client and the one for upgrades.
 pub fn clients(app: &AppConfig) -> Result<(UpstreamClient, UpstreamClient), String> {
     let tls = tls_config(app)?;
-    Ok(upstream_tls::clients(
-        tls,
-        app.connect_timeout,
-        true,
-        upstream_tls::Http2::WhereOffered,
-    ))
+    Ok(upstream_tls::clients(tls, app.connect_timeout, true))
 }
 
 /// For a plain `http://` upstream (no HTTP/2 to offer): pools driven inline, per shard.

@@ -58,11 +58,11 @@ impl Forward<'_> {
 
     /// A request with its whole body read.
     pub(super) async fn plain(self, mut parts: request::Parts, body: Bytes) -> Response<Body> {
-        let client = match self.cluster.upstream.clients() {
-            Ok((pooled, _)) => pooled,
+        let clients = match self.cluster.upstream.clients() {
+            Ok(c) => c,
             Err(e) => return self.unreachable(&e),
         };
-        if let Err(resp) = self.toward_cluster(&mut parts).await {
+        if let Err(resp) = self.toward_cluster(&mut parts, Some(&clients.host)).await {
             return resp;
         }
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -72,7 +72,7 @@ impl Forward<'_> {
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
         let up = Request::from_parts(parts, Body::from(body));
-        let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(up)).await {
+        let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, clients.pool.request(up)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return self.unreachable(&error_chain(&e)),
             Err(_) => return self.unreachable("no answer within 60s"),
@@ -85,9 +85,20 @@ impl Forward<'_> {
 
     /// The request head as the API server gets it: the checked path on the server, the
     /// client's credentials and claimed identities gone, the proxy's credential and the
-    /// impersonation of the grant's holder in their place.
-    async fn toward_cluster(&self, parts: &mut request::Parts) -> Result<(), Response<Body>> {
-        let base = &self.cluster.upstream.base;
+    /// impersonation of the grant's holder in their place. With `pooled_host` (for a pool
+    /// connection, which sends what it is given) the URI is in origin form and that is the
+    /// Host header; without it (for the upgrade client, which adds Host) it is absolute.
+    async fn toward_cluster(
+        &self,
+        parts: &mut request::Parts,
+        pooled_host: Option<&HeaderValue>,
+    ) -> Result<(), Response<Body>> {
+        let upstream = &self.cluster.upstream;
+        let base = if pooled_host.is_some() {
+            &upstream.prefix
+        } else {
+            &upstream.base
+        };
         let uri = match parts.uri.query() {
             Some(q) => format!("{base}{}?{q}", self.path),
             None => format!("{base}{}", self.path),
@@ -104,6 +115,9 @@ impl Forward<'_> {
             .map_err(|e| self.unreachable(&e))?;
         clean_request(&mut parts.headers);
         let h = &mut parts.headers;
+        if let Some(host) = pooled_host {
+            h.insert(header::HOST, host.clone());
+        }
         if let Ok(v) = HeaderValue::from_str(&self.peer.ip().to_string()) {
             h.insert(FORWARDED_FOR, v);
         }
@@ -163,10 +177,10 @@ impl Forward<'_> {
         from_client: hyper::upgrade::OnUpgrade,
     ) -> Response<Body> {
         let client = match self.cluster.upstream.clients() {
-            Ok((_, upgrades)) => upgrades,
+            Ok(c) => &c.upgrades,
             Err(e) => return self.unreachable(&e),
         };
-        if let Err(resp) = self.toward_cluster(&mut parts).await {
+        if let Err(resp) = self.toward_cluster(&mut parts, None).await {
             return resp;
         }
         // The upgrade request goes without a body: no length may claim one.
@@ -451,8 +465,8 @@ pub(super) async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Byt
 /// words (a watch's ERROR event, a log's last line) the stream ends cleanly, since an
 /// HTTP/2 reset would discard them unsent; without last words it ends as an error, so the
 /// client cannot take it for complete.
-struct CutBody {
-    inner: Incoming,
+struct CutBody<B> {
+    inner: B,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     last: Option<LastWords>,
     /// Where what was sent so far ends: last words go out only between two lines or
@@ -463,8 +477,12 @@ struct CutBody {
     held: Arc<Held>,
 }
 
-impl CutBody {
-    fn around(inner: Incoming, held: Arc<Held>, last: Option<LastWords>) -> Body {
+impl<B> CutBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn around(inner: B, held: Arc<Held>, last: Option<LastWords>) -> Body {
         let cut = held.live.token().child_token().cancelled_owned();
         Body::new(CutBody {
             inner,
@@ -541,7 +559,11 @@ impl Boundary {
     }
 }
 
-impl hyper::body::Body for CutBody {
+impl<B> hyper::body::Body for CutBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
