@@ -22,6 +22,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper::{Request, Response, Uri};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -103,32 +104,13 @@ impl H1Pool {
         loop {
             let pooled = std::future::poll_fn(|cx| Poll::Ready(self.take_idle(cx))).await;
             let reused = pooled.is_some();
-            let mut conn = match pooled {
+            let conn = match pooled {
                 Some(c) => c,
                 // Boxed: a cold path, which would make every request's future larger.
                 None => Box::pin(self.connect()).await?,
             };
-            let mut answer = std::pin::pin!(conn.send.try_send_request(req));
-            let mut conn_done = false;
-            let answered = std::future::poll_fn(|cx| {
-                if !conn_done && Pin::new(&mut conn.conn).poll(cx).is_ready() {
-                    conn_done = true;
-                }
-                answer.as_mut().poll(cx)
-            })
-            .await;
-            match answered {
-                Ok(resp) => {
-                    let (parts, inner) = resp.into_parts();
-                    let ended = hyper::body::Body::is_end_stream(&inner);
-                    let body = PooledBody {
-                        inner,
-                        conn: (!conn_done).then_some(conn),
-                        ended,
-                        pool: Arc::clone(self),
-                    };
-                    return Ok(Response::from_parts(parts, body));
-                }
+            match self.send_on(conn, req).await {
+                Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     // A pooled connection the upstream closed as the request went out:
                     // the request was not sent, so it goes on another.
@@ -137,6 +119,38 @@ impl H1Pool {
                 },
             }
         }
+    }
+
+    /// Sends `req` on `conn`, driving the connection until the answer's head is in.
+    async fn send_on(
+        self: &Arc<Self>,
+        mut conn: Box<Conn>,
+        req: Request<Body>,
+    ) -> Result<Response<PooledBody>, TrySendError<Request<Body>>> {
+        let mut answer = std::pin::pin!(conn.send.try_send_request(req));
+        let mut conn = Some(conn);
+        let answered = std::future::poll_fn(|cx| {
+            if let Some(c) = conn.as_mut() {
+                if Pin::new(&mut c.conn).poll(cx).is_ready() {
+                    // Dropped as soon as it is done: one that closed before it took the
+                    // request (an upstream's close that came after the pool's last look)
+                    // gives it back only then, to be sent on another; kept, it would
+                    // leave the answer waiting for ever.
+                    conn = None;
+                }
+            }
+            answer.as_mut().poll(cx)
+        })
+        .await?;
+        let (parts, inner) = answered.into_parts();
+        let ended = hyper::body::Body::is_end_stream(&inner);
+        let body = PooledBody {
+            inner,
+            conn,
+            ended,
+            pool: Arc::clone(self),
+        };
+        Ok(Response::from_parts(parts, body))
     }
 
     /// The most recently used idle connection that is still open and ready.
@@ -295,7 +309,8 @@ mod tests {
 
     /// An HTTP/1.1 upstream that counts the connections it accepted. By path: `/keep`
     /// answers and keeps the connection; `/close-after` answers as if it kept it, then
-    /// closes it (an idle timeout that struck at once); `/bye` answers with
+    /// closes it (an idle timeout that struck at once); `/close-later` closes it 30 ms
+    /// later, when it sits in the pool; `/bye` answers with
     /// `Connection: close`; `/big` answers 4 MiB; `/echo` sends back the request's body.
     async fn upstream() -> (Uri, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -349,6 +364,10 @@ mod tests {
                 return;
             }
             if path == "/bye" || path == "/close-after" {
+                return;
+            }
+            if path == "/close-later" {
+                tokio::time::sleep(Duration::from_millis(30)).await;
                 return;
             }
         }
@@ -409,6 +428,28 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_that_closed_before_taking_it_comes_back() {
+        let (target, _) = upstream().await;
+        let pool = pool(target.clone());
+        assert_eq!(text(&pool, get(&target, "/close-later")).await, "hello");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Taken without the pool's look, as when the close comes just after it: the
+        // connection finds the close first, and must give the request back, unsent.
+        let idle = pool.idle.lock().unwrap().pop().expect("the connection was pooled");
+        let sent = tokio::time::timeout(Duration::from_secs(5), pool.send_on(idle.conn, get(&target, "/keep")))
+            .await
+            .expect("the request did not wait for ever");
+        let mut e = sent.err().expect("a closed connection gives no answer");
+        assert!(
+            e.take_message().is_some(),
+            "the request came back unsent: {}",
+            e.error()
+        );
+        // And through the pool it goes on a new connection.
+        assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
     }
 
     #[tokio::test]
