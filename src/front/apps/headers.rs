@@ -205,9 +205,60 @@ pub fn wants_websocket(headers: &HeaderMap) -> bool {
     upgrade && connection
 }
 
+/// The peer's address as `X-Forwarded-For` says it. An IPv4 address is written digit by
+/// digit: `Display` goes through the formatter's padding and costs more than the rest of
+/// the headers together (about 1,300 instructions a request).
+pub fn forwarded_for(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            HeaderValue::from_bytes(&buf[..n]).ok()
+        }
+        std::net::IpAddr::V6(_) => HeaderValue::try_from(ip.to_string()).ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_writes_addresses_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.9.99.100",
+            "255.255.255.255",
+            "1.20.203.4",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(forwarded_for(ip).unwrap(), ip.to_string().as_str(), "{ip}");
+        }
+        for n in (0..=u32::MAX).step_by(9_973_451) {
+            let ip = std::net::IpAddr::V4(n.into());
+            assert_eq!(forwarded_for(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

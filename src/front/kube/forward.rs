@@ -19,7 +19,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::attrs::Attrs;
 use super::{status, stream, Cluster, Held};
-use crate::front::apps::headers::{is_reserved, strip_hop_by_hop, FORWARDED_FOR};
+use crate::front::apps::headers::{forwarded_for, is_reserved, strip_hop_by_hop, FORWARDED_FOR};
 
 /// The API server's own limit on a request body (3 MiB); larger ones never pass.
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -115,10 +115,12 @@ impl Forward<'_> {
             .map_err(|e| self.unreachable(&e))?;
         clean_request(&mut parts.headers);
         let h = &mut parts.headers;
+        // Room for what is added, at once rather than by growing the map on the way.
+        h.reserve(5 + self.held.groups.len());
         if let Some(host) = pooled_host {
             h.insert(header::HOST, host.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&self.peer.ip().to_string()) {
+        if let Some(v) = forwarded_for(self.peer.ip()) {
             h.insert(FORWARDED_FOR, v);
         }
         if let Some(c) = credential {
@@ -453,6 +455,10 @@ pub(super) async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Byt
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
+    }
+    // Most requests (every get, list and watch) have none: nothing to collect.
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
     }
     match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),

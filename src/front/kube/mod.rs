@@ -45,6 +45,24 @@ const CALLER_TRUST: Duration = Duration::from_secs(5);
 const HELD_TTL: Duration = Duration::from_secs(30);
 const CACHE_ENTRIES: u64 = 100_000;
 
+/// Why a token was refused: kept apart from its response, which a cache's error cannot
+/// hold (a body is not `Sync`).
+enum Refusal {
+    Unauthorized(String),
+    Forbidden(String),
+    Unavailable(&'static str),
+}
+
+impl Refusal {
+    fn response(&self) -> Response<Body> {
+        match self {
+            Refusal::Unauthorized(m) => status::unauthorized(m),
+            Refusal::Forbidden(m) => status::forbidden(m),
+            Refusal::Unavailable(m) => status::unavailable(m),
+        }
+    }
+}
+
 /// The prefix of the Kubernetes API on the proxy.
 pub const PREFIX: &str = "/k8s/";
 
@@ -57,6 +75,9 @@ struct Cluster {
     name: Arc<str>,
     audience: String,
     upstream: Upstream,
+    /// Checked tokens, by token: a token is good on its own cluster only. Keyed by
+    /// `String` so a lookup borrows the request's token instead of copying it.
+    callers: Cache<String, Arc<Caller>, crate::FastHash>,
 }
 
 /// Who is calling, from a checked token.
@@ -83,8 +104,6 @@ type HeldKey = (Arc<str>, Arc<str>, Arc<str>);
 pub struct KubeFront {
     state: Arc<ApiState>,
     clusters: HashMap<String, Arc<Cluster>, crate::FastHash>,
-    /// Checked tokens, by (cluster, token): a token is good on its own cluster only.
-    callers: Cache<(Arc<str>, Arc<str>), Arc<Caller>, crate::FastHash>,
     /// Grants in use, by (grant, cluster, login): a logout cuts only that login's streams.
     held: Cache<HeldKey, Arc<Held>, crate::FastHash>,
     /// (grant, cluster) pairs whose first request is already in the audit log.
@@ -111,6 +130,10 @@ impl KubeFront {
                     name: c.name.as_str().into(),
                     audience: audience(&c.name),
                     upstream,
+                    callers: Cache::builder()
+                        .max_capacity(CACHE_ENTRIES)
+                        .time_to_live(CALLER_TRUST)
+                        .build_with_hasher(crate::FastHash::default()),
                 };
                 (c.name.clone(), Arc::new(cluster))
             })
@@ -118,10 +141,6 @@ impl KubeFront {
         KubeFront {
             state,
             clusters,
-            callers: Cache::builder()
-                .max_capacity(CACHE_ENTRIES)
-                .time_to_live(CALLER_TRUST)
-                .build_with_hasher(crate::FastHash::default()),
             held: Cache::builder()
                 .max_capacity(CACHE_ENTRIES)
                 .time_to_live(HELD_TTL)
@@ -196,54 +215,69 @@ impl KubeFront {
                     cluster.name
                 ))
             })?;
-        let now = Timestamp::now();
-        let key: (Arc<str>, Arc<str>) = (Arc::clone(&cluster.name), token.into());
-        if let Some(c) = self.callers.get(&key).await {
-            if now < c.expires_at {
+        let fresh = |c: &Arc<Caller>| Timestamp::now() < c.expires_at;
+        if let Some(c) = cluster.callers.get(token).await {
+            if fresh(&c) {
                 return Ok(c);
             }
+            // Expired since: checked again below, it is refused for what it is.
+            cluster.callers.invalidate(token).await;
         }
+        // Checked once for all the requests that come with it while it is not cached (a
+        // client's 16 workers would otherwise each verify it and ask the store, every few
+        // seconds); a refusal is not cached. Boxed: the path is cold, its future large.
+        let checked = cluster
+            .callers
+            .try_get_with_by_ref(token, Box::pin(self.check_token(cluster, token)))
+            .await;
+        match checked {
+            Ok(c) if fresh(&c) => Ok(c),
+            Ok(_) => Err(status::unauthorized("jitgate: the token has expired")),
+            Err(refusal) => Err(refusal.response()),
+        }
+    }
+
+    /// Verifies a token for this cluster and asks the store whether its login still holds.
+    async fn check_token(&self, cluster: &Cluster, token: &str) -> Result<Arc<Caller>, Refusal> {
         let claims = self
             .state
             .tokens
             .verify_for(token, &cluster.audience)
             .map_err(|e| match e {
-                crate::identity::TokenError::WrongAudience => status::unauthorized(&format!(
+                crate::identity::TokenError::WrongAudience => Refusal::Unauthorized(format!(
                     "jitgate: this token is not for cluster {:?}; kubectl gets one per cluster from `jitgate kube-credential --cluster {}`",
                     cluster.name, cluster.name
                 )),
-                e => status::unauthorized(&format!("jitgate: {e}")),
+                e => Refusal::Unauthorized(format!("jitgate: {e}")),
             })?;
         // A token from `derive` names its login; an API token never reaches here (its
         // audience is not a cluster's), and without a login behind it a token is refused.
         let Some(parent) = claims.parent.as_deref() else {
-            return Err(status::unauthorized(
-                "jitgate: this token was not made for kubectl; use `jitgate kube-credential`",
+            return Err(Refusal::Unauthorized(
+                "jitgate: this token was not made for kubectl; use `jitgate kube-credential`".into(),
             ));
         };
         let login: Arc<str> = crate::live::token_login(parent).into();
         self.state.still_valid(&claims).await.map_err(|e| match e {
-            Invalid::Refused(why) => status::unauthorized(&format!("jitgate: {why}")),
+            Invalid::Refused(why) => Refusal::Unauthorized(format!("jitgate: {why}")),
             Invalid::Store(e) => {
                 tracing::error!(error = %e, "cannot check a kube token; refusing");
-                status::unavailable("jitgate: the proxy cannot check your token right now; try again shortly")
+                Refusal::Unavailable("jitgate: the proxy cannot check your token right now; try again shortly")
             }
         })?;
         // Kubernetes reserves `system:` names for its own components and gives them roles;
         // an IdP user must never be impersonated as one.
         if claims.sub.starts_with("system:") {
-            return Err(status::forbidden(&format!(
+            return Err(Refusal::Forbidden(format!(
                 "jitgate: the user name {:?} is reserved by Kubernetes (system:); it cannot be impersonated",
                 claims.sub
             )));
         }
-        let caller = Arc::new(Caller {
+        Ok(Arc::new(Caller {
             identity: claims.identity(),
             expires_at: claims.expires_at(),
             login,
-        });
-        self.callers.insert(key, Arc::clone(&caller)).await;
-        Ok(caller)
+        }))
     }
 
     /// The grant that allows this request, held for the answer's lifetime.

@@ -3,11 +3,10 @@
 //! the requests' own tasks) and a client for exec, attach and port-forward upgrades,
 //! which leave the pool.
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
-use moka::future::Cache;
 use rustls::pki_types::CertificateDer;
 
 use crate::config::{KubeCluster, KubeCredential, KubeTls};
@@ -31,7 +30,9 @@ pub struct Upstream {
     /// on each request (and at start) instead of keeping the proxy from starting. One set
     /// per shard, so that a request and its API server connection share a thread.
     clients: Box<[OnceLock<Clients>]>,
-    token: Cache<(), HeaderValue>,
+    /// The token file's content and when it was read. A lock held for a clone, not a
+    /// cache: a moka lookup cost ten times as much on every request.
+    token: Mutex<Option<(Instant, HeaderValue)>>,
 }
 
 impl Upstream {
@@ -43,7 +44,7 @@ impl Upstream {
             base,
             prefix,
             clients: (0..crate::front::shards::count()).map(|_| OnceLock::new()).collect(),
-            token: Cache::builder().max_capacity(1).time_to_live(TOKEN_REREAD).build(),
+            token: Mutex::new(None),
         }
     }
 
@@ -62,6 +63,13 @@ impl Upstream {
         let KubeCredential::TokenFile(path) = &self.config.credential else {
             return Ok(None);
         };
+        if let Some((read_at, value)) = &*self.token.lock().unwrap_or_else(|e| e.into_inner()) {
+            if read_at.elapsed() < TOKEN_REREAD {
+                return Ok(Some(value.clone()));
+            }
+        }
+        // Requests that meet an old token at once each read the file: once a minute, a
+        // few small reads.
         let read = async {
             let text = tokio::fs::read_to_string(path)
                 .await
@@ -84,11 +92,9 @@ impl Upstream {
             value.set_sensitive(true);
             Ok(value)
         };
-        self.token
-            .try_get_with((), read)
-            .await
-            .map(Some)
-            .map_err(|e: Arc<String>| (*e).clone())
+        let value = read.await?;
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), value.clone()));
+        Ok(Some(value))
     }
 }
 
