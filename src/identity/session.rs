@@ -140,21 +140,52 @@ impl Sessions {
     }
 
     async fn lookup(&self, id_hash: &str, csrf: &str, now: Timestamp) -> Result<Option<Arc<Session>>, StoreError> {
+        // An app's cookie asks with no csrf, and takes whatever was cached.
+        let wanted = |s: &Session| s.csrf == csrf || csrf.is_empty();
         if let Some(s) = self.cache.get(id_hash).await {
-            if s.csrf == csrf || csrf.is_empty() {
+            if wanted(&s) {
                 return Ok((s.expires_at > now).then_some(s));
             }
         }
-        // The store's path is boxed: the cache's hit is the hot one, and a future is as
-        // large as its largest branch.
-        let Some(found) = Box::pin(self.store.session(id_hash)).await? else {
-            return Ok(None);
-        };
+        // Read once for all the requests that come with this session while it is not
+        // cached: a browser's or a load's many connections would otherwise each ask the
+        // store, every `CACHE_TTL`. Misses are not cached. The store's path is boxed: the
+        // cache's hit is the hot one, and a future is as large as its largest branch.
+        let read = self
+            .cache
+            .try_get_with_by_ref(id_hash, Box::pin(self.read(id_hash, csrf, now)))
+            .await;
+        match read {
+            Ok(s) if wanted(&s) => Ok((s.expires_at > now).then_some(s)),
+            // Read for an app's cookie, without the csrf this request needs: read for it.
+            Ok(_) => match Box::pin(self.read(id_hash, csrf, now)).await {
+                Ok(s) => {
+                    Box::pin(self.cache.insert(id_hash.to_owned(), Arc::clone(&s))).await;
+                    Ok(Some(s))
+                }
+                Err(Miss::Gone) => Ok(None),
+                Err(Miss::Store(e)) => Err(e),
+            },
+            Err(e) => match &*e {
+                Miss::Gone => Ok(None),
+                Miss::Store(e) => Err(e.clone()),
+            },
+        }
+    }
+
+    /// The live session with this id hash, from the store.
+    async fn read(&self, id_hash: &str, csrf: &str, now: Timestamp) -> Result<Arc<Session>, Miss> {
+        let found = self
+            .store
+            .session(id_hash)
+            .await
+            .map_err(Miss::Store)?
+            .ok_or(Miss::Gone)?;
         let r = found.session;
         if r.ended_at.is_some() || r.expires_at <= now || found.user_disabled || !self.sources.contains(&r.idp) {
-            return Ok(None);
+            return Err(Miss::Gone);
         }
-        let session = Arc::new(Session {
+        Ok(Arc::new(Session {
             identity: Identity {
                 user: r.user,
                 groups: r.groups,
@@ -164,9 +195,7 @@ impl Sessions {
             csrf: csrf.to_owned(),
             id_hash: id_hash.to_owned(),
             expires_at: r.expires_at,
-        });
-        Box::pin(self.cache.insert(id_hash.to_owned(), Arc::clone(&session))).await;
-        Ok(Some(session))
+        }))
     }
 
     /// Ends a session; false when it had already ended.
@@ -183,6 +212,13 @@ impl Sessions {
         let max_age = Timestamp::now().until(session.expires_at).as_secs();
         format!("{SESSION_COOKIE}={secret}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={max_age}")
     }
+}
+
+/// Why the store gave no live session: none (unknown, ended, expired, disabled), or it
+/// could not answer.
+enum Miss {
+    Gone,
+    Store(StoreError),
 }
 
 /// The `Set-Cookie` value that removes a cookie set with these attributes.
@@ -210,6 +246,58 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn racing_lookups_read_once_and_an_apps_read_lends_no_csrf() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let user = crate::store::UserRecord {
+            name: "alice".into(),
+            groups: vec![],
+            password_hash: String::new(),
+            disabled: false,
+            created_at: Timestamp::now(),
+        };
+        store
+            .add_user(&user, AuditDraft::new("user.added", "test", "alice"))
+            .await
+            .unwrap();
+        let hour = Duration::from_secs(3600);
+        let sessions = Sessions::new(store, hour, hour, vec!["local".into()]);
+        let alice = Identity {
+            user: "alice".into(),
+            groups: vec![],
+        };
+        let now = Timestamp::now();
+        let (secret, started) = sessions
+            .start(&alice, None, "local", now, serde_json::json!({}), None)
+            .await
+            .unwrap();
+        // Not cached yet: one read answers all of them, so they hold the same session.
+        let all = futures_util::future::join_all((0..16).map(|_| sessions.check(&secret, now))).await;
+        let first = all[0].as_ref().unwrap().clone().expect("the session is live");
+        for s in &all {
+            assert!(
+                Arc::ptr_eq(s.as_ref().unwrap().as_ref().unwrap(), &first),
+                "one read for all"
+            );
+        }
+        assert_eq!(first.csrf, started.csrf);
+        // An app's read, cached first, has no csrf to give the console.
+        sessions.cache.invalidate(&started.id_hash).await;
+        let app = sessions.check_hash(&started.id_hash, now).await.unwrap().unwrap();
+        assert_eq!(app.csrf, "");
+        let console = sessions.check(&secret, now).await.unwrap().unwrap();
+        assert_eq!(console.csrf, started.csrf);
+        // Unknown and ended sessions are none, and stay none.
+        assert!(sessions.check_hash(&"0".repeat(64), now).await.unwrap().is_none());
+        assert!(sessions.end(&console, now).await.unwrap());
+        for _ in 0..2 {
+            assert!(sessions.check(&secret, now).await.unwrap().is_none());
+            assert!(sessions.check_hash(&started.id_hash, now).await.unwrap().is_none());
+        }
+    }
 
     #[test]
     fn csrf_tokens_differ_per_session_and_compare_exactly() {

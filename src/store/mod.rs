@@ -18,7 +18,7 @@ use crate::time::Timestamp;
 pub use notices::{Attempt, ChatLink, LinkedUser, Notice, NoticeState, Notices};
 pub use sql::SqlStore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
