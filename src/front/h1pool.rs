@@ -173,8 +173,8 @@ impl H1Pool {
 
     async fn connect(&self) -> Result<Box<Conn>, PoolError> {
         let io = self.connector.clone().oneshot(self.target.clone()).await.map_err(|e| {
-            // With its causes: the connector's own message ("tls handshake eof",
-            // "client error (Connect)") rarely says which.
+            // With its causes: the connector's own message ("tls handshake eof", "tcp
+            // connect error") rarely says what failed underneath.
             let mut text = e.to_string();
             let mut cause = e.source();
             while let Some(c) = cause {

@@ -18,6 +18,9 @@ pub struct Stand {
     /// The namespace the profiles grant, and one they do not.
     pub ns: String,
     pub other: String,
+    /// Holds the down cluster's port for the stand's life: bound, never listening, so a
+    /// connect there is refused and no other test's listener can take the port.
+    _closed: tokio::net::TcpSocket,
 }
 
 pub fn stand() -> Stand {
@@ -41,12 +44,10 @@ pub fn stand() -> Stand {
         c.proxy_cert_file.display(),
         c.proxy_key_file.display()
     );
-    // An API server that is down, behind a path prefix: a port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An API server that is down, behind a path prefix: a port bound but not listening.
+    let closed_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    closed_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = closed_socket.local_addr().unwrap().port();
     let down = format!(
         "[[kube.clusters]]\nname = \"down\"\nserver = \"https://127.0.0.1:{closed}/behind/\"\nca_file = \"{}\"\ntoken_file = \"{}\"\n",
         c.ca_file.display(),
@@ -119,6 +120,7 @@ kube = {{ clusters = ["test"], namespaces = ["{ns}"], groups = ["jit:edit"], ver
         proxy,
         ns,
         other,
+        _closed: closed_socket,
     }
 }
 

@@ -99,13 +99,8 @@ impl Forward<'_> {
         } else {
             &upstream.base
         };
-        let uri = match parts.uri.query() {
-            Some(q) => format!("{base}{}?{q}", self.path),
-            None => format!("{base}{}", self.path),
-        };
-        parts.uri = uri
-            .parse::<Uri>()
-            .map_err(|_| status::bad_request("jitgate: the request's URL cannot be forwarded"))?;
+        parts.uri = upstream_uri(base, self.path, parts.uri.query())
+            .ok_or_else(|| status::bad_request("jitgate: the request's URL cannot be forwarded"))?;
         parts.version = Version::HTTP_11;
         let credential = self
             .cluster
@@ -613,9 +608,44 @@ where
     }
 }
 
+/// The checked path under the server's (`base`: its path for a pool connection, its whole
+/// URL for the upgrade client), with the client's query as it came.
+fn upstream_uri(base: &str, path: &str, query: Option<&str>) -> Option<Uri> {
+    let uri = match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    uri.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_server_gets_the_checked_path_under_its_own_with_the_query() {
+        let pooled = upstream_uri("/behind", "/api/v1/namespaces/p/pods", Some("watch=true&limit=5")).unwrap();
+        assert_eq!(
+            pooled.to_string(),
+            "/behind/api/v1/namespaces/p/pods?watch=true&limit=5"
+        );
+        assert_eq!(pooled.authority(), None, "origin form on a pool connection");
+        let bare = upstream_uri("", "/version", None).unwrap();
+        assert_eq!(bare.to_string(), "/version");
+        let upgrade = upstream_uri(
+            "https://[::1]:6443/behind",
+            "/api/v1/namespaces/p/pods/x/exec",
+            Some("command=sh"),
+        )
+        .unwrap();
+        assert_eq!(upgrade.authority().unwrap().as_str(), "[::1]:6443");
+        assert_eq!(upgrade.path(), "/behind/api/v1/namespaces/p/pods/x/exec");
+        assert_eq!(upgrade.query(), Some("command=sh"));
+        assert!(
+            upstream_uri("", "/api/v1/namespaces/a b", None).is_none(),
+            "a decoded path that is no URI is refused, not sent"
+        );
+    }
 
     #[test]
     fn protobuf_frames_are_followed_across_chunks() {

@@ -113,6 +113,8 @@ pub struct KubeFront {
 
 impl KubeFront {
     pub fn new(state: Arc<ApiState>, clusters: &[KubeCluster]) -> KubeFront {
+        // Each cluster checks its own tokens: the bound on them all is shared out.
+        let callers_each = (CACHE_ENTRIES / clusters.len().max(1) as u64).max(1_000);
         let clusters = clusters
             .iter()
             .map(|c| {
@@ -131,7 +133,7 @@ impl KubeFront {
                     audience: audience(&c.name),
                     upstream,
                     callers: Cache::builder()
-                        .max_capacity(CACHE_ENTRIES)
+                        .max_capacity(callers_each)
                         .time_to_live(CALLER_TRUST)
                         .build_with_hasher(crate::FastHash::default()),
                 };
@@ -232,7 +234,10 @@ impl KubeFront {
             .await;
         match checked {
             Ok(c) if fresh(&c) => Ok(c),
-            Ok(_) => Err(status::unauthorized("jitgate: the token has expired")),
+            Ok(_) => Err(status::unauthorized(&format!(
+                "jitgate: {}",
+                crate::identity::TokenError::Expired
+            ))),
             Err(refusal) => Err(refusal.response()),
         }
     }
