@@ -68,7 +68,8 @@ impl TestIdp {
     /// and all its state (sessions, codes, tokens) gone.
     pub fn restart(&mut self) {
         self.stop();
-        let start = Instant::now();
+        let mut start = Instant::now();
+        let mut tried_again = false;
         loop {
             match spawn(self.dir.path(), self.port) {
                 Ok((child, stdin, port)) => {
@@ -80,6 +81,12 @@ impl TestIdp {
                 // The old socket can linger for a moment after the kill.
                 Err(e) if e.contains("EADDRINUSE") && start.elapsed() < START_LIMIT => {
                     std::thread::sleep(Duration::from_millis(200))
+                }
+                // The silent 30 s hang that `start` tries once more for has struck here too.
+                Err(e) if !tried_again => {
+                    eprintln!("{e}\n(starting the test IdP once more)");
+                    tried_again = true;
+                    start = Instant::now();
                 }
                 Err(e) => panic!("{e}"),
             }

@@ -15,6 +15,14 @@ import { createServer } from 'node:http';
 import * as jose from 'jose';
 import Provider from 'oidc-provider';
 
+// Where a start spends its time, to stderr (the tests show it when a start is slow): a start
+// in CI has twice printed nothing for 30 s, and these lines say which step it hung in.
+// performance.now() counts from the process's start, module loading included.
+function stage(what) {
+  process.stderr.write(`idp: ${what} at ${Math.round(performance.now())} ms\n`);
+}
+stage('modules loaded');
+
 // ---------------------------------------------------------------------------------------------
 // Command line
 
@@ -77,6 +85,7 @@ function checkPassword(login, password) {
 
 const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const KID = randomUUID();
+stage('signing key generated');
 const PRIVATE_JWK = { ...privateKey.export({ format: 'jwk' }), kid: KID, alg: 'RS256', use: 'sig' };
 const PUBLIC_PEM = publicKey.export({ type: 'spki', format: 'pem' });
 
@@ -482,10 +491,12 @@ server.on('error', (e) => fail(`cannot listen on 127.0.0.1:${args.port}: ${e.mes
 server.listen(args.port, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://127.0.0.1:${port}`;
+  stage(`listening on ${port}`);
   provider = buildProvider(issuer);
   provider.on('server_error', (_ctx, e) => process.stderr.write(`idp: server_error: ${e.stack || e}\n`));
   providerCallback = provider.callback();
   process.stdout.write(`${JSON.stringify({ issuer, port })}\n`);
+  stage('serving');
 });
 
 if (args.exitWithStdin) {
