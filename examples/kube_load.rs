@@ -42,7 +42,9 @@ use hyper_util::rt::TokioExecutor;
 #[derive(Parser, Debug)]
 #[command(about = "kubectl-like GET load on Kubernetes API targets, compared in one run")]
 struct Args {
-    /// NAME=URL[,TOKEN[,CA_PEM]]; the first is the baseline the others are compared with
+    /// NAME=URL[,TOKEN[,CA_PEM[,HEADER:VALUE...]]]; the first is the baseline the others are
+    /// compared with. Headers after the CA go with every request (e.g. the `Impersonate-*`
+    /// headers a proxy adds, to see what they cost the API server alone).
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
     /// The API path every request asks for
@@ -67,6 +69,10 @@ struct Args {
     /// NAME=PID: a process whose CPU time is counted while each target is loaded (repeatable)
     #[arg(long = "cpu")]
     cpu: Vec<String>,
+    /// A second baseline (a target's NAME): each phase also prints what every target listed
+    /// after it adds over it
+    #[arg(long)]
+    also_against: Option<String>,
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -81,11 +87,12 @@ struct Target {
     uri: hyper::Uri,
     token: Option<String>,
     ca: Option<std::path::PathBuf>,
+    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 fn parse_target(s: &str, path: &str) -> Result<Target> {
     let Some((name, rest)) = s.split_once('=').filter(|(n, _)| !n.is_empty()) else {
-        bail!("--target {s:?}: expected NAME=URL[,TOKEN[,CA_PEM]]");
+        bail!("--target {s:?}: expected NAME=URL[,TOKEN[,CA_PEM[,HEADER:VALUE...]]]");
     };
     let mut parts = rest.split(',');
     let url = parts.next().unwrap_or_default().trim_end_matches('/');
@@ -94,6 +101,17 @@ fn parse_target(s: &str, path: &str) -> Result<Target> {
     }
     let token = parts.next().filter(|t| !t.is_empty()).map(str::to_owned);
     let ca = parts.next().filter(|c| !c.is_empty()).map(Into::into);
+    let headers = parts
+        .map(|h| {
+            let Some((n, v)) = h.split_once(':') else {
+                bail!("--target {name}: {h:?} is not HEADER:VALUE");
+            };
+            match (n.trim().parse(), v.trim().parse()) {
+                (Ok(n), Ok(v)) => Ok((n, v)),
+                _ => bail!("--target {name}: {h:?} is not a valid header"),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
     let uri = match format!("{url}{path}").parse() {
         Ok(u) => u,
         Err(e) => bail!("--target {name}: {url}{path}: {e}"),
@@ -103,6 +121,7 @@ fn parse_target(s: &str, path: &str) -> Result<Target> {
         uri,
         token,
         ca,
+        headers,
     })
 }
 
@@ -185,6 +204,9 @@ fn request(t: &Target) -> Result<hyper::Request<Empty<Bytes>>> {
         .header("user-agent", "kube_load (kubectl-like)");
     if let Some(tok) = &t.token {
         b = b.header("authorization", format!("Bearer {tok}"));
+    }
+    for (n, v) in &t.headers {
+        b = b.header(n, v);
     }
     Ok(b.body(Empty::new())?)
 }
@@ -300,12 +322,14 @@ async fn paced(t: &Arc<Target>, c: &HttpClient, rate: f64, span: Duration) -> Re
     Ok((latencies, errors))
 }
 
-/// The order of the targets in round `r`: rotated by one more each round, and reversed in
-/// every other one. With the script's three targets, every 6 rounds each target holds each
-/// place twice and comes right after each other target twice.
+/// The order of the targets in round `r`: a balanced Latin square (Williams design). Over
+/// every `n` rounds (`2n` for an odd `n`, the second `n` mirrored) each target holds each
+/// place equally often and comes right after each other target equally often.
 fn turns(r: usize, n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).map(|i| (i + r) % n).collect();
-    if r % 2 == 1 {
+    // The first row: 0, 1, n-1, 2, n-2, ...; each later row adds one to every entry.
+    let first = (0..n).map(|k| if k % 2 == 1 { k.div_ceil(2) } else { (n - k / 2) % n });
+    let mut order: Vec<usize> = first.map(|x| (x + r) % n).collect();
+    if n % 2 == 1 && (r / n) % 2 == 1 {
         order.reverse();
     }
     order
@@ -342,8 +366,9 @@ fn since(before: &[u64], counted: &[Counted]) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// The latency table of one phase; returns each target's requests/s.
-fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool) -> Vec<f64> {
+/// The latency table of one phase, and what the targets after `also` add over it; returns
+/// each target's requests/s.
+fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool, also: Option<usize>) -> Vec<f64> {
     println!(
         "{:<14} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12} {:>12}",
         "target",
@@ -357,11 +382,13 @@ fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool) -> V
     );
     let mut base: Option<(f64, f64, f64)> = None;
     let mut rates = Vec::new();
+    let mut seen = Vec::new();
     for (t, tally) in targets.iter().zip(tallies.iter_mut()) {
         tally.latencies.sort_unstable();
         let rps = tally.latencies.len() as f64 / tally.elapsed.as_secs_f64();
         rates.push(rps);
         let (p50, p99) = (percentile(&tally.latencies, 0.50), percentile(&tally.latencies, 0.99));
+        seen.push((rps, p50, p99));
         let (ratio, added50, added99) = match base {
             None => {
                 base = Some((rps, p50, p99));
@@ -384,6 +411,23 @@ fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool) -> V
             added50,
             added99
         );
+    }
+    if let Some(a) = also {
+        let (arps, a50, a99) = seen[a];
+        for (t, (rps, p50, p99)) in targets.iter().zip(&seen).skip(a + 1) {
+            let ratio = if with_ratio {
+                format!("{:.2}x the requests/s, ", rps / arps)
+            } else {
+                String::new()
+            };
+            println!(
+                "{} over {}: {ratio}{:+.2} ms at p50, {:+.2} ms at p99",
+                t.name,
+                targets[a].name,
+                p50 - a50,
+                p99 - a99
+            );
+        }
     }
     rates
 }
@@ -424,6 +468,13 @@ async fn main() -> Result<()> {
         .map(|t| parse_target(t, &args.path).map(Arc::new))
         .collect::<Result<Vec<_>>>()?;
     let counted = args.cpu.iter().map(|c| parse_cpu(c)).collect::<Result<Vec<_>>>()?;
+    let also = match &args.also_against {
+        None => None,
+        Some(name) => match targets.iter().position(|t| &t.name == name) {
+            Some(i) => Some(i),
+            None => bail!("--also-against {name}: no --target has that name"),
+        },
+    };
     let rounds = args.rounds;
     let slice = args.duration / rounds;
 
@@ -471,7 +522,7 @@ async fn main() -> Result<()> {
             tallies[i].add(l, e, slice, since(&before, &counted)?);
         }
     }
-    let rates = report(&targets, &mut tallies, true);
+    let rates = report(&targets, &mut tallies, true, also);
     report_cpu(&targets, &tallies, &counted);
 
     if args.rate_fraction <= 0.0 {
@@ -504,6 +555,40 @@ async fn main() -> Result<()> {
             tallies[i].add(l, e, slice, Vec::new());
         }
     }
-    report(&targets, &mut tallies, false);
+    report(&targets, &mut tallies, false, also);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::turns;
+
+    #[test]
+    fn every_target_holds_every_place_and_follows_every_other_equally_often() {
+        for n in 1..=6 {
+            let rounds = if n % 2 == 1 { 2 * n } else { n };
+            let mut place = vec![vec![0; n]; n];
+            let mut after = vec![vec![0; n]; n];
+            for r in 0..rounds {
+                let order = turns(r, n);
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "round {r} of {n}: {order:?}");
+                for (p, &t) in order.iter().enumerate() {
+                    place[t][p] += 1;
+                }
+                for w in order.windows(2) {
+                    after[w[0]][w[1]] += 1;
+                }
+            }
+            let per_place = rounds / n;
+            assert!(place.iter().flatten().all(|&c| c == per_place), "{n}: {place:?}");
+            let per_pair = if n % 2 == 1 { 2 } else { 1 };
+            for (a, row) in after.iter().enumerate() {
+                for (b, &c) in row.iter().enumerate() {
+                    assert_eq!(c, if a == b { 0 } else { per_pair }, "{n}: {after:?}");
+                }
+            }
+        }
+    }
 }
