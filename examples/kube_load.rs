@@ -19,7 +19,10 @@
 //!   flight, at `--rate-fraction` of the slowest target's throughput, so that every target
 //!   serves the same load and none is saturated. Its latencies say what a hop adds.
 //!
-//! Each target's ratio and added latency are against the first one. `scripts/bench/kube`
+//! Each target's ratio and added latency are against the first one. The p99 pooled over a
+//! phase moves with any pause of a shared machine that lands in one target's turn, so each
+//! table also gives, per target, the median over the rounds of what its p99 adds over the
+//! first target's in the same round. `scripts/bench/kube`
 //! sets up a cluster, the peers and the proxy and runs this; by hand:
 //!
 //! ```text
@@ -228,10 +231,14 @@ struct Tally {
     elapsed: Duration,
     /// CPU ticks of each counted process while this target was loaded.
     ticks: Vec<u64>,
+    /// Each round's own p99 in ms, in round order.
+    round_p99: Vec<f64>,
 }
 
 impl Tally {
-    fn add(&mut self, latencies: Vec<u32>, errors: u64, elapsed: Duration, ticks: Vec<u64>) {
+    fn add(&mut self, mut latencies: Vec<u32>, errors: u64, elapsed: Duration, ticks: Vec<u64>) {
+        latencies.sort_unstable();
+        self.round_p99.push(percentile(&latencies, 0.99));
         self.latencies.extend(latencies);
         self.errors += errors;
         self.elapsed += elapsed;
@@ -366,11 +373,25 @@ fn since(before: &[u64], counted: &[Counted]) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// What `a` adds over `b` at p99, round by round (the two were loaded minutes apart at
+/// most), and the median of that over the rounds: a pause of the machine or of the API server
+/// that lands in one target's turn moves the pooled p99 of that target alone, and this
+/// hardly.
+fn paired_p99(a: &Tally, b: &Tally) -> f64 {
+    let mut d: Vec<f64> = a.round_p99.iter().zip(&b.round_p99).map(|(x, y)| x - y).collect();
+    d.sort_unstable_by(f64::total_cmp);
+    match d.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => d[n / 2],
+        n => (d[n / 2 - 1] + d[n / 2]) / 2.0,
+    }
+}
+
 /// The latency table of one phase, and what the targets after `also` add over it; returns
 /// each target's requests/s.
 fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool, also: Option<usize>) -> Vec<f64> {
     println!(
-        "{:<14} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12} {:>12}",
+        "{:<14} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12} {:>12} {:>14}",
         "target",
         "req/s",
         "p50 ms",
@@ -378,54 +399,63 @@ fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool, also
         "errors",
         if with_ratio { "ratio" } else { "" },
         "added p50",
-        "added p99"
+        "added p99",
+        "rounds' p99*"
     );
     let mut base: Option<(f64, f64, f64)> = None;
     let mut rates = Vec::new();
     let mut seen = Vec::new();
-    for (t, tally) in targets.iter().zip(tallies.iter_mut()) {
+    for (i, t) in targets.iter().enumerate() {
+        let tally = &mut tallies[i];
         tally.latencies.sort_unstable();
         let rps = tally.latencies.len() as f64 / tally.elapsed.as_secs_f64();
         rates.push(rps);
         let (p50, p99) = (percentile(&tally.latencies, 0.50), percentile(&tally.latencies, 0.99));
         seen.push((rps, p50, p99));
-        let (ratio, added50, added99) = match base {
+        let errors = tally.errors;
+        let (ratio, added50, added99, paired) = match base {
             None => {
                 base = Some((rps, p50, p99));
-                ("1.00x".to_owned(), "-".to_owned(), "-".to_owned())
+                ("1.00x".to_owned(), "-".to_owned(), "-".to_owned(), "-".to_owned())
             }
             Some((brps, b50, b99)) => (
                 format!("{:.2}x", rps / brps),
                 format!("{:+.2} ms", p50 - b50),
                 format!("{:+.2} ms", p99 - b99),
+                format!("{:+.2} ms", paired_p99(&tallies[i], &tallies[0])),
             ),
         };
         println!(
-            "{:<14} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10} {:>12} {:>12}",
+            "{:<14} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10} {:>12} {:>12} {:>14}",
             t.name,
             rps,
             p50,
             p99,
-            tally.errors,
+            errors,
             if with_ratio { ratio.as_str() } else { "" },
             added50,
-            added99
+            added99,
+            paired
         );
     }
+    println!(
+        "* added p99: the median over the rounds of what each round's p99 adds over the first target's in that round"
+    );
     if let Some(a) = also {
         let (arps, a50, a99) = seen[a];
-        for (t, (rps, p50, p99)) in targets.iter().zip(&seen).skip(a + 1) {
+        for (i, (t, (rps, p50, p99))) in targets.iter().zip(&seen).enumerate().skip(a + 1) {
             let ratio = if with_ratio {
                 format!("{:.2}x the requests/s, ", rps / arps)
             } else {
                 String::new()
             };
             println!(
-                "{} over {}: {ratio}{:+.2} ms at p50, {:+.2} ms at p99",
+                "{} over {}: {ratio}{:+.2} ms at p50, {:+.2} ms at p99 ({:+.2} ms by the rounds' p99*)",
                 t.name,
                 targets[a].name,
                 p50 - a50,
-                p99 - a99
+                p99 - a99,
+                paired_p99(&tallies[i], &tallies[a])
             );
         }
     }
