@@ -47,9 +47,11 @@ impl TestIdp {
     /// Starts the IdP on a free port and waits (at most 30 s) until it serves.
     pub fn start() -> TestIdp {
         let dir = tempfile::tempdir().expect("tempdir");
-        // A start takes 2-3 s even ten at a time on two cores; once in CI one node process
-        // printed nothing for 30 s (its stderr showed nothing either). A second try, said
-        // out loud, keeps that from failing a run that has nothing wrong with the proxy.
+        // A start takes 2-3 s even ten at a time on two cores. Node 20 could hang for ever
+        // at a start (a lock in its RSA key generation; idp.mjs now avoids it, see
+        // `newRsaKey`). Should a start hang again, its stderr says at which step, and a
+        // second try, said out loud, keeps it from failing a run that has nothing wrong
+        // with the proxy.
         let started = spawn(dir.path(), 0).or_else(|e| {
             eprintln!("{e}\n(starting the test IdP once more)");
             spawn(dir.path(), 0)
@@ -82,7 +84,7 @@ impl TestIdp {
                 Err(e) if e.contains("EADDRINUSE") && start.elapsed() < START_LIMIT => {
                     std::thread::sleep(Duration::from_millis(200))
                 }
-                // The silent 30 s hang that `start` tries once more for has struck here too.
+                // As in `start`: a hung start is tried once more.
                 Err(e) if !tried_again => {
                     eprintln!("{e}\n(starting the test IdP once more)");
                     tried_again = true;

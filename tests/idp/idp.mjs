@@ -9,7 +9,9 @@
 // --exit-with-stdin, until its stdin closes, so it never outlives the test that started it).
 // See README.md beside this file for the accounts and the /test/* endpoints.
 
-import { createHash, createHmac, generateKeyPairSync, randomBytes, randomUUID } from 'node:crypto';
+import {
+  createHash, createHmac, createPrivateKey, generateKeyPairSync, randomBytes, randomUUID,
+} from 'node:crypto';
 import { createServer } from 'node:http';
 
 import * as jose from 'jose';
@@ -83,11 +85,25 @@ function checkPassword(login, password) {
 // ---------------------------------------------------------------------------------------------
 // The signing key: a new RS256 key pair and kid at every start (a restart rotates the key).
 
-const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+// A new RSA key pair, as PEM text from the generation and a private KeyObject parsed from it.
+// Not the KeyObjects generateKeyPairSync returns: in Node 20 they share a lock with the
+// generation job, and when the garbage collector runs while such a key is in use (an export
+// allocates, and any allocation may collect) the job's destructor waits on the lock its
+// caller holds, for ever. A test IdP hung that way at its start in 1 of about 10 CI runs
+// (gdb: ~KeyGenJob under ExportJWKRsaKey). Keys parsed from PEM have locks of their own.
+function newRsaKey() {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', {
+    modulusLength: 2048,
+    privateKeyEncoding: { type: 'pkcs8', format: 'pem' },
+    publicKeyEncoding: { type: 'spki', format: 'pem' },
+  });
+  return { privateKey: createPrivateKey(privateKey), publicPem: publicKey };
+}
+
+const { privateKey, publicPem: PUBLIC_PEM } = newRsaKey();
 const KID = randomUUID();
 stage('signing key generated');
 const PRIVATE_JWK = { ...privateKey.export({ format: 'jwk' }), kid: KID, alg: 'RS256', use: 'sig' };
-const PUBLIC_PEM = publicKey.export({ type: 'spki', format: 'pem' });
 
 // ---------------------------------------------------------------------------------------------
 // Tampering with the next ID token (POST /test/tamper).
@@ -137,7 +153,7 @@ async function tamper(mode, idToken) {
       return `${input}.${createHmac('sha256', PUBLIC_PEM).update(input).digest('base64url')}`;
     }
     case 'unknown-kid': {
-      const { privateKey: other } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+      const { privateKey: other } = newRsaKey();
       return signRs256({ ...header, kid: `unknown-${randomUUID()}` }, claims, other);
     }
     case 'bad-signature': {
