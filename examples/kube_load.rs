@@ -47,7 +47,8 @@ use hyper_util::rt::TokioExecutor;
 struct Args {
     /// NAME=URL[,TOKEN[,CA_PEM[,HEADER:VALUE...]]]; the first is the baseline the others are
     /// compared with. Headers after the CA go with every request (e.g. the `Impersonate-*`
-    /// headers a proxy adds, to see what they cost the API server alone).
+    /// headers a proxy adds, to see what they cost the API server alone); a value cannot
+    /// hold a comma.
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
     /// The API path every request asks for
@@ -62,7 +63,8 @@ struct Args {
     /// Unmeasured load on each target before the throughput phase's first round
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Rounds each phase's duration is split into, the targets taking turns in each
+    /// Rounds each phase's duration is split into, the targets taking turns in each; a
+    /// multiple of the number of targets (twice it for an odd number) balances the order
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// The fixed-rate phase offers this fraction (0 to 1) of the slowest target's
@@ -378,7 +380,14 @@ fn since(before: &[u64], counted: &[Counted]) -> Result<Vec<u64>> {
 /// that lands in one target's turn moves the pooled p99 of that target alone, and this
 /// hardly.
 fn paired_p99(a: &Tally, b: &Tally) -> f64 {
-    let mut d: Vec<f64> = a.round_p99.iter().zip(&b.round_p99).map(|(x, y)| x - y).collect();
+    // A round with no answer at all has no p99: it is left out rather than counted.
+    let mut d: Vec<f64> = a
+        .round_p99
+        .iter()
+        .zip(&b.round_p99)
+        .map(|(x, y)| x - y)
+        .filter(|d| d.is_finite())
+        .collect();
     d.sort_unstable_by(f64::total_cmp);
     match d.len() {
         0 => f64::NAN,
@@ -439,7 +448,7 @@ fn report(targets: &[Arc<Target>], tallies: &mut [Tally], with_ratio: bool, also
         );
     }
     println!(
-        "* added p99: the median over the rounds of what each round's p99 adds over the first target's in that round"
+        "* rounds' p99: the median over the rounds of what each round's p99 adds over the first target's in that round"
     );
     if let Some(a) = also {
         let (arps, a50, a99) = seen[a];
@@ -501,10 +510,24 @@ async fn main() -> Result<()> {
     let also = match &args.also_against {
         None => None,
         Some(name) => match targets.iter().position(|t| &t.name == name) {
+            Some(0) => {
+                bail!("--also-against {name}: that is the first target, which every table compares with already")
+            }
+            Some(i) if i + 1 == targets.len() => {
+                bail!("--also-against {name}: no target is listed after it, so there is nothing to compare")
+            }
             Some(i) => Some(i),
             None => bail!("--also-against {name}: no --target has that name"),
         },
     };
+    let n = targets.len();
+    let cycle = if n % 2 == 1 { 2 * n } else { n };
+    if n > 1 && !(args.rounds as usize).is_multiple_of(cycle) {
+        eprintln!(
+            "note: with {n} targets the order of turns is balanced over a multiple of {cycle} rounds; {} rounds leave some targets in some places more often",
+            args.rounds
+        );
+    }
     let rounds = args.rounds;
     let slice = args.duration / rounds;
 

@@ -84,7 +84,8 @@ impl TestIdp {
                 Err(e) if e.contains("EADDRINUSE") && start.elapsed() < START_LIMIT => {
                     std::thread::sleep(Duration::from_millis(200))
                 }
-                // As in `start`: a hung start is tried once more.
+                // As in `start`, a start that failed otherwise (a hang, or the port still taken
+                // after 30 s) is tried once more.
                 Err(e) if !tried_again => {
                     eprintln!("{e}\n(starting the test IdP once more)");
                     tried_again = true;
