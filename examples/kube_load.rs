@@ -375,10 +375,10 @@ fn since(before: &[u64], counted: &[Counted]) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// What `a` adds over `b` at p99, round by round (the two were loaded minutes apart at
-/// most), and the median of that over the rounds: a pause of the machine or of the API server
-/// that lands in one target's turn moves the pooled p99 of that target alone, and this
-/// hardly.
+/// What `a` adds over `b` at p99, round by round (within a round the two are loaded one
+/// soon after the other), and the median of that over the rounds: a pause of the machine or
+/// of the API server that lands in one target's turn moves the pooled p99 of that target
+/// alone, and this hardly.
 fn paired_p99(a: &Tally, b: &Tally) -> f64 {
     // A round with no answer at all has no p99: it is left out rather than counted.
     let mut d: Vec<f64> = a

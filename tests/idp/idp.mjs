@@ -17,9 +17,9 @@ import { createServer } from 'node:http';
 import * as jose from 'jose';
 import Provider from 'oidc-provider';
 
-// Where a start spends its time, to stderr (the tests show it when a start is slow): a start
-// in CI has twice printed nothing for 30 s, and these lines say which step it hung in.
-// performance.now() counts from the process's start, module loading included.
+// Where a start spends its time, to stderr (the tests show it when a start fails): these
+// lines are how a start that printed nothing for 30 s was traced to Node's key generation
+// (see newRsaKey). performance.now() counts from the process's start, module loading included.
 function stage(what) {
   process.stderr.write(`idp: ${what} at ${Math.round(performance.now())} ms\n`);
 }
@@ -89,7 +89,7 @@ function checkPassword(login, password) {
 // Not the KeyObjects generateKeyPairSync returns: in Node 20 they share a lock with the
 // generation job, and when the garbage collector runs while such a key is in use (an export
 // allocates, and any allocation may collect) the job's destructor waits on the lock its
-// caller holds, for ever. A test IdP hung that way at its start in 1 of about 10 CI runs
+// caller holds, for ever. The IdP tests hung that way at a start in about 1 run in 8
 // (gdb: ~KeyGenJob under ExportJWKRsaKey). Keys parsed from PEM have locks of their own.
 function newRsaKey() {
   const { privateKey, publicKey } = generateKeyPairSync('rsa', {
