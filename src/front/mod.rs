@@ -5,6 +5,7 @@ pub mod api;
 pub mod apps;
 pub mod h1pool;
 pub mod kube;
+mod read_ahead;
 pub mod shards;
 pub mod ssh;
 pub mod throttle;

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 
 use crate::front::apps::AppsFront;
 use crate::front::kube::{KubeFront, PREFIX as KUBE_PREFIX};
+use crate::front::read_ahead::ReadAhead;
 use crate::front::shards::Shards;
 
 /// The address a request came from, as seen on the TCP connection.
@@ -250,6 +251,9 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+/// A client's TLS stream, read ahead while it sends (see `read_ahead`).
+type ClientTls = tokio_rustls::server::TlsStream<ReadAhead<tokio::net::TcpStream>>;
+
 type Answer = Pin<Box<dyn std::future::Future<Output = Result<Response<Tracked>, std::convert::Infallible>> + Send>>;
 
 /// The service either protocol runs: it routes each request, counted in flight until its
@@ -301,7 +305,7 @@ fn counted_service(
 /// ever. So a connection is closed gracefully once it has had no request in flight for
 /// `idle`, or has sent none within the header timeout of its start.
 async fn serve_h2(
-    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    tls: ClientTls,
     routes: Arc<Routes>,
     peer: SocketAddr,
     sni: Option<Arc<str>>,
@@ -352,7 +356,7 @@ async fn serve_h2(
 /// request, or, before the first request, after the shorter of `idle` and the header
 /// timeout.
 async fn serve_h1(
-    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    tls: ClientTls,
     routes: Arc<Routes>,
     peer: SocketAddr,
     sni: Option<Arc<str>>,
@@ -453,7 +457,7 @@ const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// The TLS stream under hyper's HTTP/1.1, which hyper can hand back between requests.
 struct Parkable {
-    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    tls: ClientTls,
     /// Bytes hyper had read and not parsed when it let go of the connection.
     unread: bytes::Bytes,
     activity: Arc<Activity>,
@@ -567,7 +571,7 @@ async fn connection(
     idle: Duration,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
