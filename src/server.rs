@@ -255,8 +255,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     tokio::spawn(sweep_forever(Arc::clone(&broker), shutdown.clone()));
     tokio::spawn(Arc::clone(&broker).record_cuts(cuts));
     tokio::spawn(notifier.run(shutdown.clone()));
-    let shards = Arc::new(crate::front::shards::Shards::start(&shutdown).map_err(ServeError::Setup)?);
-    tokio::spawn(ssh_front.serve_jump(ssh_listener, Arc::clone(&shards), shutdown.clone()));
+    tokio::spawn(ssh_front.serve_jump(ssh_listener, shutdown.clone()));
+    let shards = crate::front::shards::Shards::start(&shutdown).map_err(ServeError::Setup)?;
     tls::serve(listener, tls_config, routes, server.idle_timeout, shards, shutdown).await;
     Ok(())
 }

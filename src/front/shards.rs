@@ -1,4 +1,4 @@
-//! Threads that serve the proxy's client connections, HTTPS and SSH, one per core, each a
+//! Threads that serve the HTTPS listener's connections, one per core, each a
 //! single-threaded runtime that a connection stays on from its handshake to its end.
 //!
 //! Why not the work-stealing runtime: for small requests it spends a third more CPU per
@@ -6,13 +6,9 @@
 //! an interrupt to the other core), and a request then hops between workers on its way to
 //! the upstream and back. `scripts/bench/http`, 1 KiB answers, on 2 cores: 47–51 µs of
 //! proxy CPU per request on a two-worker runtime, 35–37 µs on one worker. nginx's workers
-//! are built the same way. SSH sessions, long and heavy, were once sent to the work-stealing
-//! runtime so as not to be held to one core; there they cost a fifth more proxy CPU per
-//! byte (scripts/bench/ssh, AES-GCM: 1.68–1.71 s per 512 MiB against 1.29–1.35 on a shard),
-//! while one core relays a session faster than OpenSSH's own ends move it. What stealing
-//! buys, a long task not holding up others, matters little here: nothing slow runs inline
-//! (password hashing and SQLite go to other threads), and tokio's cooperative budget makes
-//! a busy stream yield to the shard's other connections.
+//! are built the same way. What stealing buys, a long task not holding up others, matters
+//! little here: nothing slow runs inline (password hashing and SQLite go to other threads),
+//! and the long, heavy streams (SSH relays) are sent to the work-stealing runtime.
 //!
 //! One coupling to know: a PostgreSQL connection that a request opens is polled by that
 //! request's shard, so a query on it from elsewhere waits for that thread's next poll.
@@ -41,6 +37,19 @@ pub fn current() -> usize {
     CURRENT.with(Cell::get)
 }
 
+/// The work-stealing runtime the shards were started from.
+static MAIN: OnceLock<Handle> = OnceLock::new();
+
+/// Runs `task` on the work-stealing runtime: for long-lived streams that move a lot of
+/// data with work on both sides (SSH relays, with their crypto each way), which should
+/// neither hold up a shard's other connections nor be held to one core.
+pub fn spawn_main(task: impl Future<Output = ()> + Send + 'static) {
+    match MAIN.get() {
+        Some(main) => drop(main.spawn(task)),
+        None => drop(tokio::spawn(task)),
+    }
+}
+
 pub struct Shards {
     handles: Box<[Handle]>,
     next: AtomicUsize,
@@ -49,6 +58,9 @@ pub struct Shards {
 impl Shards {
     /// Starts the shards' threads; they and the connections on them end with `stop`.
     pub fn start(stop: &CancellationToken) -> Result<Shards, String> {
+        if let Ok(main) = Handle::try_current() {
+            let _ = MAIN.set(main);
+        }
         let mut handles = Vec::with_capacity(count());
         // The runtimes are built on their own threads: one dropped on a worker of the main
         // runtime (a thread that failed to start) would panic there.
@@ -93,24 +105,5 @@ impl Shards {
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         self.handles[i].spawn(task);
-    }
-
-    /// Runs `serve` on the next shard in turn with `tcp`, accepted elsewhere, polled there.
-    pub fn hand_over<F, Fut>(&self, tcp: tokio::net::TcpStream, peer: std::net::SocketAddr, serve: F)
-    where
-        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        // The socket leaves the accepting thread's poller for the shard's.
-        let tcp = match tcp.into_std() {
-            Ok(tcp) => tcp,
-            Err(e) => return tracing::warn!(%peer, error = %e, "cannot hand a connection over"),
-        };
-        self.spawn(async move {
-            match tokio::net::TcpStream::from_std(tcp) {
-                Ok(tcp) => serve(tcp).await,
-                Err(e) => tracing::warn!(%peer, error = %e, "cannot take a connection over"),
-            }
-        });
     }
 }

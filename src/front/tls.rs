@@ -538,7 +538,7 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     routes: Routes,
     idle: Duration,
-    shards: Arc<Shards>,
+    shards: Shards,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -557,8 +557,21 @@ pub async fn serve(
                 }
             },
         };
+        // The connection moves to its shard's thread, and its socket to that thread's poller.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand a connection over");
+                continue;
+            }
+        };
         let (acceptor, routes) = (acceptor.clone(), Arc::clone(&routes));
-        shards.hand_over(tcp, peer, move |tcp| connection(acceptor, tcp, peer, routes, idle));
+        shards.spawn(async move {
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => connection(acceptor, tcp, peer, routes, idle).await,
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot take a connection over"),
+            }
+        });
     }
 }
 

@@ -76,10 +76,7 @@ pub async fn connect(
     let upgrade = hyper::upgrade::on(&mut req);
     let front = Arc::clone(&state.ssh.front);
     let user = caller.identity.user;
-    // The session stays on this connection's shard, where its socket is polled: moved to
-    // the work-stealing runtime, every read woke it across threads through the shard's
-    // poller, for a fifth more proxy CPU per byte (scripts/bench/ssh, AES-GCM).
-    tokio::spawn(async move {
+    crate::front::shards::spawn_main(async move {
         match upgrade.await {
             Ok(io) => serve_session(front, host, TokioIo::new(io), Some(user)).await,
             Err(e) => tracing::debug!(error = %e, "SSH upgrade failed"),

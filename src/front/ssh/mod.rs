@@ -52,7 +52,6 @@ use crate::access::Identity;
 use crate::broker::Broker;
 use crate::ca::ssh::{host_cert, random_ed25519, SshCas};
 use crate::config::{SshConfig, SshHost};
-use crate::front::shards::Shards;
 use crate::time::Timestamp;
 
 pub use session::serve_session;
@@ -263,7 +262,7 @@ impl SshFront {
     }
 
     /// Serves the jump listener until `shutdown`.
-    pub async fn serve_jump(self: Arc<Self>, listener: TcpListener, shards: Arc<Shards>, shutdown: CancellationToken) {
+    pub async fn serve_jump(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -281,8 +280,7 @@ impl SshFront {
                 continue;
             };
             let front = Arc::clone(&self);
-            // Served on a shard, as HTTPS connections are (see `shards`).
-            shards.hand_over(tcp, peer, move |tcp| async move {
+            tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 jump::serve(front, tcp, peer, slot).await;
             });
