@@ -189,6 +189,10 @@ fn commands_run_with_their_exit_codes_and_the_target_sees_a_session_certificate(
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out\n");
     assert_eq!(text(&out.stderr), "err\n");
+    // The session came through the TLS listener's upgrade, its socket taken from hyper
+    // and moved to the session's runtime, not left behind hyper and another thread.
+    let log = stand.proxy.log();
+    assert!(!log.contains("did not come from the TLS listener"), "{log}");
 
     // A signal ends the remote command as it would directly.
     let out = alice.ssh(&["root@db-prod-1", "kill -TERM $$"]);

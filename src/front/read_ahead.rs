@@ -35,6 +35,11 @@ impl<S> ReadAhead<S> {
             end: 0,
         }
     }
+
+    /// The stream under the buffer; what was read ahead stays in front of it.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {

@@ -450,6 +450,44 @@ async fn serve_h1(
     }
 }
 
+/// A connection this listener upgraded (`/ssh/connect`), taken back from hyper with its
+/// socket moved to the poller of the runtime this is called on.
+///
+/// The listener serves each connection on a shard, whose poller the socket stays with; a
+/// long-lived stream handed to the work-stealing runtime (an SSH session) would otherwise
+/// be woken across threads, through the shard's thread, for every read. The session itself
+/// stays on the work-stealing runtime: on a shard, a session in full flow would hold up
+/// every other task there, its own cut included.
+///
+/// `Err` gives back a connection that did not come from this listener, unchanged.
+pub fn upgraded_here(
+    io: hyper::upgrade::Upgraded,
+) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static, hyper::upgrade::Upgraded> {
+    let parts = io.downcast::<TokioIo<Parkable>>()?;
+    let mut io = parts.io.into_inner();
+    // What hyper read past the upgrade's head comes first, then what it left unread;
+    // copied, as `read_buf` would keep hyper's whole read buffer for the session's life.
+    if !parts.read_buf.is_empty() {
+        io.unread = [&parts.read_buf[..], &io.unread[..]].concat().into();
+    }
+    if let Err(e) = move_to_this_poller(io.tls.get_mut().0.get_mut()) {
+        // Still served, only through the shard's poller.
+        tracing::debug!(error = %e, "cannot move an upgraded connection's socket");
+    }
+    Ok(io)
+}
+
+/// Registers `tcp`'s socket with the poller of the runtime this is called on, and takes
+/// it off the one it was on: a second descriptor of the same socket is registered here,
+/// and dropping the first deregisters it there. What the socket holds (data not yet read,
+/// non-blocking mode, nodelay) belongs to the socket, not the descriptor, and stays.
+fn move_to_this_poller(tcp: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+    let fd = std::os::fd::AsFd::as_fd(&*tcp).try_clone_to_owned()?;
+    let here = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    drop(std::mem::replace(tcp, here));
+    Ok(())
+}
+
 /// How long an HTTP/1.1 connection goes without a request in flight before it is parked.
 /// Short enough that idle keep-alive connections cost little; long enough that a client
 /// sending request after request keeps its hyper connection.
@@ -600,5 +638,49 @@ async fn connection(
     };
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::move_to_this_poller;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A socket moved to another runtime's poller is served there alone: it reads what
+    /// was sent before the move and after, and writes, once the runtime it came from,
+    /// poller and all, is gone. Left on the old poller, it would fail here.
+    #[test]
+    fn a_moved_socket_works_after_the_runtime_it_came_from_is_gone() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let first = runtime();
+        let mut tcp = first.block_on(tokio::net::TcpStream::connect(addr)).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(b"before ").unwrap();
+        let here = runtime();
+        here.block_on(async { move_to_this_poller(&mut tcp) }).unwrap();
+        drop(first);
+        let got = here.block_on(async {
+            let mut got = [0u8; 12];
+            tcp.read_exact(&mut got[..7]).await.unwrap();
+            peer.write_all(b"after").unwrap();
+            tcp.read_exact(&mut got[7..]).await.unwrap();
+            tcp.write_all(b"answer").await.unwrap();
+            got
+        });
+        assert_eq!(&got, b"before after");
+        let mut answer = [0u8; 6];
+        peer.read_exact(&mut answer).unwrap();
+        assert_eq!(&answer, b"answer");
     }
 }

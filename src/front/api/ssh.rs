@@ -78,7 +78,17 @@ pub async fn connect(
     let user = caller.identity.user;
     crate::front::shards::spawn_main(async move {
         match upgrade.await {
-            Ok(io) => serve_session(front, host, TokioIo::new(io), Some(user)).await,
+            Ok(io) => match crate::front::tls::upgraded_here(io) {
+                Ok(io) => serve_session(front, host, io, Some(user)).await,
+                Err(io) => {
+                    // Every upgrade on the TLS listener takes the branch above; here the
+                    // session works, but each read wakes it through another thread.
+                    tracing::warn!(
+                        "an SSH upgrade did not come from the TLS listener's HTTP/1.1; serving it through hyper"
+                    );
+                    serve_session(front, host, TokioIo::new(io), Some(user)).await
+                }
+            },
             Err(e) => tracing::debug!(error = %e, "SSH upgrade failed"),
         }
     });
