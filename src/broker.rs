@@ -503,6 +503,13 @@ impl Broker {
         self.fresh_index(|grants| crate::access::app_grants(grants, who, app, now))
     }
 
+    /// Whether `who` holds a live grant whose SSH scope reaches `host`, for some login;
+    /// false when the grant index is stale (fail closed).
+    pub fn ssh_host_granted(&self, who: &str, host: &crate::config::SshHost, now: Timestamp) -> bool {
+        self.fresh_index(|grants| crate::access::ssh_host_granted(grants, who, &host.name, &host.labels, now))
+            .unwrap_or(false)
+    }
+
     /// Decides an access and records the decision in the audit log.
     pub async fn authorize(
         &self,

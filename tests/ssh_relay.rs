@@ -151,6 +151,8 @@ fn sha256(path: &Path) -> String {
 fn without_a_grant_the_session_is_refused_with_the_profiles_that_would_grant_it() {
     let stand = stand();
     let alice = Client::new(&stand, "alice");
+    // The harness's own check that sshd listens is a connection too.
+    let before = stand.sshd.log().matches("Connection from").count();
     let out = alice.ssh(&["root@db-prod-1", "true"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
@@ -159,12 +161,11 @@ fn without_a_grant_the_session_is_refused_with_the_profiles_that_would_grant_it(
         "{err}"
     );
     assert!(err.contains("jitgate request db-root"), "{err}");
-    // Nothing reached the target.
-    assert!(
-        !stand.sshd.log().contains("Accepted certificate"),
-        "{}",
-        stand.sshd.log()
-    );
+    // Nothing reached the target, not even a key exchange: the proxy starts one early
+    // only for a user who holds a grant on the host.
+    let log = stand.sshd.log();
+    assert!(!log.contains("Accepted certificate"), "{log}");
+    assert_eq!(log.matches("Connection from").count(), before, "{log}");
     // scp and sftp show the same message.
     let scp = alice
         .command("scp")
@@ -185,6 +186,8 @@ fn commands_run_with_their_exit_codes_and_the_target_sees_a_session_certificate(
     let alice = Client::new(&stand, "alice");
     let grant = alice.request("db-root", "1h");
 
+    // The harness's own check that sshd listens is a connection too.
+    let before = stand.sshd.log().matches("Connection from").count();
     let out = alice.ssh(&["root@db-prod-1", "echo out; echo err >&2; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out\n");
@@ -193,6 +196,10 @@ fn commands_run_with_their_exit_codes_and_the_target_sees_a_session_certificate(
     // and moved to the session's runtime, not left behind hyper and another thread.
     let log = stand.proxy.log();
     assert!(!log.contains("did not come from the TLS listener"), "{log}");
+    // The target was reached once for the session: the key exchange begun while the
+    // client authenticated is the connection the session logged in on.
+    let log = stand.sshd.log();
+    assert_eq!(log.matches("Connection from").count(), before + 1, "{log}");
 
     // A signal ends the remote command as it would directly.
     let out = alice.ssh(&["root@db-prod-1", "kill -TERM $$"]);

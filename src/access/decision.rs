@@ -1,12 +1,12 @@
 //! `authorize`: the one place that decides whether an identity may act on a resource now.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::grant::Grant;
 use super::identity::Identity;
 use super::policy::Policy;
-use super::profile::{listed, AccessProfile};
+use super::profile::{listed, AccessProfile, SshScope};
 use super::resource::{Action, Resource};
 use crate::time::Timestamp;
 
@@ -197,18 +197,39 @@ pub fn app_grants(grants: &GrantIndex, who: &Identity, app: &str, now: Timestamp
     out
 }
 
+/// Whether `user` holds a live grant whose SSH scope reaches `host`, whatever the login:
+/// enough for the proxy to start its key exchange with the target while the client is
+/// still authenticating, never enough to log in there.
+pub fn ssh_host_granted(
+    grants: &GrantIndex,
+    user: &str,
+    host: &str,
+    labels: &BTreeMap<String, String>,
+    now: Timestamp,
+) -> bool {
+    grants.by_user.get(user).is_some_and(|mine| {
+        mine.iter()
+            .any(|g| now < g.expires_at && g.profile.ssh.as_ref().is_some_and(|ssh| ssh_reaches(ssh, host, labels)))
+    })
+}
+
+/// Whether an SSH scope takes in `host`, by its labels or its name.
+fn ssh_reaches(ssh: &SshScope, host: &str, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = !ssh.hosts.is_empty()
+        && ssh
+            .hosts
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|have| v == "*" || have == v));
+    let by_name = !ssh.host_names.is_empty() && listed(&ssh.host_names, host);
+    let unrestricted = ssh.hosts.is_empty() && ssh.host_names.is_empty();
+    by_labels || by_name || unrestricted
+}
+
 fn allows(profile: &AccessProfile, resource: Resource<'_>, action: Action<'_>) -> bool {
     match (resource, action) {
         (Resource::Ssh { host, labels, login }, Action::SshLogin | Action::SshPortForward) => {
             let Some(ssh) = &profile.ssh else { return false };
-            let by_labels = !ssh.hosts.is_empty()
-                && ssh
-                    .hosts
-                    .iter()
-                    .all(|(k, v)| labels.get(k).is_some_and(|have| v == "*" || have == v));
-            let by_name = !ssh.host_names.is_empty() && listed(&ssh.host_names, host);
-            let unrestricted = ssh.hosts.is_empty() && ssh.host_names.is_empty();
-            (by_labels || by_name || unrestricted)
+            ssh_reaches(ssh, host, labels)
                 && listed(&ssh.logins, login)
                 && (action == Action::SshLogin || ssh.port_forwarding)
         }
@@ -320,6 +341,26 @@ mod tests {
         // Neither: every host.
         p.ssh.as_mut().unwrap().host_names.clear();
         assert!(allows(&p, ssh("anything", &bare), Action::SshLogin));
+    }
+
+    /// The gate for starting a target's key exchange early: a live grant of this user
+    /// whose hosts take this one in, whatever its logins; nothing else opens it.
+    #[test]
+    fn a_host_counts_as_granted_only_to_its_holder_in_scope_and_in_time() {
+        let now = Timestamp::from_millis(1_000_000);
+        let (_, index, _, grant) = granted(now);
+        let prod_db = BTreeMap::from([("env".into(), "prod".into()), ("role".into(), "db".into())]);
+        let staging = BTreeMap::from([("env".into(), "staging".into()), ("role".into(), "db".into())]);
+        assert!(ssh_host_granted(&index, "alice", "db-prod-1", &prod_db, now));
+        assert!(!ssh_host_granted(&index, "alice", "db-staging-1", &staging, now));
+        assert!(!ssh_host_granted(&index, "bob", "db-prod-1", &prod_db, now));
+        assert!(!ssh_host_granted(
+            &index,
+            "alice",
+            "db-prod-1",
+            &prod_db,
+            grant.expires_at
+        ));
     }
 
     #[test]

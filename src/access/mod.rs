@@ -10,7 +10,7 @@ mod profile;
 mod request;
 mod resource;
 
-pub use decision::{app_grants, authorize, Authorized, Denied, GrantIndex};
+pub use decision::{app_grants, authorize, ssh_host_granted, Authorized, Denied, GrantIndex};
 pub use grant::{Grant, GrantState};
 pub use identity::{Identity, Principal};
 pub use policy::Policy;

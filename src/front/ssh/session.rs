@@ -117,6 +117,20 @@ struct TargetSession {
     bound_user: Option<String>,
     authenticated: Arc<AtomicBool>,
     admission: Option<Admission>,
+    /// The session's side of the target's remote forwards, given to the target connection.
+    reverse: Arc<target::Reverse>,
+    /// The target's key exchange, under way while the client authenticates.
+    early: Option<Early>,
+}
+
+/// The key exchange with the target, started with the session: it runs while the client
+/// authenticates, instead of after. Dropped unused (the session refused or ended), it stops.
+struct Early(tokio::task::JoinHandle<Result<Target, String>>);
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Serves one SSH session for `host` on `stream` until it ends, then records its end.
@@ -145,12 +159,29 @@ where
         notices: Mutex::new(Vec::new()),
     });
     let authenticated = Arc::new(AtomicBool::new(false));
+    let reverse = Arc::new(target::Reverse::default());
+    let _ = reverse.shared.set(Arc::clone(&shared));
+    // Only for a user already authenticated by the way in (the HTTPS token or the jump
+    // listener) who holds a grant on this host for some login: no one else makes the
+    // proxy reach a target. The login itself is decided at authentication, as before.
+    let early = bound_user
+        .as_deref()
+        .filter(|user| front.broker().ssh_host_granted(user, &shared.host, Timestamp::now()))
+        .map(|_| {
+            Early(tokio::spawn(target::handshake(
+                Arc::clone(&shared.host),
+                Arc::clone(&reverse),
+                shared.done.clone(),
+            )))
+        });
     let handler = TargetSession {
         front: Arc::clone(&front),
         shared: Arc::clone(&shared),
         bound_user,
         authenticated: Arc::clone(&authenticated),
         admission: None,
+        reverse,
+        early,
     };
     run_server(
         config,
@@ -206,6 +237,8 @@ fn plausible_login(login: &str) -> bool {
 impl TargetSession {
     /// Decides the session and, when allowed, opens the target connection.
     async fn admit(&mut self, identity: Identity, login: &str, jti: &str) -> Admission {
+        // Taken first: whatever is decided below, an early connection not used is dropped.
+        let early = self.early.take();
         let host = Arc::clone(&self.shared.host);
         let broker = self.front.broker();
         let now = Timestamp::now();
@@ -248,16 +281,31 @@ impl TargetSession {
         };
         *self.shared.grant.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((auth.grant_id().to_owned(), auth.profile().name.clone()));
-        let reverse = Arc::new(target::Reverse::default());
-        let _ = reverse.shared.set(Arc::clone(&self.shared));
-        let connect = target::connect(
-            Arc::clone(&host),
-            &self.front.cas.target,
-            &cert,
-            Arc::clone(&reverse),
-            self.shared.done.clone(),
-        );
-        let target = match connect.await {
+        let reverse = Arc::clone(&self.reverse);
+        let ca = &self.front.cas.target;
+        let connect = || {
+            target::connect(
+                Arc::clone(&host),
+                ca,
+                &cert,
+                Arc::clone(&reverse),
+                self.shared.done.clone(),
+            )
+        };
+        let reached = match early {
+            Some(mut early) => match (&mut early.0).await {
+                Ok(Ok(t)) if !t.is_closed() => match target::login(t, &host, ca, &cert).await {
+                    Ok(t) => Ok(t),
+                    // Once more from the start: the target may have dropped a connection
+                    // that waited on a slow client (its LoginGraceTime). A real refusal
+                    // comes back the same way.
+                    Err(_) => connect().await,
+                },
+                _ => connect().await,
+            },
+            None => connect().await,
+        };
+        let target = match reached {
             Ok(t) => t,
             Err(why) => {
                 tracing::warn!(user = %identity.user, host = %host.name, %why, "cannot open SSH target");

@@ -250,6 +250,17 @@ pub(super) async fn connect(
     reverse: Arc<Reverse>,
     kill: tokio_util::sync::CancellationToken,
 ) -> Result<Target, String> {
+    let target = handshake(Arc::clone(&host), reverse, kill).await?;
+    login(target, &host, ca, cert).await
+}
+
+/// Reaches `host` and completes the key exchange, its host key verified: everything up
+/// to the login, which needs the session's certificate.
+pub(super) async fn handshake(
+    host: Arc<SshHost>,
+    reverse: Arc<Reverse>,
+    kill: tokio_util::sync::CancellationToken,
+) -> Result<Target, String> {
     let refused = Arc::new(std::sync::Mutex::new(None));
     let verifier = Verifier {
         host: Arc::clone(&host),
@@ -265,17 +276,28 @@ pub(super) async fn connect(
     // Dies with the session, whatever russh is waiting for.
     let tcp = super::Killable::new(tcp, kill);
     let handshake = client::connect_stream(client_config(&host), tcp, verifier);
-    let mut target = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
-        Err(_) => return Err(format!("{name} did not complete the SSH handshake in time")),
-        Ok(Ok(t)) => t,
+    match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Err(_) => Err(format!("{name} did not complete the SSH handshake in time")),
+        Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => {
             let why = refused.lock().unwrap_or_else(|e| e.into_inner()).take();
-            return Err(match why {
+            Err(match why {
                 Some(why) => format!("refused to connect to {name}: {why}"),
                 None => format!("SSH handshake with {name} failed: {e}"),
-            });
+            })
         }
-    };
+    }
+}
+
+/// Logs in on a target connection as `cert.login`, with a key that exists only in this
+/// process and a certificate that ends at `cert.valid_before`.
+pub(super) async fn login(
+    mut target: Target,
+    host: &SshHost,
+    ca: &russh::keys::PrivateKey,
+    cert: &SessionCert<'_>,
+) -> Result<Target, String> {
+    let name = &host.name;
     let (key, certificate) = session_credentials(ca, cert)?;
     let auth = tokio::time::timeout(
         CONNECT_TIMEOUT,
