@@ -161,11 +161,9 @@ fn without_a_grant_the_session_is_refused_with_the_profiles_that_would_grant_it(
         "{err}"
     );
     assert!(err.contains("jitgate request db-root"), "{err}");
-    // Nothing reached the target, not even a key exchange: the proxy starts one early
-    // only for a user who holds a grant on the host.
+    // Nothing reached the target.
     let log = stand.sshd.log();
     assert!(!log.contains("Accepted certificate"), "{log}");
-    assert_eq!(log.matches("Connection from").count(), before, "{log}");
     // scp and sftp show the same message.
     let scp = alice
         .command("scp")
@@ -178,6 +176,10 @@ fn without_a_grant_the_session_is_refused_with_the_profiles_that_would_grant_it(
         "{}",
         text(&scp.stderr)
     );
+    // Not even a key exchange, checked last so that sshd has had time to log one: the
+    // proxy starts it ahead of the login only for a user with a grant on the host.
+    let log = stand.sshd.log();
+    assert_eq!(log.matches("Connection from").count(), before, "{log}");
 }
 
 #[test]
@@ -224,6 +226,11 @@ fn commands_run_with_their_exit_codes_and_the_target_sees_a_session_certificate(
         "{}",
         text(&out.stderr)
     );
+    // The key exchange begun ahead of that login (alice holds a grant on the host) never
+    // logged in: only root ever did.
+    let log = stand.sshd.log();
+    assert!(!log.contains("for postgres"), "{log}");
+    assert_eq!(log.matches("Accepted publickey for root").count(), 2, "{log}");
 
     // The audit log names the session and the command.
     let audit = stand.proxy.admin(&["audit", "export"], None).success().stdout;

@@ -147,7 +147,14 @@ pub struct SshFront {
     /// Slots for connections still authenticating, so a flood of silent clients cannot
     /// hold every file descriptor.
     pre_auth: Arc<tokio::sync::Semaphore>,
+    /// Per host, slots for key exchanges begun before the client has authenticated (see
+    /// `session::Early`): each holds one of the target sshd's unauthenticated connections
+    /// (its `MaxStartups`, 10 before it starts dropping), so only a few at once.
+    early: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
+
+/// Key exchanges a host may have under way ahead of their sessions' logins.
+const EARLY_PER_HOST: usize = 4;
 
 impl SshFront {
     pub fn new(
@@ -177,11 +184,21 @@ impl SshFront {
             sources,
             jump_names,
             pre_auth: Arc::new(tokio::sync::Semaphore::new(MAX_PRE_AUTH)),
+            early: config
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), Arc::new(tokio::sync::Semaphore::new(EARLY_PER_HOST))))
+                .collect(),
         }
     }
 
     pub fn host(&self, name: &str) -> Option<&Arc<SshHost>> {
         self.hosts.get(name)
+    }
+
+    /// One of `host`'s slots for a key exchange ahead of the login, if one is free.
+    fn early_slot(&self, host: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(self.early.get(host)?).try_acquire_owned().ok()
     }
 
     pub fn broker(&self) -> &Arc<Broker> {

@@ -11,6 +11,7 @@ use russh::keys::Certificate;
 use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::relay;
@@ -123,13 +124,49 @@ struct TargetSession {
     early: Option<Early>,
 }
 
-/// The key exchange with the target, started with the session: it runs while the client
-/// authenticates, instead of after. Dropped unused (the session refused or ended), it stops.
-struct Early(tokio::task::JoinHandle<Result<Target, String>>);
+/// The key exchange with the target, begun with the session so that it runs while the
+/// client authenticates rather than after. It holds one of the host's few early slots
+/// (`SshFront::early_slot`) until the session takes it or [`EARLY_HOLD`] has passed; a
+/// connection not taken by then, or whose session is refused or ends, is closed.
+struct Early {
+    want: Option<oneshot::Sender<oneshot::Sender<Result<Target, String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long an early connection waits for its session's login: clients authenticate in
+/// milliseconds, and one slower than this gets a fresh connection at its login.
+const EARLY_HOLD: Duration = Duration::from_secs(5);
+
+impl Early {
+    fn start(
+        host: Arc<SshHost>,
+        reverse: Arc<target::Reverse>,
+        kill: CancellationToken,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Early {
+        let (want, asked) = oneshot::channel::<oneshot::Sender<Result<Target, String>>>();
+        let task = tokio::spawn(async move {
+            let reached = target::handshake(host, reverse, kill).await;
+            if let Ok(Ok(reply)) = tokio::time::timeout(EARLY_HOLD, asked).await {
+                let _ = reply.send(reached);
+            }
+            drop(slot);
+        });
+        Early { want: Some(want), task }
+    }
+
+    /// The connection once its key exchange is over, or why that failed; None when it
+    /// waited too long and is gone.
+    async fn take(mut self) -> Option<Result<Target, String>> {
+        let (reply, answer) = oneshot::channel();
+        self.want.take()?.send(reply).ok()?;
+        answer.await.ok()
+    }
+}
 
 impl Drop for Early {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
@@ -167,12 +204,16 @@ where
     let early = bound_user
         .as_deref()
         .filter(|user| front.broker().ssh_host_granted(user, &shared.host, Timestamp::now()))
-        .map(|_| {
-            Early(tokio::spawn(target::handshake(
+        .and_then(|_| front.early_slot(&shared.host.name))
+        .map(|slot| {
+            tracing::debug!(host = %shared.host.name, session = %shared.session_id,
+                "reaching the target while the client authenticates");
+            Early::start(
                 Arc::clone(&shared.host),
                 Arc::clone(&reverse),
                 shared.done.clone(),
-            )))
+                slot,
+            )
         });
     let handler = TargetSession {
         front: Arc::clone(&front),
@@ -293,14 +334,18 @@ impl TargetSession {
             )
         };
         let reached = match early {
-            Some(mut early) => match (&mut early.0).await {
-                Ok(Ok(t)) if !t.is_closed() => match target::login(t, &host, ca, &cert).await {
+            Some(early) => match early.take().await {
+                Some(Ok(t)) if !t.is_closed() => match target::login(t, &host, ca, &cert).await {
                     Ok(t) => Ok(t),
-                    // Once more from the start: the target may have dropped a connection
-                    // that waited on a slow client (its LoginGraceTime). A real refusal
-                    // comes back the same way.
-                    Err(_) => connect().await,
+                    // The target dropped the connection under the login: once more from
+                    // the start. A refusal or a silent target is said as it is.
+                    Err(e) if e.dropped => connect().await,
+                    Err(e) => Err(e.why),
                 },
+                // The key exchange itself failed (unreachable, wrong host key): a second
+                // try would fail the same way, only later.
+                Some(Err(why)) => Err(why),
+                // Held too long for a slow client, or closed by the target meanwhile.
                 _ => connect().await,
             },
             None => connect().await,

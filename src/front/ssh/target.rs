@@ -251,7 +251,15 @@ pub(super) async fn connect(
     kill: tokio_util::sync::CancellationToken,
 ) -> Result<Target, String> {
     let target = handshake(Arc::clone(&host), reverse, kill).await?;
-    login(target, &host, ca, cert).await
+    login(target, &host, ca, cert).await.map_err(|e| e.why)
+}
+
+/// Why a login on a target connection failed.
+pub(super) struct LoginFailed {
+    pub why: String,
+    /// The connection broke under the login (rather than the target refusing it or not
+    /// answering in time): a fresh connection may fare better.
+    pub dropped: bool,
 }
 
 /// Reaches `host` and completes the key exchange, its host key verified: everything up
@@ -296,22 +304,26 @@ pub(super) async fn login(
     host: &SshHost,
     ca: &russh::keys::PrivateKey,
     cert: &SessionCert<'_>,
-) -> Result<Target, String> {
+) -> Result<Target, LoginFailed> {
     let name = &host.name;
-    let (key, certificate) = session_credentials(ca, cert)?;
+    let failed = |why: String, dropped: bool| LoginFailed { why, dropped };
+    let (key, certificate) = session_credentials(ca, cert).map_err(|why| failed(why, false))?;
     let auth = tokio::time::timeout(
         CONNECT_TIMEOUT,
         target.authenticate_openssh_cert(cert.login, Arc::new(key), certificate),
     )
     .await
-    .map_err(|_| format!("{name} did not answer the login in time"))?
-    .map_err(|e| format!("login to {name} failed: {e}"))?;
+    .map_err(|_| failed(format!("{name} did not answer the login in time"), false))?
+    .map_err(|e| failed(format!("login to {name} failed: {e}"), true))?;
     match auth {
         AuthResult::Success => Ok(target),
-        AuthResult::Failure { .. } => Err(format!(
-            "{name} refused the session certificate for {}: does its sshd trust the target CA \
+        AuthResult::Failure { .. } => Err(failed(
+            format!(
+                "{name} refused the session certificate for {}: does its sshd trust the target CA \
              (TrustedUserCAKeys; `jitgate ssh-config --target-ca` prints the line) and have that login?",
-            cert.login
+                cert.login
+            ),
+            false,
         )),
     }
 }
