@@ -27,6 +27,7 @@
 //! channels never opened; 0.62.5). Besides, only certificates authenticate here and the
 //! handler checks each one itself, so a key offered without a signature never gets in.
 
+mod cut;
 mod jump;
 mod record;
 mod relay;

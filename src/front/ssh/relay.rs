@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use russh::{Channel, ChannelMsg};
 
+use super::cut::{expiry_warning, inside_warning};
 use super::record::{Recorder, Terminal};
-use super::session::{expiry_warning, inside_warning, Open, Shared};
+use super::session::{Open, Shared};
 use super::sftp::SftpWatch;
 use super::SshFront;
 use crate::audit::AuditDraft;

@@ -1,6 +1,6 @@
 //! One SSH session for one target, terminated here: authentication by identity
-//! certificate, the decision for host + login, the connection to the target, and the
-//! watch that cuts the session when its grant ends.
+//! certificate, the decision for host + login, and the connection to the target; `cut`
+//! watches its grant.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::keys::Certificate;
-use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session, VerifiedPublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::relay;
@@ -121,53 +120,7 @@ struct TargetSession {
     /// The session's side of the target's remote forwards, given to the target connection.
     reverse: Arc<target::Reverse>,
     /// The target's key exchange, under way while the client authenticates.
-    early: Option<Early>,
-}
-
-/// The key exchange with the target, begun with the session so that it runs while the
-/// client authenticates rather than after. It holds one of the host's few early slots
-/// (`SshFront::early_slot`) until the session takes it or [`EARLY_HOLD`] has passed; a
-/// connection not taken by then, or whose session is refused or ends, is closed.
-struct Early {
-    want: Option<oneshot::Sender<oneshot::Sender<Result<Target, String>>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-/// How long an early connection waits for its session's login: clients authenticate in
-/// milliseconds, and one slower than this gets a fresh connection at its login.
-const EARLY_HOLD: Duration = Duration::from_secs(5);
-
-impl Early {
-    fn start(
-        host: Arc<SshHost>,
-        reverse: Arc<target::Reverse>,
-        kill: CancellationToken,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) -> Early {
-        let (want, asked) = oneshot::channel::<oneshot::Sender<Result<Target, String>>>();
-        let task = tokio::spawn(async move {
-            let reached = target::handshake(host, reverse, kill).await;
-            if let Ok(Ok(reply)) = tokio::time::timeout(EARLY_HOLD, asked).await {
-                let _ = reply.send(reached);
-            }
-            drop(slot);
-        });
-        Early { want: Some(want), task }
-    }
-
-    /// The connection once its key exchange is over, or why that failed; None when it
-    /// waited too long and is gone.
-    async fn take(mut self) -> Option<Result<Target, String>> {
-        let (reply, answer) = oneshot::channel();
-        self.want.take()?.send(reply).ok()?;
-        answer.await.ok()
-    }
-}
-
-impl Drop for Early {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    early: Option<target::Early>,
 }
 
 /// Serves one SSH session for `host` on `stream` until it ends, then records its end.
@@ -208,7 +161,7 @@ where
         .map(|slot| {
             tracing::debug!(host = %shared.host.name, session = %shared.session_id,
                 "reaching the target while the client authenticates");
-            Early::start(
+            target::Early::start(
                 Arc::clone(&shared.host),
                 Arc::clone(&reverse),
                 shared.done.clone(),
@@ -454,7 +407,7 @@ impl russh::server::Handler for TargetSession {
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
         if let Some(Admission::Open(open)) = &self.admission {
             let _ = open.reverse.client.set(session.handle());
-            tokio::spawn(watch(
+            tokio::spawn(super::cut::watch(
                 Arc::clone(open),
                 Arc::clone(&self.shared),
                 session.handle(),
@@ -775,113 +728,5 @@ impl russh::server::Handler for TargetSession {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&channel);
         Ok(())
-    }
-}
-
-/// The one-line warning a terminal gets before its grant ends.
-pub(super) fn expiry_warning(auth: &Authorized, now: Timestamp) -> String {
-    let expires = auth.expires_at();
-    format!(
-        "\r\njitgate: grant {} expires at {expires} (in {}); request again with: jitgate request {}\r\n",
-        auth.grant_id(),
-        crate::time::format_duration(now.until(expires).max(Duration::from_secs(1))),
-        auth.profile().name,
-    )
-}
-
-/// Whether a terminal opened now is already inside the warning window, so it is warned
-/// at once rather than never.
-pub(super) fn inside_warning(auth: &Authorized, warn_before: Duration, now: Timestamp) -> bool {
-    !warn_before.is_zero() && now.until(auth.expires_at()) <= warn_before
-}
-
-/// How long the cut waits for a polite close before it drops the connection outright.
-const CUT_GRACE: Duration = Duration::from_millis(20);
-
-/// Watches the session's grant: warns interactive channels before it expires, and when
-/// it ends, tells every channel why and closes the connection.
-async fn watch(open: Arc<Open>, shared: Arc<Shared>, client: Handle, warn_before: Duration) {
-    let expires = open.auth.expires_at();
-    let grant = open.auth.grant_id().to_owned();
-    let profile = open.auth.profile().name.clone();
-    let warn_at = Timestamp::from_millis(expires.as_millis() - warn_before.as_millis() as i64);
-    let until_warning = Timestamp::now().until(warn_at);
-    if !warn_before.is_zero() && !until_warning.is_zero() {
-        tokio::select! {
-            _ = shared.done.cancelled() => return,
-            _ = open.live.cancelled() => {}
-            _ = tokio::time::sleep(until_warning) => {
-                let line = expiry_warning(&open.auth, Timestamp::now());
-                let ptys: Vec<ChannelId> = shared.channels.lock().unwrap_or_else(|e| e.into_inner())
-                    .iter().filter(|(_, pty)| **pty).map(|(id, _)| *id).collect();
-                for id in ptys {
-                    let _ = tokio::time::timeout(CUT_GRACE, client.extended_data(id, 1, line.clone().into_bytes())).await;
-                }
-            }
-        }
-    }
-    tokio::select! {
-        _ = shared.done.cancelled() => return,
-        _ = open.live.cancelled() => {}
-    }
-    let now = Timestamp::now();
-    let (what, line) = if open.live.ended_by_logout() {
-        let what = format!("login ended at {now}");
-        (
-            what.clone(),
-            format!(
-                "jitgate: your {what} (jitgate logout), and this session with it; log in again with: jitgate login"
-            ),
-        )
-    } else {
-        let what = if now >= expires {
-            format!("expired at {expires}")
-        } else {
-            format!("was revoked at {now}")
-        };
-        let line = format!("jitgate: grant {grant} {what}; request again with: jitgate request {profile}");
-        (format!("grant {what}"), line)
-    };
-    tracing::info!(%grant, session = %shared.session_id, user = %open.identity.user, "cutting SSH session: {what}");
-    *shared.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
-    let ids: Vec<ChannelId> = shared
-        .channels
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .copied()
-        .collect();
-    // Each channel gets the line and is closed, so the client prints it and leaves on its
-    // own; OpenSSH may drop output that arrives together with a disconnect.
-    let deadline = tokio::time::Instant::now() + CUT_GRACE;
-    for id in ids {
-        let text = format!("\r\n{line}\r\n").into_bytes();
-        let _ = tokio::time::timeout_at(deadline, async {
-            let _ = client.extended_data(id, 1, text).await;
-            let _ = client.eof(id).await;
-            let _ = client.close(id).await;
-        })
-        .await;
-    }
-    // Bounded too: a target session whose queue is full (its client writes but does not
-    // read) would never take the message, and the cut must not wait on it.
-    let _ = tokio::time::timeout_at(
-        deadline,
-        open.target
-            .disconnect(russh::Disconnect::ByApplication, "grant ended", ""),
-    )
-    .await;
-    // A client that does not read (a full window) would hold the polite close up; past
-    // the grace, the connection is told why and dropped under it.
-    if tokio::time::timeout_at(deadline + CUT_GRACE, shared.done.cancelled())
-        .await
-        .is_err()
-    {
-        let _ = tokio::time::timeout(
-            Duration::from_millis(5),
-            client.disconnect(russh::Disconnect::ByApplication, line, String::new()),
-        )
-        .await;
-        shared.done.cancel();
     }
 }

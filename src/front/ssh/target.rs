@@ -9,6 +9,7 @@ use russh::client::{self, AuthResult};
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::HashAlg;
 use russh::keys::PublicKeyOrCertificate;
+use tokio::sync::oneshot;
 
 use crate::ca::ssh::{random_ed25519, session_cert, SessionCert};
 use crate::config::{HostKeyCheck, SshHost};
@@ -336,4 +337,50 @@ fn session_credentials(
     let certificate =
         session_cert(ca, key.public_key(), cert, Timestamp::now()).map_err(|e| format!("cannot certify: {e}"))?;
     Ok((key, certificate))
+}
+
+/// The key exchange with the target, begun with the session so that it runs while the
+/// client authenticates rather than after. It holds one of the host's few early slots
+/// (`SshFront::early_slot`) until the session takes it or [`EARLY_HOLD`] has passed; a
+/// connection not taken by then, or whose session is refused or ends, is closed.
+pub(super) struct Early {
+    want: Option<oneshot::Sender<oneshot::Sender<Result<Target, String>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long an early connection waits for its session's login: clients authenticate in
+/// milliseconds, and one slower than this gets a fresh connection at its login.
+const EARLY_HOLD: Duration = Duration::from_secs(5);
+
+impl Early {
+    pub(super) fn start(
+        host: Arc<SshHost>,
+        reverse: Arc<Reverse>,
+        kill: tokio_util::sync::CancellationToken,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) -> Early {
+        let (want, asked) = oneshot::channel::<oneshot::Sender<Result<Target, String>>>();
+        let task = tokio::spawn(async move {
+            let reached = handshake(host, reverse, kill).await;
+            if let Ok(Ok(reply)) = tokio::time::timeout(EARLY_HOLD, asked).await {
+                let _ = reply.send(reached);
+            }
+            drop(slot);
+        });
+        Early { want: Some(want), task }
+    }
+
+    /// The connection once its key exchange is over, or why that failed; None when it
+    /// waited too long and is gone.
+    pub(super) async fn take(mut self) -> Option<Result<Target, String>> {
+        let (reply, answer) = oneshot::channel();
+        self.want.take()?.send(reply).ok()?;
+        answer.await.ok()
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
