@@ -149,7 +149,7 @@ pub struct SshFront {
     /// hold every file descriptor.
     pre_auth: Arc<tokio::sync::Semaphore>,
     /// Per host, slots for key exchanges begun before the client has authenticated (see
-    /// `session::Early`): each holds one of the target sshd's unauthenticated connections
+    /// `target::Early`): each holds one of the target sshd's unauthenticated connections
     /// (its `MaxStartups`, 10 before it starts dropping), so only a few at once.
     early: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
