@@ -23,7 +23,8 @@
 //! phase moves with any pause of a shared machine that lands in one target's turn, so each
 //! table also gives, per target, the median over the rounds of what its p99 adds over the
 //! first target's in the same round. `scripts/bench/kube`
-//! sets up a cluster, the peers and the proxy and runs this; by hand:
+//! sets up a cluster, the peers and the proxy and runs this; `scripts/bench/http` runs it
+//! against a web app's static answer (any HTTPS GET will do, a cookie as a header); by hand:
 //!
 //! ```text
 //! cargo run --release --example kube_load -- --path /api/v1/namespaces/bench/pods/web-1 \
