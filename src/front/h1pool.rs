@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::client::conn::TrySendError;
 use hyper::{Request, Response, Uri};
@@ -148,6 +148,7 @@ impl H1Pool {
             inner,
             conn,
             ended,
+            next: None,
             pool: Arc::clone(self),
         };
         Ok(Response::from_parts(parts, body))
@@ -232,11 +233,52 @@ async fn sweep(pool: Weak<H1Pool>) {
 
 /// An answer's body from a pooled connection: polling it drives the connection, and once
 /// it has ended whole the connection goes back to the pool.
+///
+/// It reads one frame ahead after each data frame, so that it can tell a chunked body's
+/// end, which hyper cannot (its `is_end_stream` knows lengths only), as soon as the
+/// upstream has sent it. Without that, an HTTP/2 client gets the last chunk, then one more
+/// TLS record with an empty DATA frame that ends the stream: a second write, and a second
+/// wake-up for the client, on every answer of a Go server such as the Kubernetes API
+/// server, which chunks its JSON. (Over HTTP/1.1, hyper writes the end with the last chunk
+/// either way.)
 pub struct PooledBody {
     inner: Incoming,
     conn: Option<Box<Conn>>,
+    /// The body has ended whole: its last frame came, or has been read ahead into `next`.
     ended: bool,
+    /// A frame read ahead, the body's next.
+    next: Option<Result<Frame<Bytes>, hyper::Error>>,
     pool: Arc<H1Pool>,
+}
+
+impl PooledBody {
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        // Twice: the first poll of the body may only tell the connection it is wanted.
+        for _ in 0..2 {
+            if let Some(c) = self.conn.as_mut() {
+                if Pin::new(&mut c.conn).poll(cx).is_ready() {
+                    // Closed (after this answer, or failed in it): the body says which.
+                    self.conn = None;
+                }
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => continue,
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(frame)) => {
+                    // Trailers are always last: after them the body is not polled again.
+                    let last = frame.as_ref().is_ok_and(|f| f.is_trailers());
+                    if last || (frame.is_ok() && self.inner.is_end_stream()) {
+                        self.ended = true;
+                    }
+                    return Poll::Ready(Some(frame));
+                }
+            }
+        }
+        Poll::Pending
+    }
 }
 
 impl hyper::body::Body for PooledBody {
@@ -245,39 +287,43 @@ impl hyper::body::Body for PooledBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        // Twice: the first poll of the body may only tell the connection it is wanted.
-        for _ in 0..2 {
-            if let Some(c) = this.conn.as_mut() {
-                if Pin::new(&mut c.conn).poll(cx).is_ready() {
-                    // Closed (after this answer, or failed in it): the body says which.
-                    this.conn = None;
-                }
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => continue,
-                Poll::Ready(None) => {
-                    this.ended = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(frame)) => {
-                    // Trailers are always last: after them the body is not polled again.
-                    let last = frame.as_ref().is_ok_and(|f| f.is_trailers());
-                    if last || (frame.is_ok() && this.inner.is_end_stream()) {
-                        this.ended = true;
-                    }
-                    return Poll::Ready(Some(frame));
-                }
+        let frame = match this.next.take() {
+            Some(frame) => frame,
+            None if this.ended => return Poll::Ready(None),
+            None => match this.poll_inner(cx) {
+                Poll::Ready(Some(frame)) => frame,
+                other => return other,
+            },
+        };
+        if !this.ended && frame.as_ref().is_ok_and(|f| f.is_data()) {
+            // What is already here: a pending poll only leaves this task's waker behind.
+            if let Poll::Ready(Some(next)) = this.poll_inner(cx) {
+                this.next = Some(next);
             }
         }
-        Poll::Pending
+        Poll::Ready(Some(frame))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.next.is_none() && (self.ended || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.next {
+            // What is read ahead is not in the inner body's hint any more.
+            Some(Ok(frame)) => {
+                let ahead = frame.data_ref().map_or(0, |d| d.len() as u64);
+                let inner = self.inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + ahead);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + ahead);
+                }
+                hint
+            }
+            _ if self.ended => SizeHint::with_exact(0),
+            _ => self.inner.size_hint(),
+        }
     }
 }
 
@@ -358,6 +404,12 @@ mod tests {
                 _ => b"hello".to_vec(),
             };
             buf.drain(..head_end + length);
+            if let Some(how) = path.strip_prefix("/chunked") {
+                if !chunked(&mut tcp, how).await {
+                    return;
+                }
+                continue;
+            }
             let close = if path == "/bye" { "Connection: close\r\n" } else { "" };
             let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n", body.len());
             if tcp.write_all(answer.as_bytes()).await.is_err() || tcp.write_all(&body).await.is_err() {
@@ -371,6 +423,24 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// A chunked answer, "hello" in two chunks. `how`: empty, the body's end comes in the
+    /// same write as the last chunk; `-slow`, 50 ms after it; `-trailers`, with a trailer.
+    async fn chunked(tcp: &mut TcpStream, how: &str) -> bool {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n";
+        let end = match how {
+            "-trailers" => "0\r\nx-checksum: 42\r\n\r\n",
+            _ => "0\r\n\r\n",
+        };
+        if how == "-slow" {
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return tcp.write_all(end.as_bytes()).await.is_ok();
+        }
+        tcp.write_all(format!("{head}{end}").as_bytes()).await.is_ok()
     }
 
     fn pool(target: Uri) -> Arc<H1Pool> {
@@ -494,6 +564,54 @@ mod tests {
         let echoed = resp.into_body().collect().await.unwrap().to_bytes();
         assert!(echoed == upload, "the upload came back changed");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// The frames of `path`'s body, each with whether the body said it had ended after it.
+    async fn frames(pool: &Arc<H1Pool>, target: &Uri, path: &str) -> Vec<(String, bool)> {
+        let resp = pool.request(get(target, path)).await.unwrap();
+        let mut body = resp.into_body();
+        let mut seen = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            let what = match frame.into_data() {
+                Ok(data) => String::from_utf8(data.to_vec()).unwrap(),
+                Err(frame) => format!("trailers {:?}", frame.into_trailers().unwrap()),
+            };
+            seen.push((what, hyper::body::Body::is_end_stream(&body)));
+        }
+        assert!(
+            hyper::body::Body::is_end_stream(&body),
+            "{path}: ended after its last frame"
+        );
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_tells_its_end_with_its_last_chunk_when_the_end_is_in() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        let seen = frames(&pool, &target, "/chunked").await;
+        let text: String = seen.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(text, "hello");
+        assert!(seen.last().unwrap().1, "the last chunk came with the end: {seen:?}");
+        // The end come later, it is a frame of its own; with trailers, they are last.
+        let slow = frames(&pool, &target, "/chunked-slow").await;
+        assert_eq!(slow.iter().map(|(d, _)| d.as_str()).collect::<String>(), "hello");
+        assert!(!slow.last().unwrap().1, "the end was not in yet: {slow:?}");
+        let trailed = frames(&pool, &target, "/chunked-trailers").await;
+        assert_eq!(trailed.len(), 3, "{trailed:?}");
+        assert!(!trailed[1].1, "trailers follow the last chunk: {trailed:?}");
+        assert!(trailed[2].0.contains("x-checksum"), "{trailed:?}");
+        assert_eq!(text_of(&pool, &target).await, "hello");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "every answer ended whole and was pooled"
+        );
+    }
+
+    async fn text_of(pool: &Arc<H1Pool>, target: &Uri) -> String {
+        text(pool, get(target, "/keep")).await
     }
 
     #[tokio::test]
