@@ -149,6 +149,7 @@ impl H1Pool {
             conn,
             ended,
             next: None,
+            failed: false,
             pool: Arc::clone(self),
         };
         Ok(Response::from_parts(parts, body))
@@ -248,13 +249,17 @@ pub struct PooledBody {
     ended: bool,
     /// A frame read ahead, the body's next.
     next: Option<Result<Frame<Bytes>, hyper::Error>>,
+    /// The body failed: it gives nothing more, and its connection is not pooled (hyper's
+    /// body says it ended if polled again after its error).
+    failed: bool,
     pool: Arc<H1Pool>,
 }
 
 impl PooledBody {
-    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // Twice: the first poll of the body may only tell the connection it is wanted.
-        for _ in 0..2 {
+    /// The next frame from the connection, polling it and the body `passes` times: the first
+    /// poll of the body may only tell the connection it is wanted.
+    fn poll_inner(&mut self, cx: &mut Context<'_>, passes: usize) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        for _ in 0..passes {
             if let Some(c) = self.conn.as_mut() {
                 if Pin::new(&mut c.conn).poll(cx).is_ready() {
                     // Closed (after this answer, or failed in it): the body says which.
@@ -268,6 +273,7 @@ impl PooledBody {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(frame)) => {
+                    self.failed = frame.is_err();
                     // Trailers are always last: after them the body is not polled again.
                     let last = frame.as_ref().is_ok_and(|f| f.is_trailers());
                     if last || (frame.is_ok() && self.inner.is_end_stream()) {
@@ -289,15 +295,20 @@ impl hyper::body::Body for PooledBody {
         let this = &mut *self;
         let frame = match this.next.take() {
             Some(frame) => frame,
-            None if this.ended => return Poll::Ready(None),
-            None => match this.poll_inner(cx) {
+            None if this.ended || this.failed => return Poll::Ready(None),
+            None => match this.poll_inner(cx, 2) {
                 Poll::Ready(Some(frame)) => frame,
                 other => return other,
             },
         };
-        if !this.ended && frame.as_ref().is_ok_and(|f| f.is_data()) {
-            // What is already here: a pending poll only leaves this task's waker behind.
-            if let Poll::Ready(Some(next)) = this.poll_inner(cx) {
+        // Only where hyper cannot tell the end itself: a body of known length ends with
+        // its last byte.
+        let unknown_length = this.inner.size_hint().exact().is_none();
+        if unknown_length && !this.ended && frame.as_ref().is_ok_and(|f| f.is_data()) {
+            // What is already here, in one pass: the body took the last frame, so the
+            // connection is free to read on. A pending poll only leaves this task's waker
+            // behind.
+            if let Poll::Ready(Some(next)) = this.poll_inner(cx, 1) {
                 this.next = Some(next);
             }
         }
@@ -426,8 +437,15 @@ mod tests {
     }
 
     /// A chunked answer, "hello" in two chunks. `how`: empty, the body's end comes in the
-    /// same write as the last chunk; `-slow`, 50 ms after it; `-trailers`, with a trailer.
+    /// same write as the last chunk; `-slow`, 50 ms after it; `-trailers`, with a trailer;
+    /// `-cut`, the connection closes after the first chunk. False: the connection is done.
     async fn chunked(tcp: &mut TcpStream, how: &str) -> bool {
+        if how == "-cut" {
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n")
+                .await;
+            return false;
+        }
         let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n";
         let end = match how {
             "-trailers" => "0\r\nx-checksum: 42\r\n\r\n",
@@ -591,10 +609,10 @@ mod tests {
         let (target, accepted) = upstream().await;
         let pool = pool(target.clone());
         let seen = frames(&pool, &target, "/chunked").await;
-        let text: String = seen.iter().map(|(d, _)| d.as_str()).collect();
-        assert_eq!(text, "hello");
+        let whole: String = seen.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(whole, "hello");
         assert!(seen.last().unwrap().1, "the last chunk came with the end: {seen:?}");
-        // The end come later, it is a frame of its own; with trailers, they are last.
+        // When the end comes later, it is a frame of its own; with trailers, they are last.
         let slow = frames(&pool, &target, "/chunked-slow").await;
         assert_eq!(slow.iter().map(|(d, _)| d.as_str()).collect::<String>(), "hello");
         assert!(!slow.last().unwrap().1, "the end was not in yet: {slow:?}");
@@ -602,7 +620,7 @@ mod tests {
         assert_eq!(trailed.len(), 3, "{trailed:?}");
         assert!(!trailed[1].1, "trailers follow the last chunk: {trailed:?}");
         assert!(trailed[2].0.contains("x-checksum"), "{trailed:?}");
-        assert_eq!(text_of(&pool, &target).await, "hello");
+        assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
         assert_eq!(
             accepted.load(Ordering::SeqCst),
             1,
@@ -610,8 +628,25 @@ mod tests {
         );
     }
 
-    async fn text_of(pool: &Arc<H1Pool>, target: &Uri) -> String {
-        text(pool, get(target, "/keep")).await
+    #[tokio::test]
+    async fn a_chunked_body_cut_short_fails_and_its_connection_is_not_pooled() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        let resp = pool.request(get(&target, "/chunked-cut")).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "hel");
+        assert!(!hyper::body::Body::is_end_stream(&body), "the end never came");
+        assert!(body.frame().await.unwrap().is_err(), "the cut is an error");
+        assert!(body.frame().await.is_none(), "nothing after the error");
+        assert!(!hyper::body::Body::is_end_stream(&body), "a failed body did not end");
+        drop(body);
+        assert!(
+            pool.idle.lock().unwrap().is_empty(),
+            "the failed connection is not pooled"
+        );
+        assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
