@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -102,7 +102,7 @@ impl H1Pool {
     pub async fn request(self: &Arc<Self>, req: Request<Body>) -> Result<Response<PooledBody>, PoolError> {
         let mut req = req;
         loop {
-            let pooled = std::future::poll_fn(|cx| Poll::Ready(self.take_idle(cx))).await;
+            let pooled = self.take_idle();
             let reused = pooled.is_some();
             let conn = match pooled {
                 Some(c) => c,
@@ -129,17 +129,35 @@ impl H1Pool {
     ) -> Result<Response<PooledBody>, TrySendError<Request<Body>>> {
         let mut answer = std::pin::pin!(conn.send.try_send_request(req));
         let mut conn = Some(conn);
+        let mut sent = false;
         let answered = std::future::poll_fn(|cx| {
-            if let Some(c) = conn.as_mut() {
-                if Pin::new(&mut c.conn).poll(cx).is_ready() {
-                    // Dropped as soon as it is done: one that closed before it took the
-                    // request (an upstream's close that came after the pool's last look)
-                    // gives it back only then, to be sent on another; kept, it would
-                    // leave the answer waiting for ever.
-                    conn = None;
+            // The answer is polled with no waker: it comes only from the poll (or the drop)
+            // of the connection, just before. Its own waker, and the one the connection
+            // leaves with the answer's body, would each wake this task once more for
+            // nothing, a pass through hyper, the proxy and TLS; the body's hand-over wakes
+            // whatever the connection held when it read it. So once the request is out, the
+            // connection reads with no waker first, and takes this task's only to wait.
+            let mut quiet = Context::from_waker(Waker::noop());
+            let mut polls: &mut [&mut Context<'_>] = &mut [&mut quiet, cx];
+            if !sent {
+                sent = true;
+                polls = &mut polls[1..];
+            }
+            for each in polls.iter_mut() {
+                if let Some(c) = conn.as_mut() {
+                    if Pin::new(&mut c.conn).poll(each).is_ready() {
+                        // Dropped as soon as it is done: one that closed before it took the
+                        // request (an upstream's close that came after the pool's last look)
+                        // gives it back only then, to be sent on another; kept, it would
+                        // leave the answer waiting for ever.
+                        conn = None;
+                    }
+                }
+                if let Poll::Ready(answered) = answer.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    return Poll::Ready(answered);
                 }
             }
-            answer.as_mut().poll(cx)
+            Poll::Pending
         })
         .await?;
         let (parts, inner) = answered.into_parts();
@@ -156,14 +174,18 @@ impl H1Pool {
     }
 
     /// The most recently used idle connection that is still open and ready.
-    fn take_idle(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
+    fn take_idle(&self) -> Option<Box<Conn>> {
+        let mut quiet = Context::from_waker(Waker::noop());
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(mut i) = idle.pop() {
             if i.since.elapsed() >= IDLE_FOR {
                 continue;
             }
-            // A poll reads what came while it sat: an end or an error closes it.
-            if Pin::new(&mut i.conn.conn).poll(cx).is_ready() {
+            // A poll reads what came while it sat: an end or an error closes it. With no
+            // waker: the request about to go in would wake whatever the connection last
+            // held (this task, or another connection's), for nothing; `send_on` polls it
+            // with this task's waker right after.
+            if Pin::new(&mut i.conn.conn).poll(&mut quiet).is_ready() {
                 continue;
             }
             if i.conn.send.is_ready() {
@@ -256,34 +278,47 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
-    /// The next frame from the connection, polling it and the body `passes` times: the first
-    /// poll of the body may only tell the connection it is wanted.
-    fn poll_inner(&mut self, cx: &mut Context<'_>, passes: usize) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        for _ in 0..passes {
-            if let Some(c) = self.conn.as_mut() {
-                if Pin::new(&mut c.conn).poll(cx).is_ready() {
-                    // Closed (after this answer, or failed in it): the body says which.
-                    self.conn = None;
-                }
-            }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => continue,
-                Poll::Ready(None) => {
-                    self.ended = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Ready(Some(frame)) => {
-                    self.failed = frame.is_err();
-                    // Trailers are always last: after them the body is not polled again.
-                    let last = frame.as_ref().is_ok_and(|f| f.is_trailers());
-                    if last || (frame.is_ok() && self.inner.is_end_stream()) {
-                        self.ended = true;
-                    }
-                    return Poll::Ready(Some(frame));
-                }
+    /// The next frame, from what the connection has already read or can read now: the body
+    /// is polled, then the connection and the body once more, all with no waker.
+    ///
+    /// No waker, because each would wake this task for nothing. What the body gives comes
+    /// only from the connection, which this task polls right before; taking it wakes the
+    /// connection's waker, and so does the body's first poll (which tells the connection
+    /// the body is wanted). Each such wake-up runs the task once more, a pass through
+    /// hyper, the proxy and TLS. So no waker of this task is left with either, but with
+    /// the connection's socket when the body has to wait (`poll_frame`).
+    fn poll_ready_frame(&mut self) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut quiet = Context::from_waker(Waker::noop());
+        if let Poll::Ready(frame) = self.take(&mut quiet) {
+            return Poll::Ready(frame);
+        }
+        if let Some(c) = self.conn.as_mut() {
+            if Pin::new(&mut c.conn).poll(&mut quiet).is_ready() {
+                // Closed (after this answer, or failed in it): the body says which.
+                self.conn = None;
             }
         }
-        Poll::Pending
+        self.take(&mut quiet)
+    }
+
+    /// The body's next frame, polled with `cx`.
+    fn take(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => {
+                self.failed = frame.is_err();
+                // Trailers are always last: after them the body is not polled again.
+                let last = frame.as_ref().is_ok_and(|f| f.is_trailers());
+                if last || (frame.is_ok() && self.inner.is_end_stream()) {
+                    self.ended = true;
+                }
+                Poll::Ready(Some(frame))
+            }
+        }
     }
 }
 
@@ -296,9 +331,28 @@ impl hyper::body::Body for PooledBody {
         let frame = match this.next.take() {
             Some(frame) => frame,
             None if this.ended || this.failed => return Poll::Ready(None),
-            None => match this.poll_inner(cx, 2) {
+            None => match this.poll_ready_frame() {
                 Poll::Ready(Some(frame)) => frame,
-                other => return other,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    // Nothing in yet: the connection waits on its socket with this task's
+                    // waker. With no connection left, the body ends at once (its sender
+                    // went with the connection), and its own waker is the one to leave.
+                    match this.conn.as_mut() {
+                        Some(c) => {
+                            if Pin::new(&mut c.conn).poll(cx).is_ready() {
+                                this.conn = None;
+                            }
+                        }
+                        None => return this.take(cx),
+                    }
+                    let mut quiet = Context::from_waker(Waker::noop());
+                    let body_cx = if this.conn.is_some() { &mut quiet } else { &mut *cx };
+                    match this.take(body_cx) {
+                        Poll::Ready(Some(frame)) => frame,
+                        other => return other,
+                    }
+                }
             },
         };
         // Only where hyper cannot tell the end itself: a body of known length ends with
@@ -306,9 +360,9 @@ impl hyper::body::Body for PooledBody {
         let unknown_length = this.inner.size_hint().exact().is_none();
         if unknown_length && !this.ended && frame.as_ref().is_ok_and(|f| f.is_data()) {
             // What is already here, in one pass: the body took the last frame, so the
-            // connection is free to read on. A pending poll only leaves this task's waker
-            // behind.
-            if let Poll::Ready(Some(next)) = this.poll_inner(cx, 1) {
+            // connection is free to read on. Nothing here leaves the task's waker: the
+            // frame goes out now, and the next poll of the body waits for the rest.
+            if let Poll::Ready(Some(next)) = this.poll_ready_frame() {
                 this.next = Some(next);
             }
         }
@@ -422,8 +476,10 @@ mod tests {
                 continue;
             }
             let close = if path == "/bye" { "Connection: close\r\n" } else { "" };
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n", body.len());
-            if tcp.write_all(answer.as_bytes()).await.is_err() || tcp.write_all(&body).await.is_err() {
+            // Head and body in one write, as servers answer small requests.
+            let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n", body.len()).into_bytes();
+            answer.extend_from_slice(&body);
+            if tcp.write_all(&answer).await.is_err() {
                 return;
             }
             if path == "/bye" || path == "/close-after" {
@@ -647,6 +703,41 @@ mod tests {
         );
         assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A future that counts how often it is polled.
+    struct Counted<F> {
+        inner: Pin<Box<F>>,
+        polls: usize,
+    }
+
+    impl<F: Future> Future for Counted<F> {
+        type Output = (F::Output, usize);
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            self.polls += 1;
+            let polls = self.polls;
+            self.inner.as_mut().poll(cx).map(|out| (out, polls))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_wakes_its_task_for_its_socket_only() {
+        let (target, _) = upstream().await;
+        let pool = pool(target.clone());
+        assert_eq!(text(&pool, get(&target, "/keep")).await, "hello");
+        for _ in 0..3 {
+            let request = Counted {
+                inner: Box::pin(text(&pool, get(&target, "/keep"))),
+                polls: 0,
+            };
+            let (answer, polls) = request.await;
+            assert_eq!(answer, "hello");
+            // One poll sends the request, the next, when the socket has the answer (head
+            // and body in one write), reads it whole. A wake-up of the task by hyper's
+            // channels between it and the connection it drives would be one more each.
+            assert!(polls <= 2, "a request on a pooled connection took {polls} polls");
+        }
     }
 
     #[tokio::test]
