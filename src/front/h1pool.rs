@@ -127,7 +127,9 @@ impl H1Pool {
         mut conn: Box<Conn>,
         req: Request<Body>,
     ) -> Result<Response<PooledBody>, TrySendError<Request<Body>>> {
-        let mut answer = std::pin::pin!(conn.send.try_send_request(req));
+        // Out of tokio's budget: the answer, a oneshot, would otherwise find the budget
+        // spent and leave its wake-up with the no-op waker below, lost, with the answer in.
+        let mut answer = std::pin::pin!(tokio::task::unconstrained(conn.send.try_send_request(req)));
         let mut conn = Some(conn);
         let mut sent = false;
         let answered = std::future::poll_fn(|cx| {
@@ -135,8 +137,9 @@ impl H1Pool {
             // of the connection, just before. Its own waker, and the one the connection
             // leaves with the answer's body, would each wake this task once more for
             // nothing, a pass through hyper, the proxy and TLS; the body's hand-over wakes
-            // whatever the connection held when it read it. So once the request is out, the
-            // connection reads with no waker first, and takes this task's only to wait.
+            // whatever the connection held when it read it. So after the first poll (which
+            // sends the request), the connection reads with no waker first, and takes this
+            // task's only to wait.
             let mut quiet = Context::from_waker(Waker::noop());
             let mut polls: &mut [&mut Context<'_>] = &mut [&mut quiet, cx];
             if !sent {
@@ -282,11 +285,12 @@ impl PooledBody {
     /// is polled, then the connection and the body once more, all with no waker.
     ///
     /// No waker, because each would wake this task for nothing. What the body gives comes
-    /// only from the connection, which this task polls right before; taking it wakes the
-    /// connection's waker, and so does the body's first poll (which tells the connection
-    /// the body is wanted). Each such wake-up runs the task once more, a pass through
-    /// hyper, the proxy and TLS. So no waker of this task is left with either, but with
-    /// the connection's socket when the body has to wait (`poll_frame`).
+    /// only from the connection, which this task polls right before, and taking it wakes
+    /// the waker the connection left to hear of room for the next: a wake-up that runs the
+    /// task once more, a pass through hyper, the proxy and TLS. So no waker of this task is
+    /// left with either, but with the connection's socket when the body has to wait
+    /// (`poll_frame`). hyper's body channel keeps no tokio budget, so no wake-up of the
+    /// budget's is lost with the no-op waker.
     fn poll_ready_frame(&mut self) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let mut quiet = Context::from_waker(Waker::noop());
         if let Poll::Ready(frame) = self.take(&mut quiet) {
@@ -419,7 +423,8 @@ mod tests {
     use super::*;
 
     /// An HTTP/1.1 upstream that counts the connections it accepted. By path: `/keep`
-    /// answers and keeps the connection; `/close-after` answers as if it kept it, then
+    /// answers and keeps the connection (head and body in one write); `/slow-body` too, its
+    /// body 50 ms after its head; `/close-after` answers as if it kept it, then
     /// closes it (an idle timeout that struck at once); `/close-later` closes it 30 ms
     /// later, when it sits in the pool; `/bye` answers with
     /// `Connection: close`; `/big` answers 4 MiB; `/echo` sends back the request's body.
@@ -476,8 +481,19 @@ mod tests {
                 continue;
             }
             let close = if path == "/bye" { "Connection: close\r\n" } else { "" };
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n", body.len()).into_bytes();
+            if path == "/slow-body" {
+                if tcp.write_all(&head).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if tcp.write_all(&body).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             // Head and body in one write, as servers answer small requests.
-            let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n", body.len()).into_bytes();
+            let mut answer = head;
             answer.extend_from_slice(&body);
             if tcp.write_all(&answer).await.is_err() {
                 return;
@@ -731,13 +747,47 @@ mod tests {
                 inner: Box::pin(text(&pool, get(&target, "/keep"))),
                 polls: 0,
             };
-            let (answer, polls) = request.await;
+            let began = Instant::now();
+            let (answer, polls) = tokio::time::timeout(Duration::from_secs(5), request)
+                .await
+                .expect("a wake-up was lost");
+            assert!(
+                began.elapsed() < Duration::from_secs(2),
+                "the answer took {:?}",
+                began.elapsed()
+            );
             assert_eq!(answer, "hello");
             // One poll sends the request, the next, when the socket has the answer (head
             // and body in one write), reads it whole. A wake-up of the task by hyper's
             // channels between it and the connection it drives would be one more each.
             assert!(polls <= 2, "a request on a pooled connection took {polls} polls");
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_comes_after_its_head_is_waited_for_on_its_socket() {
+        let (target, accepted) = upstream().await;
+        let pool = pool(target.clone());
+        for _ in 0..2 {
+            // The answer's head is in without its body: the body's first poll finds nothing
+            // and must leave the task's waker with the socket. A wake-up lost there would
+            // leave the answer to the timeout's own, which polls it again: measured.
+            let began = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(5), text(&pool, get(&target, "/slow-body")))
+                .await
+                .expect("the body's wake-up was lost");
+            assert_eq!(answer, "hello");
+            assert!(
+                began.elapsed() < Duration::from_secs(2),
+                "the body took {:?}",
+                began.elapsed()
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the connection is pooled after each"
+        );
     }
 
     #[tokio::test]
