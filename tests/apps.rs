@@ -936,9 +936,29 @@ async fn logging_out_closes_that_browsers_websockets_and_nothing_else() {
     let mut on_phone = websocket(&stand, "echo", "/ws", &phone.app_cookie(&stand.app("echo")))
         .await
         .expect("the upgrade passes");
+    // A keep-alive connection whose last request was let in: the proxy remembers with
+    // what for a moment, and the logout must end that at once too.
+    let laptop_cookie = laptop.app_cookie(&stand.app("echo"));
+    let mut kept = tokio::io::BufReader::new(tls_to(&stand, "echo.localhost", b"http/1.1").await);
+    let get = format!(
+        "GET /d/kept HTTP/1.1\r\nHost: echo.localhost:{}\r\nCookie: __Host-jitgate-app={laptop_cookie}\r\n\r\n",
+        stand.port
+    );
+    kept.get_mut().write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(common::read_answer(&mut kept).await.0, 200);
 
     laptop.log_out(&stand.proxy.url).await;
     let logged_out = Instant::now();
+    kept.get_mut().write_all(get.as_bytes()).await.unwrap();
+    let (status, answer) = common::read_answer(&mut kept).await;
+    eprintln!(
+        "the kept connection's next request came {:?} after the logout",
+        logged_out.elapsed()
+    );
+    assert_eq!(
+        status, 302,
+        "a logged-out session's cookie on a kept connection: {answer}"
+    );
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match on_laptop.next().await {

@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::front::apps::AppsFront;
+use crate::front::apps::{AppsFront, ConnMemo};
 use crate::front::kube::{KubeFront, PREFIX as KUBE_PREFIX};
 use crate::front::read_ahead::ReadAhead;
 use crate::front::shards::Shards;
@@ -71,7 +71,13 @@ pub struct Routes {
 }
 
 impl Routes {
-    async fn route(&self, mut req: Request<Incoming>, peer: SocketAddr, sni: Option<&str>) -> Response<Body> {
+    async fn route(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        sni: Option<&str>,
+        memo: &ConnMemo,
+    ) -> Response<Body> {
         let host = match request_host(&req) {
             Ok(h) => h,
             Err(why) => return plain(StatusCode::BAD_REQUEST, why),
@@ -85,7 +91,7 @@ impl Routes {
                     "jitgate: this connection was opened for another host; open a new one for this app",
                 );
             }
-            return Arc::clone(&self.apps).handle(Arc::clone(app), req, peer).await;
+            return Arc::clone(&self.apps).handle(Arc::clone(app), req, peer, memo).await;
         }
         if sni.is_some_and(|s| self.apps.app(s).is_some()) {
             return plain(
@@ -162,6 +168,8 @@ struct Activity {
     parking: AtomicBool,
     /// HTTP/1.1: a request asked for an upgrade or for the connection to close.
     no_park: AtomicBool,
+    /// What the last app request on the connection was let in with.
+    memo: ConnMemo,
 }
 
 impl Activity {
@@ -173,6 +181,7 @@ impl Activity {
             born: tokio::time::Instant::now(),
             parking: AtomicBool::new(false),
             no_park: AtomicBool::new(false),
+            memo: ConnMemo::default(),
         })
     }
 
@@ -291,7 +300,7 @@ fn counted_service(
         // the connection; boxed, that room is a pointer, and the few KiB the future needs
         // are taken only while a request is being answered.
         Box::pin(async move {
-            let resp = routes.route(req, peer, sni.as_deref()).await;
+            let resp = routes.route(req, peer, sni.as_deref(), &in_flight.0.memo).await;
             Ok(resp.map(|inner| Tracked {
                 inner,
                 _in_flight: in_flight,

@@ -192,17 +192,16 @@ pub fn clean_response(headers: &mut HeaderMap) {
 
 /// Whether the request asks to become a WebSocket (HTTP/1.1 `Upgrade: websocket`).
 pub fn wants_websocket(headers: &HeaderMap) -> bool {
-    let upgrade = headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")));
-    let connection = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    upgrade && connection
+    // `Connection` is only read when `Upgrade` names a WebSocket: most requests have
+    // neither, and each lookup hashes.
+    let named = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    named(header::UPGRADE, "websocket") && named(header::CONNECTION, "upgrade")
 }
 
 /// The peer's address as `X-Forwarded-For` says it. An IPv4 address is written digit by

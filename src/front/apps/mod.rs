@@ -6,6 +6,7 @@
 
 mod forward;
 pub(crate) mod headers;
+mod memo;
 pub mod path;
 mod samples;
 mod signin;
@@ -34,6 +35,7 @@ use crate::live::LiveHandle;
 use crate::time::Timestamp;
 use forward::Forward;
 pub use headers::{APP_COOKIE, STATE_COOKIE};
+pub use memo::ConnMemo;
 pub use signin::{plausible_state, start_handoff};
 use upstream::UpstreamClient;
 
@@ -207,8 +209,14 @@ impl AppsFront {
         self.by_host.get(host)
     }
 
-    /// Serves one request on an app's host.
-    pub async fn handle(self: Arc<Self>, app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// Serves one request on an app's host; `memo` is its connection's.
+    pub async fn handle(
+        self: Arc<Self>,
+        app: Arc<App>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        memo: &ConnMemo,
+    ) -> Response<Body> {
         if req.uri().path() == CALLBACK_PATH {
             // Cold paths are boxed here and below: a request's future is moved whole, and
             // would otherwise be as large as its largest branch.
@@ -218,10 +226,14 @@ impl AppsFront {
             return text(StatusCode::NOT_FOUND, "jitgate: no such page");
         }
         let now = Timestamp::now();
-        let (sid, session) = match self.session(&app, req.headers(), now).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return self.to_login(&app, &req),
-            Err(resp) => return resp,
+        let cookie = web::one_cookie(req.headers(), APP_COOKIE);
+        let (sid, session, remembered) = match cookie.and_then(|c| memo.recall(&app.name, c, now)) {
+            Some(r) => (r.sid, r.session, Some(r.access)),
+            None => match self.session(&app, cookie, now).await {
+                Ok(Some((sid, session))) => (sid, session, None),
+                Ok(None) => return self.to_login(&app, &req),
+                Err(resp) => return resp,
+            },
         };
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
@@ -239,10 +251,17 @@ impl AppsFront {
             );
         }
         let method = req.method().clone();
-        let held = match self.decide(&app, &sid, &session, method.as_str(), &path, now).await {
+        let recalled = remembered.is_some();
+        let held = match self
+            .decide(&app, &sid, &session, method.as_str(), &path, now, remembered)
+            .await
+        {
             Ok(held) => held,
             Err(resp) => return resp,
         };
+        if let (false, Some(cookie)) = (recalled, cookie) {
+            memo.remember(&app.name, cookie, &sid, &session, &held.access, now);
+        }
         if app.config.audit_sample > 0.0 && rand::random::<f64>() < app.config.audit_sample {
             let event = AuditDraft::new("app.request", &session.identity.user, &app.name)
                 .grant(held.auth.grant_id())
@@ -277,7 +296,9 @@ impl AppsFront {
         }
     }
 
-    /// The grant that allows this request, from the session's cached access to the app.
+    /// The grant that allows this request, from the session's access to the app: the one
+    /// its connection remembers, else the shared cache's.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
         app: &App,
@@ -286,6 +307,7 @@ impl AppsFront {
         method: &str,
         path: &str,
         now: Timestamp,
+        remembered: Option<Arc<Access>>,
     ) -> Result<HeldRef, Response<Body>> {
         let key = (Arc::clone(sid), Arc::clone(&app.name));
         let resource = Resource::Http {
@@ -293,9 +315,12 @@ impl AppsFront {
             method,
             path,
         };
-        let mut access = match self.decisions.get(&key).await {
-            Some(a) if a.fresh(now) => Some(a),
-            _ => None,
+        let mut access = match remembered {
+            Some(a) => Some(a),
+            None => match self.decisions.get(&key).await {
+                Some(a) if a.fresh(now) => Some(a),
+                _ => None,
+            },
         };
         for attempt in 0..2 {
             let current = match access.take() {

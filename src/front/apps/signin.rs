@@ -39,10 +39,10 @@ impl AppsFront {
     pub(super) async fn session(
         &self,
         app: &App,
-        headers: &axum::http::HeaderMap,
+        cookie: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<(Arc<str>, Arc<Session>)>, Response<Body>> {
-        let Some(cookie) = web::one_cookie(headers, APP_COOKIE) else {
+        let Some(cookie) = cookie else {
             return Ok(None);
         };
         // A signature check costs more than the rest of a request: a cookie seen valid for
