@@ -79,30 +79,43 @@ fn is_override(n: &str) -> bool {
 /// `Proxy-Connection`), and the proxy credentials of either side (RFC 9110 §11.7), which
 /// are for the proxy, not the upstream or the client.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-    )
+    HOP_BY_HOP.contains(&name.as_str())
 }
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
 
 /// Removes hop-by-hop headers, whatever `Connection` names, and the names `also` picks.
 /// One pass over the names; the list of what goes is only allocated when something
 /// besides `Connection` goes.
 fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     // `Connection` itself is taken last, below, so a message that has only it needs no list.
+    let mut connection = false;
     let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| *n != header::CONNECTION && (is_hop_by_hop(n) || also(n)))
+        .filter(|n| {
+            let is_connection = *n == header::CONNECTION;
+            connection |= is_connection;
+            !is_connection && (is_hop_by_hop(n) || also(n))
+        })
         .cloned()
         .collect();
+    // Most requests have no `Connection`: each lookup of it hashes.
+    if !connection {
+        for name in doomed {
+            headers.remove(name);
+        }
+        return;
+    }
     doomed.extend(
         headers
             .get_all(header::CONNECTION)
@@ -110,8 +123,10 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            // Looked up before it is made a name: `keep-alive` or `close` usually names
-            // no header of the message, and making the name would allocate.
+            // Hop-by-hop names (`keep-alive`, `upgrade`) are in the list already.
+            .filter(|t| !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h)))
+            // Looked up before it is made a name: `close` usually names no header of the
+            // message, and making the name would allocate.
             .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
     );
@@ -132,13 +147,17 @@ pub fn clean_request(headers: &mut HeaderMap) {
     strip_own_cookies(headers);
 }
 
+/// Made once: building a searcher costs as much as a search through a cookie.
+static OWN_COOKIE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"jitgate"));
+
 /// Drops the proxy's cookies from `Cookie`, keeping the app's own in their order.
 fn strip_own_cookies(headers: &mut HeaderMap) {
     let own = |name: &[u8]| name == APP_COOKIE.as_bytes() || name.starts_with(b"__Host-jitgate");
     if !headers
         .get_all(header::COOKIE)
         .iter()
-        .any(|v| memchr::memmem::find(v.as_bytes(), b"jitgate").is_some())
+        .any(|v| OWN_COOKIE.find(v.as_bytes()).is_some())
     {
         return;
     }
