@@ -78,6 +78,11 @@ impl ConnMemo {
         });
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(memo);
     }
+
+    /// Drops what is remembered, for a connection about to sit idle.
+    pub fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +154,9 @@ mod tests {
         memo.remember(&app, "c1", &sid, &session(hour), &access(&live, "g3", soon), now);
         assert!(memo.recall(&app, "c1", now).is_some());
         assert!(memo.recall(&app, "c1", soon).is_none(), "an expired grant");
+
+        memo.remember(&app, "c1", &sid, &session(hour), &access(&live, "g4", hour), now);
+        memo.forget();
+        assert!(memo.recall(&app, "c1", now).is_none(), "forgotten");
     }
 }
