@@ -946,13 +946,17 @@ async fn logging_out_closes_that_browsers_websockets_and_nothing_else() {
     );
     kept.get_mut().write_all(get.as_bytes()).await.unwrap();
     assert_eq!(common::read_answer(&mut kept).await.0, 200);
+    let let_in = Instant::now();
 
     laptop.log_out(&stand.proxy.url).await;
     let logged_out = Instant::now();
     kept.get_mut().write_all(get.as_bytes()).await.unwrap();
     let (status, answer) = common::read_answer(&mut kept).await;
+    // Within the memo's 250 ms of the request before it on an unloaded machine; the unit
+    // test in `apps::memo` covers the memo whatever the timing.
     eprintln!(
-        "the kept connection's next request came {:?} after the logout",
+        "the kept connection's next request came {:?} after its last, {:?} after the logout",
+        let_in.elapsed(),
         logged_out.elapsed()
     );
     assert_eq!(
@@ -996,9 +1000,10 @@ async fn a_streaming_answer_ends_when_the_grant_expires() {
             .unwrap()
             .with_timezone(&chrono::Utc);
     let alice = stand.logged_in("alice", "quiet").await;
+    // A tick every 700 ms: the cut must come from the grant's end, not ride on a tick.
     let resp = alice
         .http
-        .get(format!("{}/stream", stand.app("quiet")))
+        .get(format!("{}/slow-stream", stand.app("quiet")))
         .send()
         .await
         .unwrap();
@@ -1016,7 +1021,7 @@ async fn a_streaming_answer_ends_when_the_grant_expires() {
     };
     let late = (ended - expires).num_milliseconds();
     eprintln!("the stream ended {late} ms after the grant's expiry, after {ticks} chunks");
-    assert!(ticks > 10, "{ticks}");
+    assert!(ticks >= 3, "{ticks}");
     assert!((-2..100).contains(&late), "ended {late} ms after the expiry");
     let again = alice.follow(&format!("{}/stream", stand.app("quiet"))).await;
     assert!(again.url.contains("/apps/quiet"), "{again:?}");

@@ -428,7 +428,8 @@ async fn serve_h1(
             return Ok(());
         };
         tracing::trace!(%peer, unread = parts.read_buf.len(), "connection parked");
-        // Long past its time by now: what it holds need not sit with an idle connection.
+        // Past its time by now (`PARK_AFTER` is longer than the memo's 250 ms): what it
+        // holds need not sit with an idle connection.
         activity.memo.forget();
         io = parts.io.into_inner();
         // An empty `read_buf` still holds hyper's whole read buffer: only what is in it is kept.

@@ -135,19 +135,9 @@ fn router(seen: Seen) -> axum::Router {
                     .unwrap()
             }),
         )
-        .route(
-            "/stream",
-            get(|| async {
-                let ticks = futures_util::stream::unfold(0u64, |n| async move {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Some((
-                        Ok::<_, std::io::Error>(bytes::Bytes::from(format!("tick {n}\n"))),
-                        n + 1,
-                    ))
-                });
-                axum::body::Body::from_stream(ticks)
-            }),
-        )
+        .route("/stream", get(|| async { ticking(Duration::from_millis(50)) }))
+        // As an event stream that is mostly silent: what ends it must not wait for a tick.
+        .route("/slow-stream", get(|| async { ticking(Duration::from_millis(700)) }))
         .fallback(any(move |req: Request| {
             let record = record.clone();
             async move {
@@ -194,4 +184,16 @@ fn router(seen: Seen) -> axum::Router {
                 .into_response()
             }
         }))
+}
+
+/// A body that sends a line every `every`, for ever.
+fn ticking(every: Duration) -> axum::body::Body {
+    let ticks = futures_util::stream::unfold(0u64, move |n| async move {
+        tokio::time::sleep(every).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(format!("tick {n}\n"))),
+            n + 1,
+        ))
+    });
+    axum::body::Body::from_stream(ticks)
 }

@@ -1,6 +1,7 @@
 //! One allowed request on its way to the upstream, and the answer on its way back: the
 //! headers the upstream gets, the WebSocket splice, and the body that ends with its grant.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -131,14 +132,27 @@ impl Forward<'_> {
     /// cut up. Dropping the request drops its upstream connection.
     async fn answer<B, E: std::fmt::Display>(
         &self,
-        sent: impl std::future::Future<Output = Result<Response<B>, E>>,
+        sent: impl Future<Output = Result<Response<B>, E>>,
         cut: &CancellationToken,
         held: &HeldRef,
     ) -> Result<Response<B>, Response<Body>> {
-        let sent = tokio::select! {
-            biased;
-            _ = cut.cancelled() => return Err(ended(held, true)),
-            sent = tokio::time::timeout(self.app.config.response_timeout, sent) => sent,
+        let mut sent = std::pin::pin!(tokio::time::timeout(self.app.config.response_timeout, sent));
+        let mut cancelled = std::pin::pin!(cut.cancelled());
+        // The cut first, then the answer; the cut's waiter, whose every poll takes the
+        // token's lock, is only polled while there is no answer, not on the poll that
+        // brings it.
+        let sent = std::future::poll_fn(|cx| {
+            if cut.is_cancelled() {
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(sent) = sent.as_mut().poll(cx) {
+                return Poll::Ready(Some(sent));
+            }
+            cancelled.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        let Some(sent) = sent else {
+            return Err(ended(held, true));
         };
         match sent {
             Ok(Ok(r)) => Ok(r),
@@ -299,7 +313,11 @@ enum Direction {
 /// complete) when its grant is cut, with its trailers cleaned like the headers before it.
 struct CutBody<B> {
     inner: B,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    token: CancellationToken,
+    /// Waits for the cut; made the first time the body has nothing to give. A small answer
+    /// is all there when first asked for: checking the token then costs an atomic load,
+    /// where waiting would allocate and register with the token.
+    cut: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     direction: Direction,
     /// Keeps the grant's registration with `live` while the body flows.
     _held: HeldRef,
@@ -314,7 +332,8 @@ where
     fn around(inner: B, cut: CancellationToken, held: &HeldRef, direction: Direction) -> Body {
         Body::new(CutBody {
             inner,
-            cut: Box::pin(cut.cancelled_owned()),
+            token: cut,
+            cut: None,
             direction,
             _held: held.clone(),
         })
@@ -329,11 +348,23 @@ where
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if std::future::Future::poll(self.cut.as_mut(), cx).is_ready() {
+        if self.token.is_cancelled() {
             return Poll::Ready(Some(Err("the grant ended".into())));
         }
         let direction = self.direction;
-        Pin::new(&mut self.inner).poll_frame(cx).map(|frame| {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if frame.is_pending() {
+            // Nothing to give: the task must also wake when the grant is cut.
+            let this = &mut *self;
+            let cut = this
+                .cut
+                .get_or_insert_with(|| Box::pin(this.token.clone().cancelled_owned()));
+            if cut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err("the grant ended".into())));
+            }
+            return Poll::Pending;
+        }
+        frame.map(|frame| {
             frame.map(|f| {
                 f.map(|f| {
                     // Trailers reach frameworks that merge them into headers: they get

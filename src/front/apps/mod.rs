@@ -251,7 +251,8 @@ impl AppsFront {
             );
         }
         let method = req.method().clone();
-        let recalled = remembered.is_some();
+        // An address, as a number: only compared, never followed.
+        let recalled = remembered.as_ref().map(|a| Arc::as_ptr(a) as usize);
         let held = match self
             .decide(&app, &sid, &session, method.as_str(), &path, now, remembered)
             .await
@@ -259,8 +260,9 @@ impl AppsFront {
             Ok(held) => held,
             Err(resp) => return resp,
         };
-        if let (false, Some(cookie)) = (recalled, cookie) {
-            memo.remember(&app.name, cookie, &sid, &session, &held.access, now);
+        // Remembered anew when the access that allowed it is not the one remembered.
+        if let Some(cookie) = cookie.filter(|_| recalled != Some(Arc::as_ptr(&held.access) as usize)) {
+            memo.remember(&app.name, cookie, &sid, &session, &held.access);
         }
         if app.config.audit_sample > 0.0 && rand::random::<f64>() < app.config.audit_sample {
             let event = AuditDraft::new("app.request", &session.identity.user, &app.name)
@@ -309,18 +311,21 @@ impl AppsFront {
         now: Timestamp,
         remembered: Option<Arc<Access>>,
     ) -> Result<HeldRef, Response<Body>> {
-        let key = (Arc::clone(sid), Arc::clone(&app.name));
         let resource = Resource::Http {
             app: &app.name,
             method,
             path,
         };
-        let mut access = match remembered {
-            Some(a) => Some(a),
-            None => match self.decisions.get(&key).await {
-                Some(a) if a.fresh(now) => Some(a),
-                _ => None,
-            },
+        if let Some(a) = remembered {
+            if let Some(i) = allowing(&a, resource, now) {
+                return self.held(app, session, a, i).await;
+            }
+            // The shared cache may hold a newer access than the connection remembers.
+        }
+        let key = (Arc::clone(sid), Arc::clone(&app.name));
+        let mut access = match self.decisions.get(&key).await {
+            Some(a) if a.fresh(now) => Some(a),
+            _ => None,
         };
         for attempt in 0..2 {
             let current = match access.take() {
@@ -334,17 +339,8 @@ impl AppsFront {
                     Err(resp) => return Err(resp),
                 },
             };
-            if let Some(i) = current.grants.iter().position(|h| {
-                !h.live.is_cut() && now < h.auth.expires_at() && h.auth.allows(resource, Action::HttpRequest)
-            }) {
-                let held = &current.grants[i];
-                if !held.first_recorded.load(Ordering::Relaxed) {
-                    Box::pin(self.record_first(app, session, held)).await?;
-                }
-                return Ok(HeldRef {
-                    access: current,
-                    index: i,
-                });
+            if let Some(i) = allowing(&current, resource, now) {
+                return self.held(app, session, current, i).await;
             }
             // A cached access may predate a grant that allows this: look once more afresh.
             if attempt == 0 {
@@ -352,6 +348,21 @@ impl AppsFront {
             }
         }
         Err(Box::pin(self.denied(app, session, method, path, now)).await)
+    }
+
+    /// The grant at `index` of `access`, once its first request to the app is recorded.
+    async fn held(
+        &self,
+        app: &App,
+        session: &Session,
+        access: Arc<Access>,
+        index: usize,
+    ) -> Result<HeldRef, Response<Body>> {
+        let held = &access.grants[index];
+        if !held.first_recorded.load(Ordering::Relaxed) {
+            Box::pin(self.record_first(app, session, held)).await?;
+        }
+        Ok(HeldRef { access, index })
     }
 
     /// Looks up the session's grants for the app; None when it has none.
@@ -527,6 +538,14 @@ impl AppsFront {
         *slot = Some((Arc::clone(&headers), now.saturating_add(ttl)));
         Ok(headers)
     }
+}
+
+/// Which of an access's grants allows the request, if one does.
+fn allowing(access: &Access, resource: Resource<'_>, now: Timestamp) -> Option<usize> {
+    access
+        .grants
+        .iter()
+        .position(|h| !h.live.is_cut() && now < h.auth.expires_at() && h.auth.allows(resource, Action::HttpRequest))
 }
 
 /// A grant chosen from a cached access; keeps the access alive while the request runs.
