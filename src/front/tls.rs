@@ -1,5 +1,6 @@
 //! The HTTPS listener: rustls over TCP, then HTTP/1.1 or HTTP/2 by ALPN.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::front::apps::{AppsFront, ConnMemo};
+use crate::front::apps::{AppsFront, ConnMemo, Reply};
 use crate::front::kube::{KubeFront, PREFIX as KUBE_PREFIX};
 use crate::front::read_ahead::ReadAhead;
 use crate::front::shards::Shards;
@@ -77,10 +78,10 @@ impl Routes {
         peer: SocketAddr,
         sni: Option<&str>,
         memo: &ConnMemo,
-    ) -> Response<Body> {
+    ) -> Response<Reply> {
         let host = match request_host(&req) {
             Ok(h) => h,
-            Err(why) => return plain(StatusCode::BAD_REQUEST, why),
+            Err(why) => return plain(StatusCode::BAD_REQUEST, why).map(Reply::Boxed),
         };
         if let Some(app) = host.as_deref().and_then(|h| self.apps.app(h)) {
             // A connection is bound to the name it was opened for: a browser that reuses it
@@ -89,7 +90,8 @@ impl Routes {
                 return plain(
                     StatusCode::MISDIRECTED_REQUEST,
                     "jitgate: this connection was opened for another host; open a new one for this app",
-                );
+                )
+                .map(Reply::Boxed);
             }
             return Arc::clone(&self.apps).handle(Arc::clone(app), req, peer, memo).await;
         }
@@ -97,25 +99,26 @@ impl Routes {
             return plain(
                 StatusCode::MISDIRECTED_REQUEST,
                 "jitgate: this connection was opened for an app; open a new one for the proxy",
-            );
+            )
+            .map(Reply::Boxed);
         }
         if let Some(h) = host.as_deref() {
             let under = h
                 .strip_suffix(self.base_domain.as_str())
                 .is_some_and(|rest| rest.ends_with('.'));
             if under && h != self.own_host {
-                return plain(StatusCode::NOT_FOUND, "jitgate: no app is served at this host");
+                return plain(StatusCode::NOT_FOUND, "jitgate: no app is served at this host").map(Reply::Boxed);
             }
         }
         if req.uri().path().starts_with(KUBE_PREFIX) {
             // Boxed, as is the router: an app request's future (every one of them is boxed
             // whole) is then no larger than the apps' own.
-            return Box::pin(self.kube.handle(req, peer)).await;
+            return Box::pin(self.kube.handle(req, peer)).await.map(Reply::Boxed);
         }
         // Only the proxy's own pages read it: an app request is spared the allocations.
         req.extensions_mut().insert(PeerAddr(peer));
         match Box::pin(self.router.clone().oneshot(req)).await {
-            Ok(r) => r,
+            Ok(r) => r.map(Reply::Boxed),
             Err(never) => match never {},
         }
     }
@@ -123,19 +126,23 @@ impl Routes {
 
 /// The host a request names, lower case without the port: the URI's authority (HTTP/2,
 /// or an absolute-form request line) or the `Host` header. Both present and different is
-/// an error, as is more than one `Host`.
-fn request_host(req: &Request<Incoming>) -> Result<Option<String>, &'static str> {
-    let from_uri = req.uri().authority().map(|a| a.host().to_ascii_lowercase());
+/// an error, as is more than one `Host`. Borrowed from the request where it is lower case
+/// already, as browsers send it: every request asks, and most name their host plainly.
+fn request_host(req: &Request<Incoming>) -> Result<Option<Cow<'_, str>>, &'static str> {
+    let from_uri = req.uri().authority().map(|a| lower_case(a.host()));
     let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
     let from_header = match (hosts.next(), hosts.next()) {
         (None, _) => None,
-        (Some(h), None) => {
-            let text = h.to_str().map_err(|_| "jitgate: the Host header is not text")?;
-            let authority: hyper::http::uri::Authority = text
-                .parse()
-                .map_err(|_| "jitgate: the Host header is not a host name")?;
-            Some(authority.host().to_ascii_lowercase())
-        }
+        (Some(h), None) => Some(match plain_host(h.as_bytes()) {
+            Some(host) => Cow::Borrowed(host),
+            None => {
+                let text = h.to_str().map_err(|_| "jitgate: the Host header is not text")?;
+                let authority: hyper::http::uri::Authority = text
+                    .parse()
+                    .map_err(|_| "jitgate: the Host header is not a host name")?;
+                Cow::Owned(authority.host().to_ascii_lowercase())
+            }
+        }),
         (Some(_), Some(_)) => return Err("jitgate: more than one Host header"),
     };
     match (from_uri, from_header) {
@@ -143,6 +150,31 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, &'static str>
         (Some(u), _) => Ok(Some(u)),
         (None, h) => Ok(h),
     }
+}
+
+fn lower_case(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// The host of a `Host` value in its plain form, a lower-case name or IPv4 address with
+/// or without a port, which `Authority` would parse to the same; `None` for anything else
+/// (upper case, IPv6, user info, odd characters), which takes the full parse.
+fn plain_host(value: &[u8]) -> Option<&str> {
+    let end = memchr::memchr(b':', value).unwrap_or(value.len());
+    let (host, port) = value.split_at(end);
+    let host_ok = !host.is_empty()
+        && host
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let port_ok = port.is_empty() || (2..=6).contains(&port.len()) && port[1..].iter().all(u8::is_ascii_digit);
+    if !(host_ok && port_ok) {
+        return None;
+    }
+    std::str::from_utf8(host).ok()
 }
 
 fn plain(status: StatusCode, message: &str) -> Response<Body> {
@@ -236,13 +268,13 @@ impl Drop for InFlight {
 
 /// An answer's body that keeps its request counted while it streams.
 struct Tracked {
-    inner: Body,
+    inner: Reply,
     _in_flight: InFlight,
 }
 
 impl hyper::body::Body for Tracked {
     type Data = bytes::Bytes;
-    type Error = axum::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
@@ -659,7 +691,39 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    use super::move_to_this_poller;
+    use super::{move_to_this_poller, plain_host};
+
+    /// The plain form is taken as is, and gives what the full parse would; anything else
+    /// is left to the full parse.
+    #[test]
+    fn a_plain_host_header_reads_as_its_authority_would() {
+        for value in [
+            "app.example.com",
+            "app.example.com:8443",
+            "127.0.0.1:443",
+            "a-b.c",
+            "x:1",
+        ] {
+            let authority: hyper::http::uri::Authority = value.parse().unwrap();
+            assert_eq!(plain_host(value.as_bytes()), Some(authority.host()), "{value}");
+        }
+        for value in [
+            "App.example.com",
+            "[::1]:443",
+            "user@app.example.com",
+            "app.example.com:",
+            "app.example.com:1234567",
+            "app.example.com:80:80",
+            "app.example.com:8a",
+            ":443",
+            "",
+            "app example",
+            "app_x.example.com",
+            "app.example.com/",
+        ] {
+            assert_eq!(plain_host(value.as_bytes()), None, "{value:?}");
+        }
+    }
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

@@ -16,6 +16,7 @@ use maud::html;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{headers, text, App, HeldRef, IdentityHeaders};
+use crate::front::h1pool::PooledBody;
 
 /// One allowed request on its way to the upstream.
 pub(super) struct Forward<'a> {
@@ -88,33 +89,35 @@ impl Forward<'_> {
         Ok(())
     }
 
-    pub(super) async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Body> {
+    pub(super) async fn request(&self, req: Request<Incoming>, held: HeldRef) -> Response<Reply> {
         let (mut parts, body) = req.into_parts();
         if let Err(refused) = self.toward_upstream(&mut parts, self.app.pool().is_some()) {
-            return refused;
+            return refused.map(Reply::Boxed);
         }
         // One token of its own for the whole exchange: waiters on the grant's shared token
         // would all queue on its lock.
         let cut = held.live.token().child_token();
         // An upload ends with its grant too, and its trailers are cleaned like headers.
         let body = if hyper::body::Body::is_end_stream(&body) {
-            Body::new(body)
+            // Nothing to send: no box to allocate (`Empty` has no size).
+            Body::empty()
         } else {
             CutBody::around(body, cut.clone(), &held, Direction::Upstream)
         };
         if cut.is_cancelled() {
-            return ended(&held, false);
+            return ended(&held, false).map(Reply::Boxed);
         }
         let up = Request::from_parts(parts, body);
         let resp = match self.app.pool() {
+            // The common case, unboxed: its body is the answer's, through the listener.
             Some(pool) => self
                 .answer(pool.request(up), &cut, &held)
                 .await
-                .map(|r| r.map(|b| CutBody::around(b, cut, &held, Direction::Client))),
+                .map(|r| r.map(|b| Reply::Pooled(CutBody::new(b, cut, &held, Direction::Client)))),
             None => self
                 .answer(self.app.client().request(up), &cut, &held)
                 .await
-                .map(|r| r.map(|b| CutBody::around(b, cut, &held, Direction::Client))),
+                .map(|r| r.map(|b| Reply::Boxed(CutBody::around(b, cut, &held, Direction::Client)))),
         };
         match resp {
             Ok(resp) => {
@@ -122,7 +125,7 @@ impl Forward<'_> {
                 headers::clean_response(&mut parts.headers);
                 Response::from_parts(parts, body)
             }
-            Err(refused) => refused,
+            Err(refused) => refused.map(Reply::Boxed),
         }
     }
 
@@ -309,9 +312,42 @@ enum Direction {
     Client,
 }
 
+/// An answer's body as the listener sends it: an app's answer from a pooled connection, as
+/// it comes, or any other (the proxy's pages, other upstreams' answers) boxed.
+pub(crate) enum Reply {
+    Pooled(CutBody<PooledBody>),
+    Boxed(Body),
+}
+
+impl hyper::body::Body for Reply {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Reply::Pooled(b) => Pin::new(b).poll_frame(cx),
+            Reply::Boxed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Reply::Pooled(b) => b.is_end_stream(),
+            Reply::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Reply::Pooled(b) => b.size_hint(),
+            Reply::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A body on its way through, ended (as an error, so the receiver cannot take it for
 /// complete) when its grant is cut, with its trailers cleaned like the headers before it.
-struct CutBody<B> {
+pub(crate) struct CutBody<B> {
     inner: B,
     token: CancellationToken,
     /// Waits for the cut; made the first time the body has nothing to give. A small answer
@@ -329,14 +365,18 @@ where
 {
     /// `cut` is a child of the grant's token, so that waiting on it does not queue on the
     /// grant's shared lock.
-    fn around(inner: B, cut: CancellationToken, held: &HeldRef, direction: Direction) -> Body {
-        Body::new(CutBody {
+    fn new(inner: B, cut: CancellationToken, held: &HeldRef, direction: Direction) -> CutBody<B> {
+        CutBody {
             inner,
             token: cut,
             cut: None,
             direction,
             _held: held.clone(),
-        })
+        }
+    }
+
+    fn around(inner: B, cut: CancellationToken, held: &HeldRef, direction: Direction) -> Body {
+        Body::new(CutBody::new(inner, cut, held, direction))
     }
 }
 

@@ -34,6 +34,7 @@ use crate::identity::session::Session;
 use crate::live::LiveHandle;
 use crate::time::Timestamp;
 use forward::Forward;
+pub(crate) use forward::Reply;
 pub use headers::{APP_COOKIE, STATE_COOKIE};
 pub use memo::ConnMemo;
 pub use signin::{plausible_state, start_handoff};
@@ -210,20 +211,22 @@ impl AppsFront {
     }
 
     /// Serves one request on an app's host; `memo` is its connection's.
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         app: Arc<App>,
         req: Request<Incoming>,
         peer: SocketAddr,
         memo: &ConnMemo,
-    ) -> Response<Body> {
+    ) -> Response<Reply> {
         if req.uri().path() == CALLBACK_PATH {
             // Cold paths are boxed here and below: a request's future is moved whole, and
             // would otherwise be as large as its largest branch.
-            return Box::pin(self.callback(&app, req.uri().query(), req.headers())).await;
+            return Box::pin(self.callback(&app, req.uri().query(), req.headers()))
+                .await
+                .map(Reply::Boxed);
         }
         if req.uri().path().starts_with("/.jitgate/") {
-            return text(StatusCode::NOT_FOUND, "jitgate: no such page");
+            return text(StatusCode::NOT_FOUND, "jitgate: no such page").map(Reply::Boxed);
         }
         let now = Timestamp::now();
         let cookie = web::one_cookie(req.headers(), APP_COOKIE);
@@ -231,24 +234,27 @@ impl AppsFront {
             Some(r) => (r.sid, r.session, Some(r.access)),
             None => match self.session(&app, cookie, now).await {
                 Ok(Some((sid, session))) => (sid, session, None),
-                Ok(None) => return self.to_login(&app, &req),
-                Err(resp) => return resp,
+                Ok(None) => return self.to_login(&app, &req).map(Reply::Boxed),
+                Err(resp) => return resp.map(Reply::Boxed),
             },
         };
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
-            Err(path::BadPath(why)) => return text(StatusCode::BAD_REQUEST, &format!("jitgate: {why}")),
+            Err(path::BadPath(why)) => {
+                return text(StatusCode::BAD_REQUEST, &format!("jitgate: {why}")).map(Reply::Boxed)
+            }
         };
         // The proxy's own paths on the app host are never the upstream's, however spelled.
         if path.starts_with("/.jitgate/") {
-            return text(StatusCode::NOT_FOUND, "jitgate: no such page");
+            return text(StatusCode::NOT_FOUND, "jitgate: no such page").map(Reply::Boxed);
         }
         let websocket = headers::wants_websocket(req.headers());
         if websocket && !app.config.websocket {
             return text(
                 StatusCode::FORBIDDEN,
                 &format!("jitgate: WebSockets are turned off for {}", app.name),
-            );
+            )
+            .map(Reply::Boxed);
         }
         let method = req.method().clone();
         // An address, as a number: only compared, never followed.
@@ -258,7 +264,7 @@ impl AppsFront {
             .await
         {
             Ok(held) => held,
-            Err(resp) => return resp,
+            Err(resp) => return resp.map(Reply::Boxed),
         };
         // Remembered anew when the access that allowed it is not the one remembered.
         if let Some(cookie) = cookie.filter(|_| recalled != Some(Arc::as_ptr(&held.access) as usize)) {
@@ -280,7 +286,8 @@ impl AppsFront {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "jitgate: internal error; see the proxy's log",
-                );
+                )
+                .map(Reply::Boxed);
             }
         };
         let forward = Forward {
@@ -292,7 +299,7 @@ impl AppsFront {
         // The held grant's registration with `live` stays with the answer: a stream or a
         // WebSocket ends when that grant is cut.
         if websocket {
-            Box::pin(forward.websocket(req, held)).await
+            Box::pin(forward.websocket(req, held)).await.map(Reply::Boxed)
         } else {
             forward.request(req, held).await
         }
