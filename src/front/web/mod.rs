@@ -170,13 +170,22 @@ pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
 fn cookie_iter<'a, 'n>(headers: &'a HeaderMap, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     // Split as bytes: another cookie's non-ASCII value (browsers send UTF-8 that a page
     // set) makes the header no `str`, and must not hide the proxy's cookies.
-    cookie_pairs(headers)
-        .filter_map(move |pair| {
-            let eq = memchr::memchr(b'=', pair)?;
-            (pair[..eq].trim_ascii() == name.as_bytes())
-                .then(|| std::str::from_utf8(pair[eq + 1..].trim_ascii()).ok())?
-        })
-        .map(|v| v.trim_matches('"'))
+    cookie_pairs(headers).filter_map(move |pair| {
+        let eq = memchr::memchr(b'=', pair)?;
+        (pair[..eq].trim_ascii() == name.as_bytes())
+            .then(|| std::str::from_utf8(trim_quotes(pair[eq + 1..].trim_ascii())).ok())?
+    })
+}
+
+/// A cookie value without the quotes around it, as bytes: `str`'s trim searches by `char`.
+fn trim_quotes(mut v: &[u8]) -> &[u8] {
+    while let [b'"', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b'"'] = v {
+        v = rest;
+    }
+    v
 }
 
 /// A form's CSRF token must be this session's. Cross-site posts are refused before that
