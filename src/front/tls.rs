@@ -126,8 +126,9 @@ impl Routes {
 
 /// The host a request names, lower case without the port: the URI's authority (HTTP/2,
 /// or an absolute-form request line) or the `Host` header. Both present and different is
-/// an error, as is more than one `Host`. Borrowed from the request where it is lower case
-/// already, as browsers send it: every request asks, and most name their host plainly.
+/// an error, as is more than one `Host`. Borrowed from the request when the URI's host has
+/// no upper case or the `Host` is in its plain form (see `plain_host`), as browsers send
+/// it: every request asks, and most name their host plainly.
 fn request_host(req: &Request<Incoming>) -> Result<Option<Cow<'_, str>>, &'static str> {
     let from_uri = req.uri().authority().map(|a| lower_case(a.host()));
     let mut hosts = req.headers().get_all(hyper::header::HOST).iter();
