@@ -1,6 +1,7 @@
 //! The HTTPS listener: rustls over TCP, then HTTP/1.1 or HTTP/2 by ALPN.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
@@ -435,20 +436,33 @@ async fn serve_h1(
             // be parked yet (a head begun): the check would otherwise spin.
             let deadline = activity.quiet_since().unwrap_or(now) + PARK_AFTER;
             let deadline = if deadline <= now { now + PARK_AFTER } else { deadline };
-            tokio::select! {
-                ended = conn.as_mut() => {
-                    ended?;
-                    break activity.parking.load(Ordering::Acquire);
+            let mut check = std::pin::pin!(tokio::time::sleep_until(deadline));
+            let ended = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(ended) = conn.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some(ended));
                 }
-                _ = tokio::time::sleep_until(deadline), if !asked_to_park => {
-                    let quiet = activity.quiet_since().is_some_and(|t| t + PARK_AFTER <= tokio::time::Instant::now());
-                    let answered = resumed_mid_head.is_none_or(|r| activity.last_ms.load(Ordering::Acquire) > r);
-                    if quiet && answered && !activity.no_park.load(Ordering::Acquire) {
-                        asked_to_park = true;
-                        activity.parking.store(true, Ordering::Release);
-                        conn.as_mut().graceful_shutdown();
-                    }
+                // No check while a request is in flight: it cannot park then, and its end
+                // comes in the poll above, on this task. Checked all along, a long stream
+                // would be woken every PARK_AFTER for nothing (and a body's cut would
+                // seem to work without its own waiter).
+                if asked_to_park || activity.quiet_since().is_none() {
+                    return std::task::Poll::Pending;
                 }
+                check.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            if let Some(ended) = ended {
+                ended?;
+                break activity.parking.load(Ordering::Acquire);
+            }
+            let quiet = activity
+                .quiet_since()
+                .is_some_and(|t| t + PARK_AFTER <= tokio::time::Instant::now());
+            let answered = resumed_mid_head.is_none_or(|r| activity.last_ms.load(Ordering::Acquire) > r);
+            if quiet && answered && !activity.no_park.load(Ordering::Acquire) {
+                asked_to_park = true;
+                activity.parking.store(true, Ordering::Release);
+                conn.as_mut().graceful_shutdown();
             }
         };
         activity.parking.store(false, Ordering::Release);
