@@ -136,8 +136,12 @@ fn router(seen: Seen) -> axum::Router {
             }),
         )
         .route("/stream", get(|| async { ticking(Duration::from_millis(50)) }))
-        // As an event stream that is mostly silent: what ends it must not wait for a tick.
-        .route("/slow-stream", get(|| async { ticking(Duration::from_millis(700)) }))
+        // As an event stream that has gone silent: three ticks, then none for a minute, so
+        // nothing but the cut itself can end it in time.
+        .route(
+            "/slow-stream",
+            get(|| async { falling_silent(Duration::from_millis(200), 3, Duration::from_secs(60)) }),
+        )
         .fallback(any(move |req: Request| {
             let record = record.clone();
             async move {
@@ -187,6 +191,18 @@ fn router(seen: Seen) -> axum::Router {
 }
 
 /// A body that sends a line every `every`, for ever.
+/// `count` ticks `every` apart, then the next only after `quiet`.
+fn falling_silent(every: Duration, count: u64, quiet: Duration) -> axum::body::Body {
+    let ticks = futures_util::stream::unfold(0u64, move |n| async move {
+        tokio::time::sleep(if n < count { every } else { quiet }).await;
+        Some((
+            Ok::<_, std::io::Error>(bytes::Bytes::from(format!("tick {n}\n"))),
+            n + 1,
+        ))
+    });
+    axum::body::Body::from_stream(ticks)
+}
+
 fn ticking(every: Duration) -> axum::body::Body {
     let ticks = futures_util::stream::unfold(0u64, move |n| async move {
         tokio::time::sleep(every).await;
