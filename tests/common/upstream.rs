@@ -190,8 +190,7 @@ fn router(seen: Seen) -> axum::Router {
         }))
 }
 
-/// A body that sends a line every `every`, for ever.
-/// `count` ticks `every` apart, then the next only after `quiet`.
+/// A body that sends `count` lines `every` apart, then the next only after `quiet`.
 fn falling_silent(every: Duration, count: u64, quiet: Duration) -> axum::body::Body {
     let ticks = futures_util::stream::unfold(0u64, move |n| async move {
         tokio::time::sleep(if n < count { every } else { quiet }).await;
@@ -203,6 +202,7 @@ fn falling_silent(every: Duration, count: u64, quiet: Duration) -> axum::body::B
     axum::body::Body::from_stream(ticks)
 }
 
+/// A body that sends a line every `every`, for ever.
 fn ticking(every: Duration) -> axum::body::Body {
     let ticks = futures_util::stream::unfold(0u64, move |n| async move {
         tokio::time::sleep(every).await;
